@@ -1,0 +1,105 @@
+"""Face-expression CNN: multiple small-scale (3x3) kernels in VGG-like blocks.
+
+After Cai et al. 2019 ("FER_2"): each block is two 3x3 convolutions with batch
+normalisation, then max-pooling and dropout; the head gives an embedding used by
+the fusion model and the class logits.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..labels import NUM_LABELS
+from ..modelio import ModelFileError, load_checkpoint, resolve_device
+
+ARCH = "fer_smallkernel_vgg"
+DEFAULT_INPUT = {"size": 48, "channels": 1, "mean": 0.5, "std": 0.25}
+
+
+class FaceCNN(nn.Module):
+    def __init__(self, widths: Sequence[int] = (32, 64, 128, 256), embed_dim: int = 256,
+                 dropout: float = 0.25, head_dropout: float = 0.5,
+                 num_classes: int = NUM_LABELS):
+        super().__init__()
+        layers: List[nn.Module] = []
+        c_in = 1
+        for i, c in enumerate(widths):
+            layers += [
+                nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+                nn.Dropout2d(dropout * (i + 1) / len(widths)),
+            ]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(c_in, embed_dim), nn.BatchNorm1d(embed_dim),
+                                   nn.ReLU(inplace=True))
+        self.drop = nn.Dropout(head_dropout)
+        self.classifier = nn.Linear(embed_dim, num_classes)
+        self.embed_dim = embed_dim
+
+    def forward(self, x: torch.Tensor, return_embedding: bool = False):
+        z = self.embed(self.pool(self.features(x)))
+        logits = self.classifier(self.drop(z))
+        if return_embedding:
+            return logits, z
+        return logits
+
+
+class FaceModel:
+    """A loaded face model: numpy crops in, probabilities and embeddings out."""
+
+    def __init__(self, path: str, device: str = "auto", flip_tta: bool = True):
+        ckpt = load_checkpoint(path, "face")
+        if ckpt.get("arch") != ARCH:
+            raise ModelFileError(f"face model file {path!r}: unknown architecture {ckpt.get('arch')!r}")
+        spec = ckpt.get("input", {})
+        if int(spec.get("channels", 1)) != 1:
+            raise ModelFileError(f"face model file {path!r}: expects {spec.get('channels')} channels, not 1")
+        self.path = path
+        self.input_size = int(spec.get("size", 48))
+        self.mean = float(spec.get("mean", 0.5))
+        self.std = float(spec.get("std", 0.25))
+        cfg = ckpt.get("config", {}).get("model", {})
+        self.net = FaceCNN(widths=tuple(cfg.get("widths", (32, 64, 128, 256))),
+                           embed_dim=int(cfg.get("embed_dim", 256)))
+        try:
+            self.net.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as exc:
+            raise ModelFileError(f"face model file {path!r} does not fit {ARCH}: {exc}") from exc
+        self.device = resolve_device(device)
+        self.net.to(self.device).eval()
+        self.flip_tta = flip_tta
+        self.metrics = ckpt.get("metrics", {})
+        self.embed_dim = self.net.embed_dim
+
+    def to_tensor(self, crops: np.ndarray) -> torch.Tensor:
+        """``crops``: uint8 or float in [0, 1], shape (N, S, S)."""
+        x = torch.as_tensor(np.ascontiguousarray(crops))
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        x = x.float()
+        return ((x - self.mean) / self.std).unsqueeze(1)
+
+    @torch.inference_mode()
+    def predict(self, crops: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Batch of aligned grey crops → (probabilities (N, 7), embeddings (N, D))."""
+        if len(crops) == 0:
+            return np.zeros((0, NUM_LABELS), np.float32), np.zeros((0, self.embed_dim), np.float32)
+        x = self.to_tensor(crops).to(self.device)
+        n = x.shape[0]
+        if self.flip_tta:
+            x = torch.cat([x, torch.flip(x, dims=[3])], 0)
+        logits, emb = self.net(x, return_embedding=True)
+        probs = torch.softmax(logits.float(), dim=1)
+        if self.flip_tta:
+            probs = 0.5 * (probs[:n] + probs[n:])
+            emb = 0.5 * (emb[:n] + emb[n:])
+        return probs.cpu().numpy().astype(np.float32), emb.float().cpu().numpy().astype(np.float32)
+
+    def info(self) -> Dict[str, object]:
+        return {"path": self.path, "arch": ARCH, "device": str(self.device), "input_size": self.input_size}

@@ -1,0 +1,147 @@
+"""Train the face-expression CNN (``emotion-train face``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..core.face.model import ARCH, DEFAULT_INPUT, FaceCNN
+from ..core.labels import LABELS
+from ..core.modelio import save_checkpoint
+from .augment import augment_faces
+from .common import Checkpointer, metrics_from_predictions, seed_everything, stratified_holdout, write_json
+from .face_data import load_faces
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="training faces: folder per class, or FER2013 CSV")
+    p.add_argument("--val", default=None, help="faces reported on each epoch (not used for selection)")
+    p.add_argument("--out", required=True, help="where to write the trained model (.pt)")
+    p.add_argument("--run-dir", default="runs/face", help="checkpoints, history and config")
+    p.add_argument("--epochs", type=int, default=36)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.08, help="peak learning rate (one-cycle SGD)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--widths", default="32,64,128,256")
+    p.add_argument("--embed-dim", type=int, default=256)
+    p.add_argument("--dev-fraction", type=float, default=0.1,
+                   help="stratified part of --data held out (fusion training and monitoring)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/emotion_ros"))
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--limit", type=int, default=0, help="use only N training images (smoke tests)")
+
+
+def evaluate_arrays(net, images: np.ndarray, labels: np.ndarray, batch: int = 512, flip: bool = True):
+    net.eval()
+    preds = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i:i + batch]).float().div_(255).unsqueeze(1)
+            x = (x - DEFAULT_INPUT["mean"]) / DEFAULT_INPUT["std"]
+            p = torch.softmax(net(x), 1)
+            if flip:
+                p = p + torch.softmax(net(torch.flip(x, dims=[3])), 1)
+            preds.append(p.argmax(1).numpy())
+    return metrics_from_predictions(labels, np.concatenate(preds) if preds else [])
+
+
+def run(args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gen = seed_everything(args.seed)
+    t0 = time.time()
+    train = load_faces(args.data, cache_dir=args.cache_dir, usage="Training")
+    print(f"loaded {len(train.labels)} training faces in {time.time() - t0:.1f}s; "
+          f"skipped classes: {train.skipped_classes or 'none'}", flush=True)
+    dev_mask = stratified_holdout(train.labels, args.dev_fraction, args.seed)
+    x_tr, y_tr = train.images[~dev_mask], train.labels[~dev_mask]
+    x_dev, y_dev = train.images[dev_mask], train.labels[dev_mask]
+    if args.limit:
+        x_tr, y_tr = x_tr[: args.limit], y_tr[: args.limit]
+    val = None
+    if args.val:
+        val = load_faces(args.val, cache_dir=args.cache_dir, usage="PublicTest")
+    widths = tuple(int(w) for w in args.widths.split(","))
+    net = FaceCNN(widths=widths, embed_dim=args.embed_dim)
+    steps_per_epoch = max(1, len(y_tr) // args.batch_size)
+    opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
+                          weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs,
+                                                steps_per_epoch=steps_per_epoch, pct_start=0.2)
+    config = {"args": vars(args), "model": {"widths": list(widths), "embed_dim": args.embed_dim},
+              "labels": list(LABELS), "n_train": int(len(y_tr)), "n_dev": int(len(y_dev))}
+    ckpt = Checkpointer(args.run_dir)
+    write_json(os.path.join(args.run_dir, "config.json"), config)
+    start, history = 0, []
+    if args.resume:
+        state = ckpt.load()
+        if state:
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start, history = state["epoch"], state["history"]
+            torch.set_rng_state(state["torch_rng"])
+            np.random.set_state(state["numpy_rng"])
+            gen.manual_seed(args.seed + start)
+            print(f"resumed from {ckpt.path} at epoch {start}", flush=True)
+    xt = torch.from_numpy(x_tr)
+    yt = torch.from_numpy(y_tr)
+    for epoch in range(start, args.epochs):
+        net.train()
+        perm = torch.randperm(len(yt), generator=gen)
+        tot, correct, seen = 0.0, 0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"face {epoch + 1}/{args.epochs}", mininterval=20,
+                   file=sys.stdout)
+        for b in bar:
+            idx = perm[b * args.batch_size:(b + 1) * args.batch_size]
+            x = xt[idx].float().div_(255).unsqueeze(1)
+            x = augment_faces(x, gen)
+            x = (x - DEFAULT_INPUT["mean"]) / DEFAULT_INPUT["std"]
+            y = yt[idx]
+            logits = net(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += float(loss) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.set_postfix(loss=f"{tot / seen:.3f}", acc=f"{correct / seen:.3f}")
+        rec = {"epoch": epoch + 1, "train_loss": tot / seen, "train_acc": correct / seen,
+               "dev_acc": evaluate_arrays(net, x_dev, y_dev)["accuracy"]}
+        if val is not None:
+            rec["val_acc"] = evaluate_arrays(net, val.images, val.labels)["accuracy"]
+        history.append(rec)
+        print(json.dumps(rec), flush=True)
+        ckpt.save(epoch + 1, net, opt, sched, history)
+    dev_metrics = evaluate_arrays(net, x_dev, y_dev)
+    metrics = {"dev": {k: dev_metrics[k] for k in ("accuracy", "macro_f1", "n", "per_class_recall")}}
+    if val is not None:
+        vm = evaluate_arrays(net, val.images, val.labels)
+        metrics["val"] = {k: vm[k] for k in ("accuracy", "macro_f1", "n", "per_class_recall")}
+    save_checkpoint(args.out, kind="face", arch=ARCH, model=net, input_spec=dict(DEFAULT_INPUT),
+                    config=config, metrics=metrics, extra={"history": history})
+    write_json(os.path.join(args.run_dir, "metrics.json"), metrics)
+    print(json.dumps({"out": args.out, **metrics}), flush=True)
+    return metrics
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    add_args(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
