@@ -1,0 +1,141 @@
+"""Audio preparation and log-mel features for the speech-emotion model.
+
+The same functions serve the voice node, training and evaluation:
+``to_mono_16k`` (downmix + resample), ``loudness_normalise`` (speech corpora differ
+by > 20 dB), ``trim_silence`` and ``logmel``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from ..errors import InputError
+
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = 400          # 25 ms
+    hop: int = 160            # 10 ms
+    n_mels: int = 64
+    fmin: float = 50.0
+    fmax: float = 8000.0
+    target_dbfs: float = -23.0
+    max_gain_db: float = 40.0
+
+    def to_dict(self) -> Dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "FeatureSpec":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+_MEL_CACHE: Dict[Tuple, np.ndarray] = {}
+
+
+def _mel_basis(spec: FeatureSpec) -> np.ndarray:
+    key = (spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax)
+    if key not in _MEL_CACHE:
+        import librosa
+        _MEL_CACHE[key] = librosa.filters.mel(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels,
+                                              fmin=spec.fmin, fmax=spec.fmax).astype(np.float32)
+    return _MEL_CACHE[key]
+
+
+def check_finite(x: np.ndarray, what: str = "audio") -> np.ndarray:
+    """Replace NaN/Inf by 0 and report how many there were (InputError if all are bad)."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        if bad.all():
+            raise InputError(f"{what}: all {x.size} samples are NaN or Inf")
+        x = np.where(bad, 0.0, x).astype(np.float32)
+    return x
+
+
+def to_mono_16k(x: np.ndarray, sample_rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    """(n,) or (n, channels) float audio at any rate -> float32 mono at ``target`` Hz."""
+    x = np.asarray(x)
+    if x.ndim == 2:
+        if x.shape[1] == 0:
+            raise InputError("audio has 0 channels")
+        x = x.mean(axis=1)
+    elif x.ndim != 1:
+        raise InputError(f"audio must be 1-D or 2-D (samples, channels), got shape {x.shape}")
+    if not sample_rate or sample_rate < 1000 or sample_rate > 768000:
+        raise InputError(f"unsupported sample rate {sample_rate} Hz")
+    x = check_finite(x.astype(np.float32, copy=False))
+    if sample_rate != target and x.size:
+        import soxr
+        x = soxr.resample(x, sample_rate, target, quality="HQ").astype(np.float32)
+    return np.clip(x, -1.0, 1.0)
+
+
+def frame_rms_db(x: np.ndarray, frame: int = 400, hop: int = 160) -> np.ndarray:
+    if x.size < frame:
+        x = np.pad(x, (0, frame - x.size))
+    n = 1 + (x.size - frame) // hop
+    idx = np.arange(frame)[None, :] + hop * np.arange(n)[:, None]
+    rms = np.sqrt(np.mean(x[idx] ** 2, axis=1) + 1e-12)
+    return 20 * np.log10(rms + 1e-12)
+
+
+def loudness_normalise(x: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.ndarray:
+    """Scale so that the loud half of the frames sits at ``target_dbfs`` (gain capped)."""
+    if x.size == 0:
+        return x
+    db = frame_rms_db(x)
+    active = db[db >= np.percentile(db, 50)]
+    level = 10 * np.log10(np.mean(10 ** (active / 10)) + 1e-12)
+    gain_db = float(np.clip(spec.target_dbfs - level, -spec.max_gain_db, spec.max_gain_db))
+    return np.clip(x * (10 ** (gain_db / 20)), -1.0, 1.0).astype(np.float32)
+
+
+def trim_silence(x: np.ndarray, top_db: float = 35.0, pad_s: float = 0.1,
+                 sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Cut leading/trailing frames more than ``top_db`` below the loudest frame."""
+    if x.size == 0:
+        return x
+    db = frame_rms_db(x)
+    keep = np.flatnonzero(db > db.max() - top_db)
+    if keep.size == 0:
+        return x
+    pad = int(pad_s * sample_rate)
+    start = max(0, keep[0] * 160 - pad)
+    end = min(x.size, keep[-1] * 160 + 400 + pad)
+    return x[start:end]
+
+
+def logmel(x: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.ndarray:
+    """float32 mono at ``spec.sample_rate`` -> log-mel (T, n_mels), natural log of power."""
+    if x.size < spec.n_fft:
+        x = np.pad(x, (0, spec.n_fft - x.size))
+    window = np.hanning(spec.n_fft + 1)[:-1].astype(np.float32)
+    n = 1 + (x.size - spec.n_fft) // spec.hop
+    idx = np.arange(spec.n_fft)[None, :] + spec.hop * np.arange(n)[:, None]
+    frames = x[idx] * window
+    power = np.abs(np.fft.rfft(frames, n=spec.n_fft, axis=1)) ** 2
+    mel = power.astype(np.float32) @ _mel_basis(spec).T
+    return np.log(mel + 1e-6).astype(np.float32)
+
+
+def utterance_features(x: np.ndarray, spec: FeatureSpec = FeatureSpec(),
+                       normalise: bool = True) -> np.ndarray:
+    """16 kHz mono utterance -> loudness-normalised log-mel (T, n_mels)."""
+    if normalise:
+        x = loudness_normalise(x, spec)
+    return logmel(x, spec)
+
+
+def load_audio(path: str, target: int = SAMPLE_RATE) -> np.ndarray:
+    """Any file soundfile reads (WAV, FLAC, OGG, ...), any rate, mono or stereo -> mono 16 kHz."""
+    import soundfile as sf
+    try:
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise InputError(f"cannot read audio file {path!r}: {exc}") from exc
+    return to_mono_16k(data, sr, target)

@@ -1,0 +1,128 @@
+"""Speech-emotion model: 1-D CNN + two BiLSTM layers (after Cai et al., "SER_2").
+
+The convolution stack learns local acoustic patterns from log-mel frames; two
+bidirectional LSTM layers model context.  Pooled CNN features and attention-pooled
+LSTM features are concatenated into the embedding that feeds the classifier and
+the fusion model.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..labels import NUM_LABELS
+from ..modelio import ModelFileError, load_checkpoint, resolve_device
+from .features import FeatureSpec, utterance_features
+
+ARCH = "ser_cnn_bilstm"
+
+
+def _masked_mean_max(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """h (N, T, C), mask (N, T) bool -> (N, 2C)."""
+    m = mask.unsqueeze(-1).float()
+    mean = (h * m).sum(1) / m.sum(1).clamp(min=1)
+    mx = h.masked_fill(~mask.unsqueeze(-1), -1e4).max(1).values
+    return torch.cat([mean, mx], 1)
+
+
+class SpeechCNNBiLSTM(nn.Module):
+    def __init__(self, n_mels: int = 64, conv_channels=(64, 128, 128), lstm_hidden: int = 96,
+                 embed_dim: int = 128, dropout: float = 0.3, num_classes: int = NUM_LABELS):
+        super().__init__()
+        c1, c2, c3 = conv_channels
+        self.conv = nn.Sequential(
+            nn.Conv1d(n_mels, c1, 5, padding=2, bias=False), nn.BatchNorm1d(c1), nn.ReLU(inplace=True),
+            nn.MaxPool1d(2),
+            nn.Conv1d(c1, c2, 5, padding=2, bias=False), nn.BatchNorm1d(c2), nn.ReLU(inplace=True),
+            nn.MaxPool1d(2),
+            nn.Conv1d(c2, c3, 3, padding=1, bias=False), nn.BatchNorm1d(c3), nn.ReLU(inplace=True),
+            nn.Dropout(dropout / 2),
+        )
+        self.lstm = nn.LSTM(c3, lstm_hidden, num_layers=2, batch_first=True, bidirectional=True,
+                            dropout=dropout)
+        self.att = nn.Linear(2 * lstm_hidden, 1)
+        self.embed = nn.Sequential(nn.Linear(2 * c3 + 2 * lstm_hidden, embed_dim), nn.ReLU(inplace=True))
+        self.drop = nn.Dropout(dropout)
+        self.classifier = nn.Linear(embed_dim, num_classes)
+        self.embed_dim = embed_dim
+        self.reduction = 4
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None,
+                return_embedding: bool = False):
+        """x: (N, T, n_mels) normalised log-mel; lengths: (N,) valid frames."""
+        n, t, _ = x.shape
+        h = self.conv(x.transpose(1, 2)).transpose(1, 2)          # (N, T', C)
+        tp = h.shape[1]
+        if lengths is None:
+            lengths = torch.full((n,), t, dtype=torch.long)
+        lp = (lengths.to(h.device) // self.reduction).clamp(min=1, max=tp)
+        mask = torch.arange(tp, device=h.device).unsqueeze(0) < lp.unsqueeze(1)
+        cnn_feat = _masked_mean_max(h, mask)
+        packed = nn.utils.rnn.pack_padded_sequence(h, lp.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=tp)
+        a = self.att(out).squeeze(-1).masked_fill(~mask, -1e4)
+        w = torch.softmax(a, 1).unsqueeze(-1)
+        lstm_feat = (out * w).sum(1)
+        z = self.embed(torch.cat([cnn_feat, lstm_feat], 1))
+        logits = self.classifier(self.drop(z))
+        if return_embedding:
+            return logits, z
+        return logits
+
+
+class VoiceModel:
+    """A loaded voice model: 16 kHz mono float32 utterance in, probabilities and embedding out."""
+
+    def __init__(self, path: str, device: str = "auto"):
+        ckpt = load_checkpoint(path, "voice")
+        if ckpt.get("arch") != ARCH:
+            raise ModelFileError(f"voice model file {path!r}: unknown architecture {ckpt.get('arch')!r}")
+        spec = ckpt.get("input", {})
+        try:
+            self.spec = FeatureSpec.from_dict(spec.get("features", {}))
+            self.mean = np.asarray(spec["mean"], np.float32)
+            self.std = np.asarray(spec["std"], np.float32)
+        except (KeyError, TypeError) as exc:
+            raise ModelFileError(f"voice model file {path!r}: input spec incomplete ({exc})") from exc
+        if self.mean.shape != (self.spec.n_mels,) or self.std.shape != (self.spec.n_mels,):
+            raise ModelFileError(f"voice model file {path!r}: normalisation does not match {self.spec.n_mels} mels")
+        cfg = ckpt.get("config", {}).get("model", {})
+        self.net = SpeechCNNBiLSTM(n_mels=self.spec.n_mels,
+                                   conv_channels=tuple(cfg.get("conv_channels", (64, 128, 128))),
+                                   lstm_hidden=int(cfg.get("lstm_hidden", 96)),
+                                   embed_dim=int(cfg.get("embed_dim", 128)))
+        try:
+            self.net.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as exc:
+            raise ModelFileError(f"voice model file {path!r} does not fit {ARCH}: {exc}") from exc
+        self.path = path
+        self.device = resolve_device(device)
+        self.net.to(self.device).eval()
+        self.min_samples = int(spec.get("min_seconds", 0.3) * self.spec.sample_rate)
+        self.metrics = ckpt.get("metrics", {})
+        self.embed_dim = self.net.embed_dim
+
+    def features(self, wave: np.ndarray) -> np.ndarray:
+        f = utterance_features(wave, self.spec)
+        return (f - self.mean) / self.std
+
+    @torch.inference_mode()
+    def predict_features(self, feats: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).unsqueeze(0).to(self.device)
+        logits, emb = self.net(x, return_embedding=True)
+        p = torch.softmax(logits.float(), 1)[0].cpu().numpy().astype(np.float32)
+        return p, emb[0].float().cpu().numpy().astype(np.float32)
+
+    def predict(self, wave: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """One utterance (float32 mono at the model's rate) -> (probs (7,), embedding (D,))."""
+        wave = np.asarray(wave, np.float32).reshape(-1)
+        if wave.size < self.min_samples:
+            wave = np.pad(wave, (0, self.min_samples - wave.size))
+        return self.predict_features(self.features(wave))
+
+    def info(self) -> Dict[str, object]:
+        return {"path": self.path, "arch": ARCH, "device": str(self.device)}

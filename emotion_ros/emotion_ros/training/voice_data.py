@@ -1,0 +1,93 @@
+"""Voice data loaders: RAVDESS-style file names, or one folder per class; any rate, mono or stereo."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from ..core.labels import INDEX, RAVDESS_CODES, normalise
+
+AUDIO_EXTS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".mp3")
+RAVDESS_RE = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
+DEFAULT_SPEAKER_RE = r"^([A-Za-z0-9]+)[_\-]"
+
+
+@dataclass
+class VoiceItem:
+    path: str
+    label: int
+    speaker: str
+
+
+@dataclass
+class VoiceList:
+    items: List[VoiceItem] = field(default_factory=list)
+    skipped_classes: Dict[str, int] = field(default_factory=dict)
+
+
+def parse_ravdess(path: str) -> Optional[Tuple[str, str]]:
+    """RAVDESS name -> (label, 'Actor_NN'), or None if not such a name."""
+    m = RAVDESS_RE.match(os.path.splitext(os.path.basename(path))[0])
+    if not m:
+        return None
+    label = RAVDESS_CODES.get(m.group(3))
+    return (label, f"Actor_{m.group(7)}") if label else None
+
+
+def speaker_of(path: str, speaker_re: str = DEFAULT_SPEAKER_RE) -> str:
+    rav = parse_ravdess(path)
+    if rav:
+        return rav[1]
+    m = re.match(speaker_re, os.path.basename(path))
+    return m.group(1) if m else os.path.basename(os.path.dirname(path))
+
+
+def list_voice_data(root: str, speaker_re: str = DEFAULT_SPEAKER_RE) -> VoiceList:
+    """Class folders (``root/<label>/*``) when the top-level folders name labels; otherwise every
+    RAVDESS-named file found below ``root``."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data folder not found: {root}")
+    out = VoiceList()
+    subdirs = [d for d in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, d))]
+    class_dirs = {d: normalise(d) for d in subdirs}
+    if any(v is not None for v in class_dirs.values()):
+        for d, label in class_dirs.items():
+            files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(root, d)) for f in fs
+                           if f.lower().endswith(AUDIO_EXTS))
+            if label is None:
+                out.skipped_classes[d] = len(files)
+                continue
+            out.items += [VoiceItem(p, INDEX[label], speaker_of(p, speaker_re)) for p in files]
+        return out
+    for dp, _, fs in sorted(os.walk(root)):
+        for f in sorted(fs):
+            if not f.lower().endswith(AUDIO_EXTS):
+                continue
+            p = os.path.join(dp, f)
+            rav = parse_ravdess(p)
+            if rav:
+                out.items.append(VoiceItem(p, INDEX[rav[0]], rav[1]))
+            else:
+                out.skipped_classes["(unlabelled file names)"] = out.skipped_classes.get(
+                    "(unlabelled file names)", 0) + 1
+    return out
+
+
+def split_by_speaker(items: List[VoiceItem], test_speakers: List[str]) -> Tuple[List[VoiceItem], List[VoiceItem]]:
+    test = set(test_speakers)
+    return [i for i in items if i.speaker not in test], [i for i in items if i.speaker in test]
+
+
+def parse_speakers(spec: str) -> List[str]:
+    """'17-20' or '17,18' or 'Actor_17' -> speaker names (numbers become RAVDESS 'Actor_NN')."""
+    out: List[str] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        m = re.fullmatch(r"(\d+)-(\d+)", part)
+        if m:
+            out += [f"Actor_{i:02d}" for i in range(int(m.group(1)), int(m.group(2)) + 1)]
+        elif part.isdigit():
+            out.append(f"Actor_{int(part):02d}")
+        else:
+            out.append(part)
+    return out
