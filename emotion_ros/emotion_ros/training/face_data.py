@@ -53,8 +53,9 @@ def list_class_folders(root: str) -> Tuple[Dict[str, List[str]], Dict[str, int]]
 def load_face_folder(root: str, size: int = 48, aligner=None, cache_dir: Optional[str] = None) -> FaceSet:
     """Load ``root/<class>/*`` as aligned grey crops of ``size``.
 
-    ``aligner``: a :class:`core.face.align.FaceAligner`; used for images that are
-    not already ``size`` x ``size``.  Results are cached (keyed on the file list).
+    ``aligner``: a :class:`core.face.align.FaceAligner` (the face node's detection and
+    alignment; the whole image is used where it finds no face).  Without one, images
+    are only resized.  Results are cached (keyed on the file list).
     """
     known, skipped = list_class_folders(root)
     files = [(p, INDEX[lab]) for lab, ps in known.items() for p in ps
@@ -63,7 +64,7 @@ def load_face_folder(root: str, size: int = 48, aligner=None, cache_dir: Optiona
     cache = None
     if cache_dir:
         h = hashlib.sha1()
-        h.update(str(size).encode())
+        h.update(f"{size}|{type(aligner).__name__ if aligner is not None else None}".encode())
         for p, y in files:
             st = os.stat(p)
             h.update(f"{p}|{y}|{st.st_size}|{int(st.st_mtime)}".encode())
@@ -83,11 +84,11 @@ def load_face_folder(root: str, size: int = 48, aligner=None, cache_dir: Optiona
             unreadable.append(p)
             keep[i] = False
             continue
-        if img.shape == (size, size):
-            crop = img
-        elif aligner is not None:
+        if aligner is not None:
             crop, found = aligner.crop_largest(img, size)
             no_face += 0 if found else 1
+        elif img.shape == (size, size):
+            crop = img
         else:
             crop = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
         images[i] = crop

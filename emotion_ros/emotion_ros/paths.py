@@ -1,0 +1,47 @@
+"""Where the package's shared files (models, config, launch) are, installed or in the source tree.
+
+Installed (colcon or the venv set-up): ``<prefix>/share/emotion_ros/{models,config}``, found
+through ``ament_index_python``.  From a source checkout: ``emotion_ros/{models,config}`` beside
+this Python package.  No rclpy needed.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+PACKAGE = "emotion_ros"
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def share_dir() -> Optional[str]:
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    except ImportError:
+        return None
+    try:
+        return get_package_share_directory(PACKAGE)
+    except (PackageNotFoundError, KeyError, ValueError):
+        return None
+
+
+def _find(sub: str, name: str) -> str:
+    """The source tree's file when it exists (a checkout wins), else the installed one."""
+    src = os.path.join(_SOURCE_ROOT, sub, name)
+    if os.path.exists(src):
+        return src
+    share = share_dir()
+    if share and os.path.exists(os.path.join(share, sub, name)):
+        return os.path.join(share, sub, name)
+    return src  # missing: callers report this path
+
+
+def model_path(name: str) -> str:
+    return _find("models", name)
+
+
+def config_path(name: str) -> str:
+    return _find("config", name)
+
+
+def launch_path(name: str) -> str:
+    return _find("launch", name)

@@ -1,0 +1,25 @@
+"""``emotion-train face|voice|fusion``: offline training of the shipped models."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def train_main(argv=None):
+    from . import train_face, train_fusion, train_voice
+
+    p = argparse.ArgumentParser(prog="emotion-train", description=__doc__)
+    sub = p.add_subparsers(dest="what", required=True)
+    for name, mod, help_ in (("face", train_face, "face-expression CNN"),
+                             ("voice", train_voice, "CNN + BiLSTM speech-emotion model"),
+                             ("fusion", train_fusion, "model-level fusion network")):
+        sp = sub.add_parser(name, help=help_, description=mod.__doc__)
+        mod.add_args(sp)
+        sp.set_defaults(func=mod.run)
+    args = p.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(train_main())
