@@ -1,0 +1,356 @@
+"""Small building blocks shared by every emotion_ros node: parameters, QoS, rate-limited logs, a drop-oldest
+mailbox for sensor callbacks, and a /diagnostics publisher."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import types
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+__all__ = [
+    "declare_parameters",
+    "RateLimitedLogger",
+    "sensor_qos",
+    "reliable_qos",
+    "latched_qos",
+    "LatestSlot",
+    "Diagnostics",
+    "OK",
+    "WARN",
+    "ERROR",
+]
+
+OK = DiagnosticStatus.OK
+WARN = DiagnosticStatus.WARN
+ERROR = DiagnosticStatus.ERROR
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parameters
+# ---------------------------------------------------------------------------------------------------------------
+
+def declare_parameters(node, spec: Dict[str, Tuple]) -> types.SimpleNamespace:
+    """Declare every parameter of ``spec`` on ``node`` and return their current values.
+
+    ``spec`` maps a name to ``(default, description)`` or ``(default, description, descriptor_fields)`` where
+    ``descriptor_fields`` is a dict of extra ``ParameterDescriptor`` fields (e.g. ``{"read_only": True}``).
+    ``default`` may be a value, ``None`` (dynamically typed, unset), a ``rclpy.Parameter.Type`` (typed, unset), or
+    ``[]`` (a string array). Values given by a parameters file / ``--ros-args -p`` override the defaults.
+    In the returned namespace, dots in names become underscores (``"face.min_size"`` -> ``ns.face_min_size``).
+    Already-declared names are not declared again (their current value is returned).
+    """
+    out = {}
+    for name, entry in spec.items():
+        if not isinstance(entry, tuple) or len(entry) not in (2, 3):
+            raise ValueError(f"parameter spec for {name!r} must be (default, description[, descriptor fields])")
+        default, description = entry[0], entry[1]
+        extra = dict(entry[2]) if len(entry) == 3 else {}
+        if not node.has_parameter(name):
+            if default is None:
+                extra.setdefault("dynamic_typing", True)
+            descriptor = ParameterDescriptor(name=name, description=str(description), **extra)
+            if isinstance(default, list) and len(default) == 0:
+                default = Parameter.Type.STRING_ARRAY
+            if isinstance(default, tuple):
+                default = list(default)
+            node.declare_parameter(name, default, descriptor)
+        out[name.replace(".", "_")] = node.get_parameter(name).value
+    return types.SimpleNamespace(**out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------------------------------------------
+
+class RateLimitedLogger:
+    """Wrap an rclpy logger: at most one line per key per ``period_s``.
+
+    The next line that gets through for a key ends with ``"(N similar suppressed)"`` when lines were dropped.
+    Methods ``debug/info/warn/warning/error(key, msg)`` return True when the line was logged.
+    """
+
+    def __init__(self, logger, period_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.logger = logger
+        self.period_s = float(period_s)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: Dict[str, float] = {}
+        self._suppressed: Dict[str, int] = collections.defaultdict(int)
+
+    def _emit(self, level: str, key: str, msg: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.period_s:
+                self._suppressed[key] += 1
+                return False
+            self._last[key] = now
+            n = self._suppressed.pop(key, 0)
+        if n:
+            msg = f"{msg} ({n} similar suppressed)"
+        getattr(self.logger, level)(msg)
+        return True
+
+    def debug(self, key: str, msg: str) -> bool:
+        return self._emit("debug", key, msg)
+
+    def info(self, key: str, msg: str) -> bool:
+        return self._emit("info", key, msg)
+
+    def warn(self, key: str, msg: str) -> bool:
+        return self._emit("warning", key, msg)
+
+    warning = warn
+
+    def error(self, key: str, msg: str) -> bool:
+        return self._emit("error", key, msg)
+
+    def suppressed(self, key: str) -> int:
+        """Lines dropped for ``key`` since its last logged line."""
+        with self._lock:
+            return self._suppressed.get(key, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# QoS
+# ---------------------------------------------------------------------------------------------------------------
+
+def sensor_qos(depth: int = 1) -> QoSProfile:
+    """Best effort, keep last ``depth``, volatile: for camera / microphone streams where only fresh data matters."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def reliable_qos(depth: int = 10) -> QoSProfile:
+    """Reliable, keep last ``depth``, volatile: for results (emotion/faces, emotion/state, decisions)."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def latched_qos() -> QoSProfile:
+    """Reliable, transient local, depth 1: late subscribers still get the last message (audio_info)."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mailbox
+# ---------------------------------------------------------------------------------------------------------------
+
+class LatestSlot:
+    """Thread-safe single-item mailbox. Sensor callbacks ``put``; a worker ``take``s the newest item.
+
+    ``put`` returns True when it replaced an item nobody took (a drop, also counted in ``dropped``).
+    ``take(timeout=None)`` returns the item or None; with a timeout it waits up to that many seconds for one.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._item: Any = None
+        self._full = False
+        self.dropped = 0
+
+    def put(self, item) -> bool:
+        with self._cond:
+            dropped = self._full
+            if dropped:
+                self.dropped += 1
+            self._item, self._full = item, True
+            self._cond.notify()
+            return dropped
+
+    def take(self, timeout: Optional[float] = None):
+        with self._cond:
+            if not self._full and timeout:
+                self._cond.wait_for(lambda: self._full, timeout=timeout)
+            if not self._full:
+                return None
+            item, self._item, self._full = self._item, None, False
+            return item
+
+    def clear(self) -> None:
+        with self._cond:
+            self._item, self._full = None, False
+
+    def __bool__(self) -> bool:  # True while an item waits
+        with self._cond:
+            return self._full
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Diagnostics
+# ---------------------------------------------------------------------------------------------------------------
+
+class Diagnostics:
+    """Publish the health of a node on ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``) every ``period_s``.
+
+    Call ``tick_input()`` per input message, ``tick_output()`` per published result, ``record_processing(s)`` with
+    the processing time of one item, ``add_dropped(n)`` for inputs skipped, ``report_error(msg)`` for failures and
+    ``set_value(key, value)`` for static facts (device, model, ...).
+
+    Level: ERROR when an error was reported in the last ``error_hold_s`` or no input came for 5 x
+    ``stale_after_s``; WARN when input is silent longer than ``stale_after_s``, the input rate is below half of
+    ``expected_rate_hz``, processing (p50) is slower than the input period, or inputs were dropped since the last
+    report; OK otherwise. ``expected_rate_hz=None`` with ``stale_after_s=None`` (or <= 0) disables the input checks
+    (for nodes with sporadic input, e.g. behaviour).
+    Values: input_rate_hz, output_rate_hz, processing_ms_p50, processing_ms_p95, dropped, errors, last_error,
+    seconds_since_input, and every ``set_value`` key.
+    """
+
+    def __init__(self, node, name: str, hardware_id: str = "", expected_rate_hz: Optional[float] = None,
+                 stale_after_s: Optional[float] = 2.0, period_s: float = 1.0, error_hold_s: float = 5.0,
+                 window: int = 200, topic: str = "/diagnostics",
+                 clock: Callable[[], float] = time.monotonic):
+        self.node = node
+        self.name = f"{node.get_name()}: {name}"
+        self.hardware_id = hardware_id
+        self.expected_rate_hz = expected_rate_hz
+        self.stale_after_s = stale_after_s if stale_after_s and stale_after_s > 0 else None
+        self.error_hold_s = float(error_hold_s)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._t0 = clock()
+        self._inputs = collections.deque(maxlen=window)
+        self._outputs = collections.deque(maxlen=window)
+        self._proc = collections.deque(maxlen=window)
+        self._n_in = 0
+        self._n_out = 0
+        self._dropped = 0
+        self._dropped_reported = 0
+        self._errors = 0
+        self._last_error: Optional[Tuple[float, str]] = None
+        self._values: Dict[str, str] = {}
+        self.last_status: Optional[DiagnosticStatus] = None
+        self._pub = node.create_publisher(DiagnosticArray, topic, 10)
+        self._timer = None
+        if period_s and period_s > 0:
+            self._timer = node.create_timer(period_s, self.publish,
+                                            callback_group=MutuallyExclusiveCallbackGroup())
+
+    # -- recording ------------------------------------------------------------------------------------------------
+    def tick_input(self) -> None:
+        with self._lock:
+            self._inputs.append(self._clock())
+            self._n_in += 1
+
+    def tick_output(self) -> None:
+        with self._lock:
+            self._outputs.append(self._clock())
+            self._n_out += 1
+
+    def add_dropped(self, n: int = 1) -> None:
+        with self._lock:
+            self._dropped += int(n)
+
+    def record_processing(self, seconds: float) -> None:
+        with self._lock:
+            self._proc.append(float(seconds))
+
+    def set_value(self, key: str, value) -> None:
+        with self._lock:
+            self._values[str(key)] = str(value)
+
+    def report_error(self, msg: str) -> None:
+        with self._lock:
+            self._errors += 1
+            self._last_error = (self._clock(), str(msg))
+
+    # -- reporting ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _rate(stamps, now: float, horizon_s: float = 10.0) -> float:
+        """Events per second over the last ``horizon_s`` (measured up to now, so a silent source decays to 0)."""
+        recent = [t for t in stamps if now - t <= horizon_s]
+        if len(recent) < 2:
+            return 0.0
+        span = now - recent[0]
+        return (len(recent) - 1) / span if span > 0 else 0.0
+
+    def status(self) -> DiagnosticStatus:
+        """Build the current DiagnosticStatus (also what ``publish`` sends)."""
+        now = self._clock()
+        with self._lock:
+            in_rate = self._rate(self._inputs, now)
+            out_rate = self._rate(self._outputs, now)
+            proc = np.asarray(self._proc, dtype=np.float64)
+            last_in = self._inputs[-1] if self._inputs else None
+            n_recent_in = len(self._inputs)
+            n_in, n_out = self._n_in, self._n_out
+            new_drops = self._dropped - self._dropped_reported
+            self._dropped_reported = self._dropped
+            dropped, errors, last_error = self._dropped, self._errors, self._last_error
+            values = dict(self._values)
+        p50 = float(np.percentile(proc, 50)) * 1e3 if proc.size else 0.0
+        p95 = float(np.percentile(proc, 95)) * 1e3 if proc.size else 0.0
+        silent = now - (last_in if last_in is not None else self._t0)
+
+        level, reasons = OK, []
+
+        def raise_to(lv, why):
+            nonlocal level
+            level = max(level, lv)
+            reasons.append(why)
+
+        if last_error is not None and now - last_error[0] <= self.error_hold_s:
+            raise_to(ERROR, f"error: {last_error[1]}")
+        if self.stale_after_s is not None:
+            what = "no input yet" if last_in is None else "input stale"
+            if silent > 5 * self.stale_after_s:
+                raise_to(ERROR, f"{what} for {silent:.1f} s")
+            elif silent > self.stale_after_s:
+                raise_to(WARN, f"{what} for {silent:.1f} s")
+        if self.expected_rate_hz and last_in is not None and n_recent_in >= 3 \
+                and now - self._t0 > 2.0 / self.expected_rate_hz and in_rate < 0.5 * self.expected_rate_hz:
+            raise_to(WARN, f"input rate {in_rate:.1f} Hz < half of expected {self.expected_rate_hz:g} Hz")
+        period = 1.0 / in_rate if in_rate > 0 else (1.0 / self.expected_rate_hz if self.expected_rate_hz else None)
+        if period is not None and proc.size >= 3 and p50 * 1e-3 > period:
+            raise_to(WARN, f"processing {p50:.1f} ms (p50) slower than input period {period * 1e3:.1f} ms")
+        if new_drops > 0:
+            raise_to(WARN, f"dropped {new_drops} input(s)")
+        if not reasons:
+            reasons.append("running" if last_in is not None or self.stale_after_s is None else "waiting for input")
+
+        st = DiagnosticStatus(level=level, name=self.name, message="; ".join(reasons), hardware_id=self.hardware_id)
+        kv = {
+            "input_rate_hz": f"{in_rate:.2f}",
+            "output_rate_hz": f"{out_rate:.2f}",
+            "processing_ms_p50": f"{p50:.2f}",
+            "processing_ms_p95": f"{p95:.2f}",
+            "dropped": str(dropped),
+            "errors": str(errors),
+            "last_error": last_error[1] if last_error else "",
+            "seconds_since_input": f"{silent:.2f}" if last_in is not None else "inf",
+            "inputs": str(n_in),
+            "outputs": str(n_out),
+        }
+        kv.update(values)
+        st.values = [KeyValue(key=k, value=v) for k, v in kv.items()]
+        return st
+
+    def publish(self) -> DiagnosticStatus:
+        st = self.status()
+        self.last_status = st
+        arr = DiagnosticArray()
+        arr.header.stamp = self.node.get_clock().now().to_msg()
+        arr.status = [st]
+        try:
+            self._pub.publish(arr)
+        except Exception:  # context already shut down (Ctrl-C while the timer fired)
+            pass
+        return st
+
+    def destroy(self) -> None:
+        if self._timer is not None:
+            self.node.destroy_timer(self._timer)
+            self._timer = None
+        if self._pub is not None:
+            self.node.destroy_publisher(self._pub)
+            self._pub = None
