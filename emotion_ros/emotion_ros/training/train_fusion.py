@@ -30,7 +30,7 @@ from ..core.voice.model import VoiceModel
 from .common import metrics_from_predictions, seed_everything, stratified_holdout, write_json
 from .embed import Outputs, face_outputs, voice_outputs
 from .face_data import load_faces
-from .voice_data import list_voice_data, parse_speakers, split_by_speaker
+from .voice_data import list_voice_data, split_by_speaker
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ by > 20 dB), ``trim_silence`` and ``logmel``.
 from __future__ import annotations
 
 from dataclasses import dataclass, asdict
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 
