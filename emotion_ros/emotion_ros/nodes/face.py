@@ -1,0 +1,326 @@
+"""face_node: camera images in, facial expressions of every face out.
+
+Subscribes ``image_raw`` (sensor_msgs/Image, best effort, depth 1); a worker thread takes the
+newest frame only (older ones are dropped and counted) and runs
+:class:`~emotion_ros.core.face.pipeline.FacePipeline` on it.  Publishes
+
+- ``emotion/faces`` (emotion_msgs/FaceEmotionArray): the image's header, its size, and per face
+  the track id, box, detector confidence, top emotion, probabilities and embedding;
+- ``emotion/face_debug`` (sensor_msgs/Image, bgr8): the frame with boxes, ids and labels, built
+  only while someone subscribes (and ``debug_image`` is true);
+- ``/diagnostics``: device, model, rates, processing time, drops, errors.
+
+Lifecycle: configure loads the model (a missing or unfit file fails the transition, naming the
+file), activate opens the topics and starts the worker, deactivate closes them and moves the
+model off the GPU, cleanup drops the model.  ``autostart`` (default true) drives the node to
+active when run alone; a failed autostart ends the process with exit code 1.
+
+    ros2 run emotion_ros face_node --ros-args -p model_path:=/path/face.pt -p device:=cpu
+    python -m emotion_ros.nodes.face --ros-args --params-file config/face.yaml
+"""
+from __future__ import annotations
+
+import array
+import os
+import sys
+import threading
+import time
+from typing import List, Optional
+
+import cv2
+import numpy as np
+import rclpy
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import Image
+
+from emotion_msgs.msg import FaceEmotion, FaceEmotionArray
+from emotion_ros import paths
+from emotion_ros.core.errors import InputError
+from emotion_ros.core.face.align import FaceAligner
+from emotion_ros.core.face.detect import make_detector
+from emotion_ros.core.face.model import FaceModel
+from emotion_ros.core.face.pipeline import FacePipeline, FaceResult
+from emotion_ros.core.face.track import FaceTracker
+from emotion_ros.core.labels import LABELS
+from emotion_ros.core.modelio import ModelFileError
+from emotion_ros.ros.convert import image_to_numpy, numpy_to_image, stamp_to_sec
+from emotion_ros.ros.lifecycle import run_node
+from emotion_ros.ros.node_utils import (Diagnostics, LatestSlot, RateLimitedLogger, declare_parameters,
+                                        reliable_qos, sensor_qos)
+
+NODE_NAME = "face_node"
+
+PARAMS = {
+    "model_path": ("", "Face model checkpoint (.pt); empty = the package's models/face.pt "
+                       "(installed share first, then the source tree)"),
+    "device": ("auto", "Torch device: auto (CUDA when available) | cpu | cuda | cuda:N"),
+    "cpu_threads": (1, "torch CPU threads for the model (0 = torch's default). 1 is fastest for this small "
+                       "model on a busy CPU: with 2 threads on 2 busy cores a 48x48 batch took 10x longer"),
+    "flip_tta": (True, "Average the model over each crop and its mirror image"),
+    "detector": ("haar", "Face detector: haar (OpenCV cascade, no file needed) | yunet (ONNX file in yunet_model)"),
+    "yunet_model": ("", "YuNet ONNX file (e.g. face_detection_yunet_2023mar.onnx) when detector is yunet"),
+    "yunet_score_threshold": (0.6, "YuNet: least face score"),
+    "min_face_frac": (0.08, "Smallest face searched, as a fraction of the image's shorter side"),
+    "detect_max_width": (320, "Haar/YuNet run on the frame downscaled to at most this width (speed); "
+                              "at 320, faces from ~70 px (640x480 frame) are found reliably"),
+    "haar_min_neighbors": (5, "Haar: neighbours a detection needs (higher: fewer false faces)"),
+    "full_detect_every": (3, "Detect on the whole frame every N-th frame; in between search only around the "
+                             "tracked faces (1 = whole frame always; new faces appear up to N-1 frames late)"),
+    "max_faces": (10, "Most faces classified per frame (largest first)"),
+    "tracker_iou": (0.3, "Tracker: least box IoU to continue a track"),
+    "tracker_max_missed": (10, "Tracker: frames a face may go undetected before its id is dropped"),
+    "crop_margin": (0.0, "Extra border around the face box, per side, as a fraction of its size "
+                         "(0 matches FER2013's crops, which the model is trained on)"),
+    "publish_embedding": (True, "Fill FaceEmotion.embedding (for model-level fusion)"),
+    "debug_image": (True, "Publish emotion/face_debug (only built while it has subscribers)"),
+    "autostart": (True, "Configure and activate on start (false: wait for a lifecycle manager)"),
+}
+
+
+def default_model_path() -> str:
+    """The installed package's models/face.pt, else the source tree's (named even when missing)."""
+    share = paths.share_dir()
+    if share:
+        p = os.path.join(share, "models", "face.pt")
+        if os.path.isfile(p):
+            return p
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "models", "face.pt")
+    if os.path.isfile(src):
+        return src
+    return paths.model_path("face.pt")
+
+
+def draw_faces(bgr: np.ndarray, faces: List[FaceResult]) -> np.ndarray:
+    """A copy of ``bgr`` with each face's box, id, top emotion and confidence."""
+    out = bgr.copy()
+    thick = max(1, int(round(min(out.shape[:2]) / 240)))
+    for f in faces:
+        x, y, w, h = f.box
+        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 255, 0), thick)
+        text = f"{f.id} {f.emotion} {f.confidence:.2f}"
+        scale = 0.4 * thick
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        ty = y - 4 if y - th - 6 >= 0 else y + h + th + 4
+        cv2.rectangle(out, (x, ty - th - 2), (x + tw + 2, ty + base), (0, 0, 0), -1)
+        cv2.putText(out, text, (x + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 255, 0), 1, cv2.LINE_AA)
+    return out
+
+
+class FaceNode(LifecycleNode):
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self.p = declare_parameters(self, PARAMS)
+        self.log = RateLimitedLogger(self.get_logger(), period_s=5.0)
+        self.slot = LatestSlot()
+        self.model: Optional[FaceModel] = None
+        self.pipeline: Optional[FacePipeline] = None
+        self.model_file = ""
+        self._device = None
+        self._sub = None
+        self._pub = None
+        self._debug_pub = None
+        self.diag: Optional[Diagnostics] = None
+        self._worker: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self.frames = 0
+        self.bad_frames = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.p = declare_parameters(self, PARAMS)  # current values (they may have changed since construction)
+        p = self.p
+        path = p.model_path or default_model_path()
+        self.model_file = path
+        try:
+            if int(p.cpu_threads) > 0:
+                import torch
+                torch.set_num_threads(int(p.cpu_threads))
+            self.model = FaceModel(path, device=p.device, flip_tta=bool(p.flip_tta))
+            detector = make_detector(p.detector, min_size_frac=float(p.min_face_frac),
+                                     max_width=int(p.detect_max_width), min_neighbors=int(p.haar_min_neighbors),
+                                     model_path=p.yunet_model, score_threshold=float(p.yunet_score_threshold))
+        except ModelFileError as exc:
+            self.get_logger().error(f"cannot configure: {exc}")
+            self.model = None
+            return TransitionCallbackReturn.FAILURE
+        except ValueError as exc:  # unknown detector name, bad parameter values
+            self.get_logger().error(f"cannot configure: {exc}")
+            self.model = None
+            return TransitionCallbackReturn.FAILURE
+        self._device = self.model.device
+        self.pipeline = FacePipeline(
+            self.model, detector=detector,
+            tracker=FaceTracker(iou_threshold=float(p.tracker_iou), max_missed=int(p.tracker_max_missed)),
+            aligner=FaceAligner(size=self.model.input_size, margin=float(p.crop_margin)),
+            max_faces=int(p.max_faces), full_detect_every=int(p.full_detect_every))
+        self.get_logger().info(f"face model {path} on {self.model.device} "
+                               f"(detector {p.detector}, flip_tta {bool(p.flip_tta)})")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.model is None or self.pipeline is None:
+            self.get_logger().error("activate: no model loaded")
+            return TransitionCallbackReturn.FAILURE
+        if self._device is not None and self.model.device != self._device:
+            self._move_model(self._device)
+        self.pipeline.reset()
+        self.slot.clear()
+        self.diag = Diagnostics(self, "face", hardware_id=str(self.model.device), stale_after_s=2.0)
+        self.diag.set_value("device", str(self.model.device))
+        self.diag.set_value("model", self.model_file)
+        self.diag.set_value("detector", self.p.detector)
+        self._pub = self.create_publisher(FaceEmotionArray, "emotion/faces", reliable_qos(10))
+        self._debug_pub = (self.create_publisher(Image, "emotion/face_debug", sensor_qos(1))
+                           if self.p.debug_image else None)
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work, name="face_worker", daemon=True)
+        self._worker.start()
+        self._sub = self.create_subscription(Image, "image_raw", self._on_image, sensor_qos(1))
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._close()
+        if self.model is not None and self.model.device.type != "cpu":
+            self._move_model("cpu")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._close()
+        self._drop_model()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._close()
+        self._drop_model()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._close()
+        self._drop_model()
+        return TransitionCallbackReturn.SUCCESS
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    def _move_model(self, device) -> None:
+        import torch
+        dev = torch.device(device)
+        self.model.net.to(dev)
+        self.model.device = dev
+        if dev.type == "cpu" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _drop_model(self) -> None:
+        had_cuda = self.model is not None and self.model.device.type == "cuda"
+        self.pipeline = None
+        self.model = None
+        if had_cuda:
+            import torch
+            torch.cuda.empty_cache()
+
+    def _close(self) -> None:
+        """Stop the worker and destroy the topics (idempotent)."""
+        if self._sub is not None:
+            self.destroy_subscription(self._sub)
+            self._sub = None
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+            self._worker = None
+        for name in ("_pub", "_debug_pub"):
+            pub = getattr(self, name)
+            if pub is not None:
+                self.destroy_publisher(pub)
+                setattr(self, name, None)
+        if self.diag is not None:
+            self.diag.destroy()
+            self.diag = None
+        self.slot.clear()
+
+    # -- data path ------------------------------------------------------------------------------------------------
+    def _on_image(self, msg: Image) -> None:
+        diag = self.diag
+        if diag is not None:
+            diag.tick_input()
+        if self.slot.put(msg) and diag is not None:
+            diag.add_dropped(1)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            msg = self.slot.take(timeout=0.1)
+            if msg is None:
+                continue
+            try:
+                self.process(msg)
+            except Exception as exc:  # noqa: BLE001 - keep the worker alive; say what happened
+                self.log.error("process", f"face processing failed: {type(exc).__name__}: {exc}")
+                if self.diag is not None:
+                    self.diag.report_error(f"{type(exc).__name__}: {exc}")
+
+    def _debug_wanted(self) -> bool:
+        pub = self._debug_pub
+        return pub is not None and pub.get_subscription_count() > 0
+
+    def process(self, msg: Image) -> Optional[FaceEmotionArray]:
+        """Run the pipeline on one image message and publish; returns what was published (None for a bad frame)."""
+        pipeline, pub, diag = self.pipeline, self._pub, self.diag
+        if pipeline is None or pub is None:
+            return None
+        t0 = time.perf_counter()
+        debug = self._debug_wanted()
+        colour = debug or pipeline.detector.wants_color
+        try:
+            frame = image_to_numpy(msg, "bgr8" if colour else "mono8")
+            faces = pipeline.process(frame, stamp_to_sec(msg.header.stamp))
+        except InputError as exc:
+            self.bad_frames += 1
+            self.log.warn("bad_image", f"skipping image ({msg.width}x{msg.height} {msg.encoding!r}, "
+                                       f"frame_id {msg.header.frame_id!r}): {exc}")
+            if diag is not None:
+                diag.report_error(f"bad image: {exc}")
+                diag.set_value("bad_frames", self.bad_frames)
+            return None
+        out = self.to_message(msg, faces, bool(self.p.publish_embedding))
+        pub.publish(out)
+        self.frames += 1
+        if debug:
+            dbg = numpy_to_image(draw_faces(frame, faces), "bgr8", stamp=msg.header.stamp,
+                                 frame_id=msg.header.frame_id)
+            self._debug_pub.publish(dbg)
+        if diag is not None:
+            diag.record_processing(time.perf_counter() - t0)
+            diag.tick_output()
+            diag.set_value("faces", len(faces))
+            for key in ("detect_ms", "align_ms", "model_ms"):
+                diag.set_value(key, f"{pipeline.timings.get(key, 0.0):.2f}")
+        return out
+
+    @staticmethod
+    def to_message(img: Image, faces: List[FaceResult], embedding: bool = True) -> FaceEmotionArray:
+        out = FaceEmotionArray()
+        out.header = img.header
+        out.image_width = int(img.width)
+        out.image_height = int(img.height)
+        W, H = int(img.width), int(img.height)
+        for f in faces:
+            x, y, w, h = f.box
+            x0, y0 = max(0, min(x, W - 1)), max(0, min(y, H - 1))
+            x1, y1 = max(x0 + 1, min(x + w, W)), max(y0 + 1, min(y + h, H))
+            fe = FaceEmotion()
+            fe.id = f.id
+            fe.x, fe.y, fe.width, fe.height = int(x0), int(y0), int(x1 - x0), int(y1 - y0)
+            fe.detection_confidence = float(f.det_score)
+            fe.emotion = f.emotion
+            fe.confidence = f.confidence
+            fe.labels = list(LABELS)
+            fe.probabilities = array.array("f", np.asarray(f.probs, np.float32).tobytes())
+            fe.embedding = array.array("f", np.asarray(f.embedding, np.float32).tobytes() if embedding else b"")
+            out.faces.append(fe)
+        return out
+
+
+def main(args=None) -> None:
+    sys.exit(run_node(FaceNode, args=args))
+
+
+if __name__ == "__main__":
+    main()
