@@ -1,21 +1,26 @@
 """``run_node``: the main() of every emotion_ros node.
 
 rclpy.init -> build the node -> (lifecycle node with ``autostart`` true: configure + activate) -> spin a
-MultiThreadedExecutor until Ctrl-C / SIGTERM / shutdown -> shut the node down cleanly. Returns a process exit code.
+MultiThreadedExecutor until Ctrl-C / SIGTERM / ``request_stop()`` / rclpy shutdown -> shutdown transition ->
+destroy. Returns a process exit code (console_scripts pass it to sys.exit).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
-from typing import Callable, Optional, Sequence
+import threading
+from typing import Callable, List, Optional, Sequence, Union
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 from emotion_ros.env import ensure_ros_env
 
-__all__ = ["run_node", "autostart", "lifecycle_state"]
+__all__ = ["run_node", "request_stop", "autostart", "lifecycle_state"]
 
 
 def lifecycle_state(node: LifecycleNode) -> str:
@@ -49,53 +54,93 @@ def _wants_autostart(node: LifecycleNode) -> bool:
     return bool(node.get_parameter("autostart").value)
 
 
-def run_node(node_factory: Callable[[], "rclpy.node.Node"], args: Optional[Sequence[str]] = None,
-             num_threads: Optional[int] = None) -> int:
-    """Run one node until shutdown. ``node_factory()`` builds it after ``rclpy.init(args=args)``.
+_stop = threading.Event()
 
-    Exit code: 0 on a clean stop (Ctrl-C, SIGTERM, rclpy shutdown), 1 when construction or autostart failed.
+
+def request_stop() -> None:
+    """Ask the running ``run_node`` loop to stop (e.g. a file source reached its end); safe from any thread."""
+    _stop.set()
+
+
+def _on_signal(signum, _frame) -> None:
+    _stop.set()
+
+
+def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Optional[Sequence[str]] = None,
+             num_threads: Optional[int] = None, poll_s: float = 0.2) -> int:
+    """Run a node (or the list of nodes ``node_factory()`` returns) until Ctrl-C, SIGTERM, ``request_stop()`` or
+    rclpy shutdown. ``node_factory()`` is called after ``rclpy.init(args=args or sys.argv)``.
+
+    Lifecycle nodes whose ``autostart`` parameter is true (declared with default true when the node does not) are
+    configured and activated before spinning. On stop, lifecycle nodes get the shutdown transition (their
+    ``on_shutdown`` releases devices) while the ROS context is still valid; then nodes are destroyed and rclpy shut
+    down. Exit code: 0 on a clean stop, 1 when construction or autostart failed.
     """
     ensure_ros_env()
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
+    _stop.clear()
+    # Own SIGINT/SIGTERM handling: rclpy's handlers would invalidate the context before nodes can shut down.
+    rclpy.init(args=list(args) if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _on_signal)
+    context = rclpy.get_default_context()
+    nodes: List[Node] = []
     executor = None
-    code = 0
     try:
         try:
-            node = node_factory()
-        except (KeyboardInterrupt, ExternalShutdownException):
+            made = node_factory()
+            nodes = list(made) if isinstance(made, (list, tuple)) else [made]
+        except KeyboardInterrupt:
             return 0
         except Exception as exc:  # noqa: BLE001
             rclpy.logging.get_logger("run_node").fatal(f"could not create node: {type(exc).__name__}: {exc}")
             return 1
         executor = MultiThreadedExecutor(num_threads=num_threads)
-        executor.add_node(node)
-        if isinstance(node, LifecycleNode) and _wants_autostart(node):
-            if not autostart(node):
+        for node in nodes:
+            executor.add_node(node)
+        for node in nodes:
+            if isinstance(node, LifecycleNode) and _wants_autostart(node) and not autostart(node):
                 return 1
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        return code
+        while context.ok() and not _stop.is_set():
+            try:
+                executor.spin_once(timeout_sec=poll_s)
+            except (KeyboardInterrupt, ExternalShutdownException):
+                break
+        return 0
     except KeyboardInterrupt:
-        return code
+        return 0
     finally:
-        if node is not None:
+        for node in reversed(nodes):
             if isinstance(node, LifecycleNode):
-                try:
-                    if lifecycle_state(node) in ("unconfigured", "inactive", "active"):
-                        node.trigger_shutdown()  # on_shutdown releases devices / models
-                except Exception as exc:  # noqa: BLE001
-                    node.get_logger().warning(f"shutdown transition failed: {exc}")
+                _shutdown_lifecycle(node, context)
         if executor is not None:
             try:
                 executor.shutdown(timeout_sec=2.0)
             except Exception:  # noqa: BLE001
                 pass
-        if node is not None:
+        for node in reversed(nodes):
             try:
                 node.destroy_node()
             except Exception:  # noqa: BLE001
                 pass
         rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _shutdown_lifecycle(node: LifecycleNode, context) -> None:
+    state = lifecycle_state(node)
+    try:
+        if context.ok():
+            if state in ("unconfigured", "inactive", "active"):
+                node.trigger_shutdown()
+        elif state in ("inactive", "active"):
+            # The context is gone (someone called rclpy.shutdown): transitions cannot publish their events any
+            # more, so only run the node's own clean-up.
+            node.on_shutdown(LifecycleState(state_id=0, label=state))
+    except Exception as exc:  # noqa: BLE001
+        try:
+            node.get_logger().warning(f"shutdown transition failed: {exc}")
+        except Exception:  # noqa: BLE001
+            pass

@@ -13,6 +13,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -44,7 +45,7 @@ def declare_parameters(node, spec: Dict[str, Tuple]) -> types.SimpleNamespace:
     ``spec`` maps a name to ``(default, description)`` or ``(default, description, descriptor_fields)`` where
     ``descriptor_fields`` is a dict of extra ``ParameterDescriptor`` fields (e.g. ``{"read_only": True}``).
     ``default`` may be a value, ``None`` (dynamically typed, unset), a ``rclpy.Parameter.Type`` (typed, unset), or
-    ``[]`` (a string array). Values given by a parameters file / ``--ros-args -p`` override the defaults.
+    ``[]`` (a string array, reported as ``[]`` while unset). Values given by a parameters file / ``--ros-args -p`` override the defaults.
     In the returned namespace, dots in names become underscores (``"face.min_size"`` -> ``ns.face_min_size``).
     Already-declared names are not declared again (their current value is returned).
     """
@@ -53,6 +54,7 @@ def declare_parameters(node, spec: Dict[str, Tuple]) -> types.SimpleNamespace:
         if not isinstance(entry, tuple) or len(entry) not in (2, 3):
             raise ValueError(f"parameter spec for {name!r} must be (default, description[, descriptor fields])")
         default, description = entry[0], entry[1]
+        unset_value = [] if isinstance(default, list) and not default else None
         extra = dict(entry[2]) if len(entry) == 3 else {}
         if not node.has_parameter(name):
             if default is None:
@@ -63,7 +65,11 @@ def declare_parameters(node, spec: Dict[str, Tuple]) -> types.SimpleNamespace:
             if isinstance(default, tuple):
                 default = list(default)
             node.declare_parameter(name, default, descriptor)
-        out[name.replace(".", "_")] = node.get_parameter(name).value
+        try:
+            value = node.get_parameter(name).value
+        except ParameterUninitializedException:  # typed but unset (default [] or a Parameter.Type)
+            value = unset_value
+        out[name.replace(".", "_")] = value
     return types.SimpleNamespace(**out)
 
 
@@ -202,13 +208,14 @@ class Diagnostics:
     ``expected_rate_hz``, processing (p50) is slower than the input period, or inputs were dropped since the last
     report; OK otherwise. ``expected_rate_hz=None`` with ``stale_after_s=None`` (or <= 0) disables the input checks
     (for nodes with sporadic input, e.g. behaviour).
+    Rates and processing percentiles cover the last ``horizon_s`` seconds (at most ``window`` events).
     Values: input_rate_hz, output_rate_hz, processing_ms_p50, processing_ms_p95, dropped, errors, last_error,
     seconds_since_input, and every ``set_value`` key.
     """
 
     def __init__(self, node, name: str, hardware_id: str = "", expected_rate_hz: Optional[float] = None,
                  stale_after_s: Optional[float] = 2.0, period_s: float = 1.0, error_hold_s: float = 5.0,
-                 window: int = 200, topic: str = "/diagnostics",
+                 window: int = 300, horizon_s: float = 5.0, topic: str = "/diagnostics",
                  clock: Callable[[], float] = time.monotonic):
         self.node = node
         self.name = f"{node.get_name()}: {name}"
@@ -216,6 +223,7 @@ class Diagnostics:
         self.expected_rate_hz = expected_rate_hz
         self.stale_after_s = stale_after_s if stale_after_s and stale_after_s > 0 else None
         self.error_hold_s = float(error_hold_s)
+        self.horizon_s = float(horizon_s)
         self._clock = clock
         self._lock = threading.Lock()
         self._t0 = clock()
@@ -253,7 +261,7 @@ class Diagnostics:
 
     def record_processing(self, seconds: float) -> None:
         with self._lock:
-            self._proc.append(float(seconds))
+            self._proc.append((self._clock(), float(seconds)))
 
     def set_value(self, key: str, value) -> None:
         with self._lock:
@@ -278,9 +286,9 @@ class Diagnostics:
         """Build the current DiagnosticStatus (also what ``publish`` sends)."""
         now = self._clock()
         with self._lock:
-            in_rate = self._rate(self._inputs, now)
-            out_rate = self._rate(self._outputs, now)
-            proc = np.asarray(self._proc, dtype=np.float64)
+            in_rate = self._rate(self._inputs, now, self.horizon_s)
+            out_rate = self._rate(self._outputs, now, self.horizon_s)
+            proc = np.asarray([s for t, s in self._proc if now - t <= self.horizon_s], dtype=np.float64)
             last_in = self._inputs[-1] if self._inputs else None
             n_recent_in = len(self._inputs)
             n_in, n_out = self._n_in, self._n_out
