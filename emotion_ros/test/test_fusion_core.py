@@ -1,0 +1,228 @@
+"""TemporalFusion: time alignment, staleness, model-level fusion and its fallbacks, smoothing, primary person."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from emotion_ros.core.errors import InputError
+from emotion_ros.core.fusion import ARCH, FusionModel, FusionNet, TemporalFusion
+from emotion_ros.core.labels import INDEX, LABELS, valence_arousal
+from emotion_ros.core.modelio import save_checkpoint
+
+FACE_DIM, VOICE_DIM, HIDDEN = 16, 8, 8
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.manual_seed(0)
+    net = FusionNet(FACE_DIM, VOICE_DIM, HIDDEN)
+    path = str(tmp_path_factory.mktemp("fusion") / "fusion.pt")
+    save_checkpoint(path, kind="fusion", arch=ARCH, model=net,
+                    input_spec={"face_dim": FACE_DIM, "voice_dim": VOICE_DIM}, config={"model": {"hidden": HIDDEN}})
+    return FusionModel(path, "cpu")
+
+
+def onehot(label, p=0.9):
+    v = np.full(len(LABELS), (1 - p) / (len(LABELS) - 1), np.float32)
+    v[INDEX[label]] = p
+    return v
+
+
+RNG = np.random.default_rng(0)
+FACE_EMB = RNG.normal(size=FACE_DIM).astype(np.float32)
+VOICE_EMB = RNG.normal(size=VOICE_DIM).astype(np.float32)
+
+
+def test_both_fresh_uses_model_level_fusion(model):
+    tf = TemporalFusion(model, smoothing_tau_s=0)
+    tf.add_face(10.0, "p1", 5000, onehot("happy"), FACE_EMB)
+    tf.add_voice(9.2, 9.9, onehot("sad", 0.6), VOICE_EMB)
+    (st,) = tf.estimate(10.1)
+    assert st.mode == "model" and st.primary and st.person_id == "p1"
+    np.testing.assert_allclose(st.probs, model.predict(FACE_EMB, VOICE_EMB), atol=1e-6)
+    # differs from each single-modality prediction: both embeddings really went in
+    assert not np.allclose(st.probs, model.predict(FACE_EMB, None), atol=1e-4)
+    assert not np.allclose(st.probs, model.predict(None, VOICE_EMB), atol=1e-4)
+    assert st.stamp == 10.0  # newest evidence: the face frame, not "now", not the voice end
+    assert st.emotion == LABELS[int(np.argmax(st.probs))] and st.confidence == pytest.approx(st.probs.max())
+    assert (st.valence, st.arousal) == pytest.approx(valence_arousal(st.probs))
+    assert 0 < st.face_weight < 1 and 0 < st.voice_weight < 1
+    assert st.face_weight + st.voice_weight == pytest.approx(1.0)
+    # face: age 0.1 conf 0.9; voice: age 0.2 conf 0.6 -> face weighs more
+    assert st.face_weight > st.voice_weight
+    assert st.changed
+
+
+def test_face_stops_voice_only_then_face_returns(model):
+    tf = TemporalFusion(model, window_s=1.0, stale_s=1.0, smoothing_tau_s=0)
+    for i in range(10):  # faces at 10 Hz from t=0 to 0.9, voice utterances covering 0..3 s
+        tf.add_face(0.1 * i, "p1", 4000, onehot("happy"), FACE_EMB)
+    tf.add_voice(0.0, 3.0, onehot("angry", 0.8), VOICE_EMB)
+    (st,) = tf.estimate(0.95)
+    assert st.person_id == "p1" and st.face_weight > 0 and st.voice_weight > 0
+    (st,) = tf.estimate(1.5)  # last face 0.6 s old: still fresh
+    assert st.person_id == "p1" and st.face_weight > 0
+    (st,) = tf.estimate(1.95)  # last face 1.05 s old > stale_s: voice alone
+    assert st.person_id == "" and st.primary
+    assert st.face_weight == 0.0 and st.voice_weight == 1.0
+    np.testing.assert_allclose(st.probs, model.predict(None, VOICE_EMB), atol=1e-6)
+    assert st.stamp == 3.0 and st.face_probs is None
+    tf.add_face(2.0, "p1", 4000, onehot("happy"), FACE_EMB)
+    (st,) = tf.estimate(2.05)
+    assert st.person_id == "p1" and st.mode == "model" and st.face_weight > 0 and st.voice_weight > 0
+    np.testing.assert_allclose(st.probs, model.predict(FACE_EMB, VOICE_EMB), atol=1e-6)
+    # voice ended at 3.0: after 4.0 it is stale too, the face alone remains
+    tf.add_face(4.2, "p1", 4000, onehot("happy"), FACE_EMB)
+    (st,) = tf.estimate(4.25)
+    assert st.voice_weight == 0.0 and st.face_weight == 1.0
+    np.testing.assert_allclose(st.probs, model.predict(FACE_EMB, None), atol=1e-6)
+    assert tf.estimate(6.0) == []  # nothing fresh
+
+
+def test_missing_embedding_falls_back_to_modality_probs(model):
+    tf = TemporalFusion(model, smoothing_tau_s=0)
+    tf.add_face(1.0, "p1", 100, onehot("surprised"), None)
+    (st,) = tf.estimate(1.0)
+    assert st.mode == "probs"
+    np.testing.assert_allclose(st.probs, onehot("surprised"), atol=1e-6)
+    # voice with an embedding, face without: model on the voice, face probabilities mixed in by weight
+    tf.add_voice(0.5, 1.0, onehot("sad"), VOICE_EMB)
+    (st,) = tf.estimate(1.0)
+    assert st.mode == "model+probs"
+    expect = st.voice_weight * model.predict(None, VOICE_EMB) + st.face_weight * onehot("surprised")
+    np.testing.assert_allclose(st.probs, expect / expect.sum(), atol=1e-5)
+
+
+def test_embedding_of_wrong_size_warns_and_falls_back(model):
+    tf = TemporalFusion(model, smoothing_tau_s=0)
+    warn = tf.add_face(1.0, "p1", 100, onehot("happy"), np.zeros(FACE_DIM + 3, np.float32))
+    assert warn and "face embedding has 19 values" in warn and str(FACE_DIM) in warn
+    assert tf.add_voice(0.5, 1.0, onehot("happy"), VOICE_EMB) is None
+    (st,) = tf.estimate(1.0)
+    assert st.mode == "model+probs"
+
+
+def test_probability_fallback_without_model():
+    tf = TemporalFusion(None, smoothing_tau_s=0)
+    tf.add_face(1.0, "a", 100, onehot("happy", 0.9), FACE_EMB)
+    tf.add_voice(0.0, 1.0, onehot("sad", 0.5), VOICE_EMB)
+    (st,) = tf.estimate(1.0)
+    assert st.mode == "probs"
+    w_f, w_v = 0.9, 0.5  # both age 0 -> freshness 1, weight = own confidence
+    assert st.face_weight == pytest.approx(w_f / (w_f + w_v), abs=1e-5)
+    expect = (w_f * onehot("happy", 0.9) + w_v * onehot("sad", 0.5)) / (w_f + w_v)
+    np.testing.assert_allclose(st.probs, expect, atol=1e-5)
+
+
+def test_voice_segments_weighted_by_overlap():
+    tf = TemporalFusion(None, window_s=1.0, stale_s=1.0, smoothing_tau_s=0)
+    tf.add_voice(8.0, 9.2, onehot("sad", 1.0), None)    # overlaps [9, 10] by 0.2
+    tf.add_voice(9.2, 10.0, onehot("happy", 1.0), None)  # overlaps by 0.8
+    tf.add_voice(9.5, 10.0, onehot("angry", 1.0), None, voice_activity=False)  # no speech: ignored
+    tf.add_voice(5.0, 8.5, onehot("scared", 1.0), None)  # outside the window
+    (st,) = tf.estimate(10.0)
+    assert st.person_id == "" and st.voice_weight == 1.0
+    assert st.probs[INDEX["happy"]] == pytest.approx(0.8, abs=1e-5)
+    assert st.probs[INDEX["sad"]] == pytest.approx(0.2, abs=1e-5)
+    assert st.probs[INDEX["scared"]] == pytest.approx(0.0, abs=1e-6)
+    assert st.stamp == 10.0
+
+
+def test_smoothing_is_dt_aware(model):
+    tau = 0.5
+    tf = TemporalFusion(None, smoothing_tau_s=tau, window_s=10, stale_s=10)
+    tf.add_face(0.0, "p", 100, onehot("neutral", 1.0))
+    (st,) = tf.estimate(0.0)
+    assert st.emotion == "neutral" and st.changed
+    tf.add_face(0.01, "p", 100, onehot("happy", 1.0))
+    (st,) = tf.estimate(0.01 + tau)
+    # one step of length dt moves 1 - exp(-dt / tau) of the way
+    assert st.probs[INDEX["happy"]] == pytest.approx(1 - math.exp(-(tau + 0.01) / tau), abs=1e-4)
+    assert st.emotion == "happy" and st.changed
+    # the same time span in 5 steps ends at the same place (dt-aware)
+    tf2 = TemporalFusion(None, smoothing_tau_s=tau, window_s=10, stale_s=10)
+    tf2.add_face(0.0, "p", 100, onehot("neutral", 1.0))
+    tf2.estimate(0.0)
+    tf2.add_face(0.01, "p", 100, onehot("happy", 1.0))
+    for k in range(1, 6):
+        (st2,) = tf2.estimate(0.01 + tau * k / 5)
+    np.testing.assert_allclose(st2.probs, st.probs, atol=1e-4)
+    (st3,) = tf2.estimate(0.01 + tau * 1.2)
+    assert not st3.changed  # still happy
+
+
+def test_primary_is_largest_face_and_voice_goes_to_primary(model):
+    tf = TemporalFusion(model, smoothing_tau_s=0)
+    tf.add_face(5.0, "small", 900, onehot("sad"), FACE_EMB)
+    tf.add_face(5.02, "big", 10000, onehot("happy"), FACE_EMB * 0.5)
+    tf.add_voice(4.5, 5.0, onehot("angry"), VOICE_EMB)
+    states = tf.estimate(5.05)
+    assert [s.person_id for s in states] == ["big", "small"]
+    assert [s.primary for s in states] == [True, False]
+    assert states[0].voice_weight > 0 and states[1].voice_weight == 0 and states[1].face_weight == 1.0
+    assert states[0].stamp == pytest.approx(5.02) and states[1].stamp == pytest.approx(5.0)
+    # the small face comes closer: it becomes primary
+    tf.add_face(5.1, "small", 20000, onehot("sad"), FACE_EMB)
+    tf.add_face(5.1, "big", 10000, onehot("happy"), FACE_EMB * 0.5)
+    states = tf.estimate(5.12)
+    assert states[0].person_id == "small" and states[0].primary
+
+
+def test_voice_to_all():
+    tf = TemporalFusion(None, smoothing_tau_s=0, voice_to="all")
+    tf.add_face(5.0, "a", 900, onehot("sad"))
+    tf.add_face(5.0, "b", 1000, onehot("happy"))
+    tf.add_voice(4.5, 5.0, onehot("angry"))
+    assert all(s.voice_weight > 0 for s in tf.estimate(5.0))
+
+
+def test_persons_forgotten_and_buffers_bounded():
+    tf = TemporalFusion(None, forget_s=2.0, buffer_len=4)
+    for i in range(50):
+        tf.add_face(i * 0.01, "a", 100, onehot("happy"))
+        tf.add_voice(i * 0.01, i * 0.01 + 0.01, onehot("happy"))
+    assert len(tf._faces["a"]) == 4 and len(tf._voice) == 4
+    tf.estimate(0.5)
+    tf.add_face(3.0, "b", 100, onehot("sad"))
+    tf.estimate(3.0)
+    assert tf.persons == ["b"]
+
+
+def test_newest_face_in_window_and_future_stamps():
+    tf = TemporalFusion(None, smoothing_tau_s=0)
+    tf.add_face(2.0, "p", 100, onehot("happy"))
+    tf.add_face(1.5, "p", 100, onehot("sad"))  # arrives late, older: not used
+    (st,) = tf.estimate(2.1)
+    assert st.emotion == "happy" and st.stamp == 2.0
+    tf2 = TemporalFusion(None)
+    tf2.add_face(50.0, "p", 100, onehot("happy"))  # far in the future of the caller's clock: not used
+    assert tf2.estimate(2.0) == []
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda tf: tf.add_face(float("nan"), "p", 1, onehot("happy")), "face stamp"),
+    (lambda tf: tf.add_face(1.0, "p", float("inf"), onehot("happy")), "face box_area"),
+    (lambda tf: tf.add_face(1.0, "p", 1, np.array([np.nan] * 7)), "face probabilities"),
+    (lambda tf: tf.add_face(1.0, "p", 1, onehot("happy"), np.array([0, np.inf])), "face embedding"),
+    (lambda tf: tf.add_face(1.0, "p", 1, np.ones(5)), "face probabilities"),
+    (lambda tf: tf.add_voice(float("nan"), 1.0, onehot("happy")), "voice start"),
+    (lambda tf: tf.add_voice(0.0, float("inf"), onehot("happy")), "voice end"),
+    (lambda tf: tf.add_voice(0.0, 1.0, np.array([np.inf] + [0] * 6)), "voice probabilities"),
+    (lambda tf: tf.add_voice(0.0, 1.0, onehot("happy"), np.array([np.nan])), "voice embedding"),
+    (lambda tf: tf.add_voice(2.0, 1.0, onehot("happy")), "before it starts"),
+    (lambda tf: tf.estimate(float("nan")), "now"),
+])
+def test_bad_input_raises_input_error_naming_the_field(call, field):
+    tf = TemporalFusion(None)
+    with pytest.raises(InputError, match=field):
+        call(tf)
+
+
+def test_clock_jump_back_resets():
+    tf = TemporalFusion(None)
+    tf.add_face(100.0, "p", 100, onehot("happy"))
+    assert tf.estimate(100.0)
+    tf.add_face(1.0, "q", 100, onehot("sad"))
+    (st,) = tf.estimate(1.0)  # bag restarted: the evidence of t=100 is dropped, the new person is seen
+    assert st.person_id == "q" and st.emotion == "sad"
