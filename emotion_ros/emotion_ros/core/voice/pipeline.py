@@ -4,8 +4,9 @@
 resampler (``soxr.ResampleStream``, one per continuous stream, so chunk borders leave no artefacts), feeds the
 :class:`~emotion_ros.core.voice.segment.Segmenter` and runs the :class:`~emotion_ros.core.voice.model.VoiceModel`
 on every segment it completes.  Time runs on the sample count from the stream's first ``t_start``; a chunk whose
-``t_start`` is off by more than the segmenter's ``gap_tolerance_s`` (lost audio, a restart), or a change of
-sample rate, ends the stream (the resampler is drained, the open utterance closed) and starts a new one there.
+``t_start`` is off by more than the segmenter's ``gap_tolerance_s`` (lost audio, a restart) ends the stream (the
+resampler is drained, the open utterance closed) and starts a new one there; a change of sample rate with
+continuous time only replaces the resampler.
 
 Each segment is trimmed with :func:`~emotion_ros.core.voice.features.trim_silence` before the model sees it, as
 training trims each clip (the model then loudness-normalises it).
@@ -77,7 +78,7 @@ class VoicePipeline:
     """Streaming voice-emotion pipeline (see the module docstring).
 
     Counters: ``audio_s`` (seconds of 16 kHz audio pushed), ``processing_s`` (wall time spent in ``push``/``flush``),
-    ``real_time_factor`` (their ratio), ``nonfinite_samples``, ``streams`` (stream restarts), ``n_results``.
+    ``real_time_factor`` (their ratio), ``nonfinite_samples``, ``streams`` (streams started), ``gaps`` (discontinuities met), ``n_results``.
     """
 
     def __init__(self, model, segmenter: Optional[Segmenter] = None, trim: bool = True, quality: str = "HQ"):
@@ -91,6 +92,7 @@ class VoicePipeline:
         self.processing_s = 0.0
         self.nonfinite_samples = 0
         self.streams = 0
+        self.gaps = 0
         self.n_results = 0
         self._rs = None
         self._rate: Optional[int] = None
@@ -142,9 +144,12 @@ class VoicePipeline:
 
         segs: List[Segment] = []
         expected = self.expected_t()
-        if expected is not None and (rate != self._rate
-                                     or abs(t_start - expected) > self.segmenter.gap_tolerance_s):
-            segs += self._end_stream()
+        if expected is not None:
+            if abs(t_start - expected) > self.segmenter.gap_tolerance_s:
+                self.gaps += 1
+                segs += self._end_stream()          # discontinuity: close the utterance, restart timing
+            elif rate != self._rate:
+                segs += self._drain()               # same stream at a new rate: only the resampler changes
         if self._rate is None:
             self._start_stream(rate, t_start)
         segs += self._feed(self._resample(mono, last=False))
@@ -188,15 +193,18 @@ class VoicePipeline:
         self.audio_s += y.size / SAMPLE_RATE
         return self.segmenter.push(y, t)
 
-    def _end_stream(self) -> List[Segment]:
+    def _drain(self) -> List[Segment]:
+        """Push what the resampler still holds; the next chunk starts a new resampler (the segmenter goes on)."""
         segs: List[Segment] = []
         if self._rate is not None:
             if self._rs is not None:
                 segs += self._feed(self._resample(np.zeros(0, np.float32), last=True))
             self._rs = None
             self._rate = None
-        segs += self.segmenter.flush()
         return segs
+
+    def _end_stream(self) -> List[Segment]:
+        return self._drain() + self.segmenter.flush()
 
     # ------------------------------------------------------------------------------------------------ model
     def _classify(self, segs: List[Segment]) -> List[VoiceResult]:
