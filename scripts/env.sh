@@ -1,0 +1,25 @@
+# emotion_ros environment: `source scripts/env.sh` (bash/zsh). The one place that sets the ROS 2 variables for
+# this repository's venv; the Makefile sources it. Safe to source more than once.
+#   EMOTION_ROS_VENV   venv to use (default <repo>/.venv)
+if [ -n "${BASH_SOURCE[0]:-}" ]; then _er_here="${BASH_SOURCE[0]}"; else _er_here="${(%):-%x}"; fi
+EMOTION_ROS_ROOT="$(cd "$(dirname "$_er_here")/.." && pwd)"
+unset _er_here
+export EMOTION_ROS_ROOT
+export EMOTION_ROS_VENV="${EMOTION_ROS_VENV:-$EMOTION_ROS_ROOT/.venv}"
+
+_er_prepend() {  # _er_prepend VAR DIR: put DIR first in the colon list VAR, once
+  local cur="${!1:-}"
+  case ":$cur:" in *":$2:"*) ;; *) export "$1=$2${cur:+:$cur}" ;; esac
+}
+# ament index (interfaces + emotion_ros share/) and CMake packages live in the venv prefix
+_er_prepend AMENT_PREFIX_PATH "$EMOTION_ROS_VENV"
+_er_prepend PATH "$EMOTION_ROS_VENV/bin"
+unset -f _er_prepend
+export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
+# Fast DDS: shared-memory transport with 16 MiB segments for images (+UDPv4); see config/fastdds_shm.xml
+if [ -z "${FASTDDS_DEFAULT_PROFILES_FILE:-}" ]; then
+  export FASTDDS_DEFAULT_PROFILES_FILE="$EMOTION_ROS_ROOT/emotion_ros/config/fastdds_shm.xml"
+fi
+# rclpy log files go to $ROS_HOME/log (default ~/.ros/log); keep them inside the repository's ignored .cache/
+export ROS_HOME="${ROS_HOME:-$EMOTION_ROS_ROOT/.cache/ros}"
+export PYTHONUNBUFFERED=1

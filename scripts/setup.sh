@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# From nothing to a working emotion_ros on Debian 12 + Python 3.11 (no ROS distribution needed):
+#   1. system packages: libportaudio2 (sounddevice), espeak-ng + sox (synthetic speech for tests/demo),
+#      cmake + g++ + make (interface builds)    [apt-get, as root; warns and carries on otherwise]
+#   2. venv <repo>/.venv with python3.11         [kept if it exists: never recreated]
+#   3. pinned Python dependencies (requirements.txt + scripts/constraints.txt; torch from /opt/wheels if present)
+#   4. emotion_msgs + audio_common_msgs built into the venv (scripts/build_interfaces.sh)
+#   5. emotion_ros installed into the venv (scripts/install_package.sh)
+# Idempotent: a stamp in the venv records the inputs; an unchanged setup returns in about a second.
+# FORCE=1 redoes every step. Variables: EMOTION_ROS_VENV (default <repo>/.venv), PYTHON (interpreter for the venv).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="${EMOTION_ROS_VENV:-$ROOT/.venv}"
+STAMP="$VENV/.emotion_ros_setup_stamp"
+t_start=$SECONDS
+
+say() { echo "setup: $*"; }
+warn() { echo "setup: WARNING: $*" >&2; }
+
+inputs_hash() {
+  {
+    cat requirements.txt scripts/constraints.txt scripts/setup.sh scripts/build_interfaces.sh \
+        scripts/install_package.sh emotion_ros/setup.py emotion_ros/package.xml
+    find emotion_msgs audio_common_msgs -type f \( -name '*.msg' -o -name CMakeLists.txt -o -name package.xml \) \
+      -print0 | sort -z | xargs -0 cat
+    echo "$VENV"
+  } | sha256sum | cut -d' ' -f1
+}
+
+want="$(inputs_hash)"
+if [ "${FORCE:-0}" != 1 ] && [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
+    && [ -x "$VENV/bin/camera_node" ] && [ -e "$VENV/share/emotion_ros/package.xml" ]; then
+  say "up to date ($VENV)"
+  exit 0
+fi
+
+# --- 1. system packages ----------------------------------------------------------------------------------------
+apt_missing=()
+for pkg in libportaudio2 espeak-ng sox; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || apt_missing+=("$pkg")
+done
+command -v cmake >/dev/null || apt_missing+=(cmake)
+command -v g++ >/dev/null || apt_missing+=(g++)
+command -v make >/dev/null || apt_missing+=(make)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null; then
+    warn "no apt-get; install these yourself: ${apt_missing[*]}"
+  elif [ "$(id -u)" = 0 ]; then
+    say "apt-get install ${apt_missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    say "sudo apt-get install ${apt_missing[*]}"
+    sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+  else
+    warn "not root: skipping apt-get install ${apt_missing[*]} (microphone input needs libportaudio2; speech" \
+         "test data needs espeak-ng; interface builds need cmake g++)"
+  fi
+else
+  say "system packages present"
+fi
+for tool in cmake g++; do
+  command -v "$tool" >/dev/null || { echo "setup: $tool is required to build the ROS interfaces" >&2; exit 1; }
+done
+
+# --- 2. venv -------------------------------------------------------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+  PY="${PYTHON:-}"
+  if [ -z "$PY" ]; then
+    for cand in python3.11 python3; do
+      if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+        PY="$(command -v "$cand")"; break
+      fi
+    done
+  fi
+  [ -n "$PY" ] || { echo "setup: Python 3.11 not found (the ROS 2 wheels are cp311); set PYTHON=/path/to/python3.11" >&2; exit 1; }
+  say "creating $VENV with $PY ($("$PY" --version 2>&1))"
+  "$PY" -m venv "$VENV"
+else
+  say "using existing venv $VENV"
+fi
+"$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+  || { echo "setup: $VENV is not Python 3.11" >&2; exit 1; }
+
+# --- 3. Python dependencies -------------------------------------------------------------------------------------
+say "pip install -r requirements.txt"
+t0=$SECONDS
+pip_log="$(mktemp)"
+pip_args=(-q --disable-pip-version-check)
+[ -d /opt/wheels ] && pip_args+=(--find-links /opt/wheels)
+if ! "$VENV/bin/python" -m pip install "${pip_args[@]}" -r requirements.txt -c scripts/constraints.txt >"$pip_log" 2>&1; then
+  cat "$pip_log" >&2; rm -f "$pip_log"
+  echo "setup: pip install failed" >&2; exit 1
+fi
+grep -i "error" "$pip_log" >&2 || true
+rm -f "$pip_log"
+say "python dependencies ready ($((SECONDS - t0)) s)"
+
+# --- 4. interfaces, 5. package ------------------------------------------------------------------------------------
+"$ROOT/scripts/build_interfaces.sh" "$VENV"
+"$ROOT/scripts/install_package.sh" "$VENV"
+
+# --- check --------------------------------------------------------------------------------------------------------
+(cd / && AMENT_PREFIX_PATH="$VENV" "$VENV/bin/python" -c '
+import rclpy, cv2, torch, numpy, librosa, soundfile, rosbags
+from emotion_msgs.msg import EmotionState
+from audio_common_msgs.msg import AudioDataStamped
+from ament_index_python.packages import get_package_share_directory
+import emotion_ros.ros.convert, emotion_ros.ros.node_utils
+assert cv2.data.haarcascades
+print("setup: check ok: torch", torch.__version__, "| opencv", cv2.__version__, "| numpy", numpy.__version__,
+      "| share", get_package_share_directory("emotion_ros"))
+')
+echo "$want" >"$STAMP"
+say "done in $((SECONDS - t_start)) s. Environment: source scripts/env.sh (the Makefile does it)."
