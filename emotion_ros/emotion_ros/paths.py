@@ -20,7 +20,7 @@ def share_dir() -> Optional[str]:
         return None
     try:
         return get_package_share_directory(PACKAGE)
-    except (PackageNotFoundError, KeyError, ValueError):
+    except (PackageNotFoundError, KeyError, ValueError, OSError):  # OSError: AMENT_PREFIX_PATH unset
         return None
 
 
