@@ -171,7 +171,7 @@ class FaceNode(LifecycleNode):
         self.diag.set_value("model", self.model_file)
         self.diag.set_value("detector", self.p.detector)
         self._pub = self.create_publisher(FaceEmotionArray, "emotion/faces", reliable_qos(10))
-        self._debug_pub = (self.create_publisher(Image, "emotion/face_debug", sensor_qos(1))
+        self._debug_pub = (self.create_publisher(Image, "emotion/face_debug", reliable_qos(1))
                            if self.p.debug_image else None)
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="face_worker", daemon=True)
