@@ -38,6 +38,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/emotion_ros"))
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--init-from", default=None,
+                   help="start from the weights of this run checkpoint (last.pt) with a fresh schedule")
+    p.add_argument("--eval-every", type=int, default=1, help="measure dev/val every N epochs (and the last)")
+    p.add_argument("--pct-start", type=float, default=0.2, help="warm-up fraction of the one-cycle schedule")
     p.add_argument("--limit", type=int, default=0, help="use only N training images (smoke tests)")
 
 
@@ -77,12 +81,17 @@ def run(args) -> dict:
     opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                           weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs,
-                                                steps_per_epoch=steps_per_epoch, pct_start=0.2)
+                                                steps_per_epoch=steps_per_epoch, pct_start=args.pct_start)
     config = {"args": vars(args), "model": {"widths": list(widths), "embed_dim": args.embed_dim},
               "labels": list(LABELS), "n_train": int(len(y_tr)), "n_dev": int(len(y_dev))}
     ckpt = Checkpointer(args.run_dir)
     write_json(os.path.join(args.run_dir, "config.json"), config)
     start, history = 0, []
+    if args.init_from:
+        init = torch.load(args.init_from, map_location="cpu", weights_only=False)
+        net.load_state_dict(init["model"])
+        history = [dict(h, phase="init") for h in init.get("history", [])]
+        print(f"initialised from {args.init_from} (epoch {init.get('epoch')})", flush=True)
     if args.resume:
         state = ckpt.load()
         if state:
@@ -114,13 +123,15 @@ def run(args) -> dict:
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss) * len(y)
+            tot += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.set_postfix(loss=f"{tot / seen:.3f}", acc=f"{correct / seen:.3f}")
-        rec = {"epoch": epoch + 1, "train_loss": tot / seen, "train_acc": correct / seen,
-               "dev_acc": evaluate_arrays(net, x_dev, y_dev)["accuracy"]}
-        if val is not None:
+        rec = {"epoch": epoch + 1, "train_loss": tot / seen, "train_acc": correct / seen}
+        measure = (epoch + 1) % max(1, args.eval_every) == 0 or epoch + 1 == args.epochs
+        if measure:
+            rec["dev_acc"] = evaluate_arrays(net, x_dev, y_dev)["accuracy"]
+        if val is not None and measure:
             rec["val_acc"] = evaluate_arrays(net, val.images, val.labels)["accuracy"]
         history.append(rec)
         print(json.dumps(rec), flush=True)
