@@ -80,13 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--voice-model", default=None, help="voice checkpoint (default: models/voice.pt)")
     e.add_argument("--fusion-model", default=None,
                    help="fusion checkpoint (default: models/fusion.pt when present; 'none' = late fusion)")
-    e.add_argument("--step", type=float, default=0.1, help="fusion step / sampling period in s (default 0.1)")
+    e.add_argument("--step", type=float, default=None,
+                   help="fusion step / sampling period in s (default: 1 / the fusion node's rate, 0.1)")
+    e.add_argument("--hold", type=float, default=None,
+                   help="recorded mode: a message counts for this many s after it was received (default 1)")
     e.add_argument("--mode", choices=("auto", "raw", "recorded"), default="auto",
                    help="raw: run the models on image/audio; recorded: score recorded emotion/* outputs; "
                         "auto: raw when the bag has image_raw or audio")
     e.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
     e.add_argument("--max-fps", type=float, default=None,
                    help="process at most this many frames per second of bag (default: every frame)")
+    e.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the face node's cpu_threads, 1; 0 = torch's default)")
     e.add_argument("--force", action="store_true", help="replace existing output files")
 
     i = sub.add_parser("info", help="print a bag's topics, types, counts and duration")
@@ -104,6 +109,9 @@ def _info(path: str) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from emotion_ros.env import ensure_ament_prefix
+
+    ensure_ament_prefix()  # installed interface packages and share/emotion_ros without sourcing anything
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, ros_args = _split_ros_args(argv)
     args = build_parser().parse_args(argv)
