@@ -135,7 +135,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             out = _info(args.bag)
     except BagError as exc:
-        print(f"emotion-bag {args.cmd}: error: {exc}", file=sys.stderr)
+        print(f"emotion-bag {args.cmd}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"emotion-bag {args.cmd}: interrupted", file=sys.stderr)

@@ -203,7 +203,7 @@ class BagFile:
             self.reader = Reader(p)
             self.reader.open()
         except (ReaderError, FileNotFoundError, OSError, ValueError, KeyError, TypeError) as exc:
-            raise BagError(f"cannot read bag {self.path!r}: {exc}") from None
+            raise BagError(f"cannot read bag {self.path!r} (corrupt, truncated or not a rosbag2): {exc}") from None
         except Exception as exc:  # storage libraries raise their own types for corrupt files
             raise BagError(f"cannot read bag {self.path!r} (corrupt or not a rosbag2?): "
                            f"{type(exc).__name__}: {exc}") from None
