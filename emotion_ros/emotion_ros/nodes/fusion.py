@@ -1,0 +1,375 @@
+"""fusion_node: face + voice emotion evidence in, one fused emotional state per person out.
+
+Subscribes ``emotion/faces`` (emotion_msgs/FaceEmotionArray) and ``emotion/voice`` (emotion_msgs/VoiceEmotion),
+aligns them by their message stamps in :class:`~emotion_ros.core.fusion.TemporalFusion` (model-level fusion of the
+embeddings with the trained fusion model; a modality alone when the other is stale; smoothing per person) and
+publishes emotion_msgs/EmotionState
+
+- on ``emotion/state`` for the primary person (largest face; voice alone when no face is fresh),
+- on ``emotion/states`` for every person,
+
+at a steady ``rate`` and, with ``publish_on_change``, at once when the primary's top emotion changes.
+``header.stamp`` is the newest evidence's stamp, ``header.frame_id`` the face array's.  "Now" for staleness is the
+node clock, so replayed bags work with ``use_sim_time:=true``.  ``/diagnostics``: per-modality input rates and
+staleness, processing time, errors.
+
+Lifecycle: configure loads the fusion model (missing/unfit file: FAILURE naming the file; with autostart the
+process exits 1), activate opens the topics, deactivate closes them, cleanup drops the model.
+
+    ros2 run emotion_ros fusion_node --ros-args --params-file config/fusion.yaml
+    python -m emotion_ros.nodes.fusion --ros-args -p model_path:=/path/fusion.pt
+"""
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import threading
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+
+from emotion_msgs.msg import EmotionState, FaceEmotionArray, VoiceEmotion
+from emotion_ros import paths
+from emotion_ros.core.errors import InputError
+from emotion_ros.core.fusion import FusedState, FusionModel, TemporalFusion
+from emotion_ros.core.labels import LABELS, NUM_LABELS, normalise
+from emotion_ros.core.modelio import ModelFileError
+from emotion_ros.ros.convert import sec_to_stamp, stamp_to_sec
+from emotion_ros.ros.lifecycle import run_node
+from emotion_ros.ros.node_utils import Diagnostics, RateLimitedLogger, declare_parameters, reliable_qos
+
+NODE_NAME = "fusion_node"
+
+PARAMS = {
+    "model_path": ("", "Fusion model checkpoint (.pt); empty = the package's models/fusion.pt "
+                       "(installed share first, then the source tree)"),
+    "device": ("auto", "Torch device: auto (CUDA when available) | cpu | cuda | cuda:N"),
+    "cpu_threads": (1, "torch CPU threads (0 = torch's default); 1 suits this small MLP best on a busy CPU"),
+    "window_s": (1.0, "Alignment window (s): the newest face within it; voice segments overlapping "
+                      "[now - window_s, now], weighted by overlap"),
+    "stale_s": (1.0, "A modality whose newest evidence is older than this (s, node clock vs message stamps) is "
+                     "stale: weight 0, masked out of the fusion"),
+    "smoothing_tau_s": (0.5, "Time constant (s) of the exponential smoothing of each person's probabilities "
+                             "(0 = none)"),
+    "rate": (10.0, "Steady publishing rate of emotion/state and emotion/states (Hz)"),
+    "publish_on_change": (True, "Also publish at once when the primary person's top emotion changes"),
+    "forget_s": (5.0, "Persons (face track ids) not seen for this long (s) are forgotten"),
+    "voice_to": ("primary", "Voice evidence (no speaker id) goes to the 'primary' person only, or to 'all'"),
+    "allow_no_model": (False, "When the model file is missing: fail configure (false) or run with the "
+                              "probability-level fallback (true)"),
+    "autostart": (True, "Configure and activate on start (false: wait for a lifecycle manager)"),
+}
+
+
+def default_model_path() -> str:
+    """The installed package's models/fusion.pt, else the source tree's (named even when missing)."""
+    share = paths.share_dir()
+    if share:
+        p = os.path.join(share, "models", "fusion.pt")
+        if os.path.isfile(p):
+            return p
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "models", "fusion.pt")
+    if os.path.isfile(src):
+        return src
+    return paths.model_path("fusion.pt")
+
+
+def probs_in_label_order(labels, probabilities, what: str) -> np.ndarray:
+    """A message's probabilities reordered into LABELS order (labels empty = already in that order)."""
+    p = np.asarray(probabilities, dtype=np.float32).reshape(-1)
+    if p.size == 0:
+        raise InputError(f"{what}: no probabilities")
+    labels = list(labels)
+    if not labels or tuple(labels) == LABELS:
+        if p.shape[0] != NUM_LABELS:
+            raise InputError(f"{what}: {p.shape[0]} probabilities, expected {NUM_LABELS}")
+        return p
+    if len(labels) != p.shape[0]:
+        raise InputError(f"{what}: {len(labels)} labels but {p.shape[0]} probabilities")
+    out = np.zeros(NUM_LABELS, np.float32)
+    for name, v in zip(labels, p):
+        label = normalise(name)
+        if label is None:
+            raise InputError(f"{what}: unknown label {name!r}")
+        out[LABELS.index(label)] += v
+    return out
+
+
+class _Rate:
+    """Messages per second over the last few seconds, and the time of the last one (monotonic clock)."""
+
+    def __init__(self, horizon_s: float = 5.0):
+        self.horizon_s = horizon_s
+        self.t: collections.deque = collections.deque(maxlen=500)
+
+    def tick(self) -> None:
+        self.t.append(time.monotonic())
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        recent = [x for x in self.t if now - x <= self.horizon_s]
+        return (len(recent) - 1) / (now - recent[0]) if len(recent) >= 2 and now > recent[0] else 0.0
+
+
+class FusionNode(LifecycleNode):
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self.p = declare_parameters(self, PARAMS)
+        self.log = RateLimitedLogger(self.get_logger(), period_s=5.0)
+        self.model: Optional[FusionModel] = None
+        self.model_file = ""
+        self.fusion: Optional[TemporalFusion] = None
+        self._lock = threading.Lock()
+        self._subs: List = []
+        self._pub_state = None
+        self._pub_states = None
+        self._timer = None
+        self.diag: Optional[Diagnostics] = None
+        self._rates = {"face": _Rate(), "voice": _Rate()}
+        self._frame_ids: Dict[str, str] = {}
+        self._last_primary: Optional[tuple] = None  # (person_id, emotion) last published on emotion/state
+        self.published = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.p = declare_parameters(self, PARAMS)
+        p = self.p
+        path = p.model_path or default_model_path()
+        self.model_file = path
+        try:
+            if int(p.cpu_threads) > 0:
+                import torch
+                torch.set_num_threads(int(p.cpu_threads))
+            self.model = FusionModel(path, device=p.device)
+        except ModelFileError as exc:
+            if not p.allow_no_model:
+                self.get_logger().error(f"cannot configure: {exc}")
+                return TransitionCallbackReturn.FAILURE
+            self.get_logger().warning(f"{exc}; allow_no_model is set: using the probability-level fallback")
+            self.model = None
+        try:
+            if not float(p.rate) > 0:
+                raise ValueError(f"rate must be > 0, got {p.rate}")
+            self.fusion = TemporalFusion(self.model, window_s=float(p.window_s), stale_s=float(p.stale_s),
+                                         smoothing_tau_s=float(p.smoothing_tau_s), forget_s=float(p.forget_s),
+                                         voice_to=str(p.voice_to))
+        except ValueError as exc:
+            self.get_logger().error(f"cannot configure: {exc}")
+            self.model = None
+            return TransitionCallbackReturn.FAILURE
+        if self.model is not None:
+            self.get_logger().info(f"fusion model {path} on {self.model.device} (face {self.model.face_dim}-d, "
+                                   f"voice {self.model.voice_dim}-d embeddings)")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.fusion is None:
+            self.get_logger().error("activate: not configured")
+            return TransitionCallbackReturn.FAILURE
+        with self._lock:
+            self.fusion.reset()
+            self._last_primary = None
+        self.diag = Diagnostics(self, "fusion", hardware_id=str(self.model.device) if self.model else "cpu",
+                                stale_after_s=2.0)
+        self.diag.set_value("model", self.model_file if self.model is not None else "none (probability fallback)")
+        self.diag.set_value("device", str(self.model.device) if self.model is not None else "cpu")
+        self._pub_state = self.create_publisher(EmotionState, "emotion/state", reliable_qos(10))
+        self._pub_states = self.create_publisher(EmotionState, "emotion/states", reliable_qos(10))
+        self._subs = [
+            self.create_subscription(FaceEmotionArray, "emotion/faces", self._on_faces, reliable_qos(10)),
+            self.create_subscription(VoiceEmotion, "emotion/voice", self._on_voice, reliable_qos(10)),
+        ]
+        self._timer = self.create_timer(1.0 / float(self.p.rate), self._on_timer)
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._close()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._close()
+        self.model = None
+        self.fusion = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._close()
+        self.model = None
+        self.fusion = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._close()
+        self.model = None
+        self.fusion = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def _close(self) -> None:
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        for name in ("_pub_state", "_pub_states"):
+            pub = getattr(self, name)
+            if pub is not None:
+                self.destroy_publisher(pub)
+                setattr(self, name, None)
+        if self.diag is not None:
+            self.diag.destroy()
+            self.diag = None
+
+    # -- inputs ---------------------------------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _check_skew(self, modality: str, t: float) -> None:
+        skew = self._now() - t
+        limit = max(float(self.p.stale_s), float(self.p.window_s)) + 1.0
+        if abs(skew) > limit:
+            self.log.warn(f"skew_{modality}",
+                          f"emotion/{modality} stamps are {skew:+.1f} s off the node clock: that evidence is never "
+                          f"fresh (replaying a bag? set use_sim_time; else check the publishers' clocks)")
+
+    def _bad_input(self, key: str, exc: Exception) -> None:
+        self.log.warn(key, f"dropped input: {exc}")
+        if self.diag is not None:
+            self.diag.report_error(str(exc))
+
+    def _on_faces(self, msg: FaceEmotionArray) -> None:
+        fusion, diag = self.fusion, self.diag
+        if fusion is None:
+            return
+        self._rates["face"].tick()
+        if diag is not None:
+            diag.tick_input()
+        t = stamp_to_sec(msg.header.stamp)
+        with self._lock:
+            for k, face in enumerate(msg.faces):
+                pid = face.id or f"face{k}"
+                try:
+                    probs = probs_in_label_order(face.labels, face.probabilities, f"face {pid!r}")
+                    warning = fusion.add_face(t, pid, max(0, face.width) * max(0, face.height), probs,
+                                              np.asarray(face.embedding, dtype=np.float32))
+                except InputError as exc:
+                    self._bad_input("face_input", exc)
+                    continue
+                if warning:
+                    self.log.warn("face_dim", warning)
+                self._frame_ids[pid] = msg.header.frame_id
+        self._check_skew("faces", t)
+        if self.p.publish_on_change:
+            self._update(on_change_only=True)
+
+    def _on_voice(self, msg: VoiceEmotion) -> None:
+        fusion, diag = self.fusion, self.diag
+        if fusion is None:
+            return
+        self._rates["voice"].tick()
+        if diag is not None:
+            diag.tick_input()
+        t0, t1 = stamp_to_sec(msg.start), stamp_to_sec(msg.end)
+        if t0 == 0.0 and t1 == 0.0:  # start/end not filled: a segment ending at the header stamp
+            t0 = t1 = stamp_to_sec(msg.header.stamp)
+        with self._lock:
+            try:
+                probs = probs_in_label_order(msg.labels, msg.probabilities, "voice")
+                warning = fusion.add_voice(t0, t1, probs, np.asarray(msg.embedding, dtype=np.float32),
+                                           voice_activity=bool(msg.voice_activity))
+            except InputError as exc:
+                self._bad_input("voice_input", exc)
+                return
+        if warning:
+            self.log.warn("voice_dim", warning)
+        self._check_skew("voice", t1)
+        if self.p.publish_on_change:
+            self._update(on_change_only=True)
+
+    # -- outputs --------------------------------------------------------------------------------------------------
+    def _on_timer(self) -> None:
+        self._update(on_change_only=False)
+
+    def _update(self, on_change_only: bool) -> None:
+        fusion = self.fusion
+        if fusion is None:
+            return
+        t0 = time.perf_counter()
+        now = self._now()
+        with self._lock:
+            try:
+                states = fusion.estimate(now)
+            except InputError as exc:  # e.g. a broken clock
+                self._bad_input("estimate", exc)
+                return
+            primary = next((s for s in states if s.primary), None)
+            key = None if primary is None else (primary.person_id, primary.emotion)
+            changed = primary is not None and (self._last_primary is None or key[1] != self._last_primary[1])
+            if on_change_only and not changed:
+                if primary is None:
+                    self._last_primary = None  # a primary that comes back counts as a change
+                self._record(t0, states, now)
+                return
+            self._last_primary = key
+            frame_ids = dict(self._frame_ids)
+            if len(self._frame_ids) > 256:
+                self._frame_ids = {s.person_id: self._frame_ids.get(s.person_id, "") for s in states}
+        pub_state, pub_states = self._pub_state, self._pub_states
+        if pub_state is None or pub_states is None:
+            return
+        try:
+            for s in states:
+                msg = self.to_msg(s, frame_ids.get(s.person_id, "") if s.face_weight > 0 else "")
+                pub_states.publish(msg)
+                if s.primary:
+                    pub_state.publish(msg)
+                    self.published += 1
+                    if self.diag is not None:
+                        self.diag.tick_output()
+        except Exception as exc:  # noqa: BLE001 - context shut down while publishing
+            self.log.warn("publish", f"publish failed: {exc}")
+        self._record(t0, states, now)
+
+    def _record(self, t0: float, states: List[FusedState], now: float) -> None:
+        diag = self.diag
+        if diag is None:
+            return
+        diag.record_processing(time.perf_counter() - t0)
+        primary = next((s for s in states if s.primary), None)
+        for m in ("face", "voice"):
+            diag.set_value(f"{m}_input_rate_hz", f"{self._rates[m].rate():.2f}")
+        fa = None if primary is None else primary.face_age
+        va = None if primary is None else primary.voice_age
+        diag.set_value("face_age_s", "stale" if fa is None else f"{fa:.3f}")
+        diag.set_value("voice_age_s", "stale" if va is None else f"{va:.3f}")
+        diag.set_value("persons", str(len(states)))
+        diag.set_value("mode", "" if primary is None else primary.mode)
+
+    @staticmethod
+    def to_msg(s: FusedState, frame_id: str = "") -> EmotionState:
+        msg = EmotionState()
+        msg.header.stamp = sec_to_stamp(s.stamp)
+        msg.header.frame_id = frame_id
+        msg.person_id = s.person_id
+        msg.primary = bool(s.primary)
+        msg.emotion = s.emotion
+        msg.confidence = float(s.confidence)
+        msg.labels = list(LABELS)
+        msg.probabilities = [float(x) for x in s.probs]
+        msg.valence = float(s.valence)
+        msg.arousal = float(s.arousal)
+        msg.face_weight = float(s.face_weight)
+        msg.voice_weight = float(s.voice_weight)
+        return msg
+
+
+def main(args=None) -> int:
+    return run_node(FusionNode, args=args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
