@@ -6,7 +6,10 @@ its RMS level in dBFS and is compared with an adaptive noise floor.
 * Noise floor: *minimum statistics*, the quietest frame of the last ``noise_window_s`` seconds (all frames, speech
   included: speech has pauses, and a steady sound that does not stop -- a fan, a hum -- is absorbed into the floor
   within ``noise_window_s``), never below ``min_floor_db`` so that digital silence or a very quiet line never
-  triggers (a frame must reach at least ``min_floor_db + start_db_above_noise`` to start speech).
+  triggers (a frame must reach at least ``min_floor_db + start_db_above_noise`` to start speech).  Known limit:
+  after digital silence (a muted or gated microphone) the floor stays at ``min_floor_db`` for up to
+  ``noise_window_s``; room noise between ``min_floor_db + stop_db_above_noise`` and ``+ start_db_above_noise``
+  does not start an utterance then but can prolong one until the floor has caught up.
 * Hysteresis: an utterance starts on a frame ``start_db_above_noise`` above the floor and goes on while frames stay
   ``stop_db_above_noise`` above it.
 * Hangover: it ends once ``max_silence_s`` of quieter frames have passed.  Utterances whose speech (first loud frame
@@ -215,11 +218,12 @@ class Segmenter:
         return out
 
     def _floor_update(self, db: float) -> float:
-        """Noise floor before this frame (the frame's own level when there is no history), then add the frame."""
+        """Noise floor before this frame (``min_floor_db`` when there is no history), then add the frame."""
         q = self._floor_q
         while q and q[0][0] <= self._g - self.noise_frames:
             q.popleft()
-        floor = q[0][1] if q else db
+        floor = q[0][1] if q else self.min_floor_db
+        db = max(db, self.min_floor_db)
         while q and q[-1][1] >= db:
             q.pop()
         q.append((self._g, db))
