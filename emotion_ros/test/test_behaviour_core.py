@@ -223,3 +223,11 @@ def test_custom_expressions_and_missing_file(tmp_path):
     assert rules[0].expression == "wink"
     with pytest.raises(RuleError, match="rule file not found.*nope.yaml"):
         load_rules(str(tmp_path / "nope.yaml"))
+
+
+def test_voice_only_states_do_not_count_as_a_new_person():
+    pol = BehaviourPolicy([sad_rule(dwell_s=1.0)], cooldown_s=100)
+    seq = [state(round(t, 2), "sad", 0.8, person="" if 0.35 < t < 0.75 else "a") for t in np.arange(0, 1.05, 0.1)]
+    fired = [(s.stamp, d) for s in seq for d in [pol.update(s)] if d is not None]
+    assert [(t, d.rule, d.person_id) for t, d in fired] == [(1.0, "comfort", "a")]
+    assert pol.update(state(1.1, "sad", 0.8, person="")) is None  # still active while the face is away

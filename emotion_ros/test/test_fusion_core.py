@@ -226,3 +226,26 @@ def test_clock_jump_back_resets():
     tf.add_face(1.0, "q", 100, onehot("sad"))
     (st,) = tf.estimate(1.0)  # bag restarted: the evidence of t=100 is dropped, the new person is seen
     assert st.person_id == "q" and st.emotion == "sad"
+
+
+def test_primary_stream_stays_continuous_when_the_face_turns_away():
+    tf = TemporalFusion(None, smoothing_tau_s=0.5, window_s=1.0, stale_s=1.0)
+    for i in range(20):  # a happy face and happy voice for 2 s
+        t = 0.1 * i
+        tf.add_face(t, "p1", 100, onehot("happy", 0.95))
+        tf.add_voice(t - 0.1, t, onehot("happy", 0.95))
+        tf.estimate(t)
+    # the face turns away, the voice turns sad: the voice-only state starts from p1's smoothed state
+    tf.add_voice(1.9, 3.05, onehot("sad", 0.95))
+    (st,) = tf.estimate(3.05)
+    assert st.person_id == "" and st.face_weight == 0.0
+    a = 1 - math.exp(-(3.05 - 1.9) / 0.5)
+    assert st.probs[INDEX["happy"]] == pytest.approx((1 - a) * 0.95 + a * onehot("sad", 0.95)[INDEX["happy"]],
+                                                     abs=1e-4)
+    assert st.changed == (st.emotion != "happy")
+    # and back: p1's stream continues from the voice-only state
+    tf.add_face(3.1, "p1", 100, onehot("sad", 0.95))
+    (st2,) = tf.estimate(3.1)
+    assert st2.person_id == "p1"
+    b = 1 - math.exp(-0.05 / 0.5)
+    np.testing.assert_allclose(st2.probs, (1 - b) * st.probs + b * st2.raw_probs, atol=1e-4)

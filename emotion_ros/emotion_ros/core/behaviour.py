@@ -16,8 +16,9 @@ and returns a :class:`Decision` when something should change:
 * **preemption**: another rule may fire while one is active if the active rule's onset condition no longer holds
   (it is held only by hysteresis) or the new rule is stricter (higher ``min_confidence``) - e.g. a stronger
   "very sad" rule after a mild "sad" one, or "angry" after "sad".
-* a change of ``person_id`` restarts the dwell timers (and releases the active rule); time going backwards (a bag
-  restarted) resets everything, cool-downs included.
+* a change of ``person_id`` restarts the dwell timers (and releases the active rule); an empty ``person_id``
+  (voice alone, e.g. the person looked away) is not a change.  Time going backwards (a bag restarted) resets
+  everything, cool-downs included.
 
 ``motion_scale`` in [0, 1] comes from arousal: ``clip(motion_scale_base + motion_scale_gain * arousal, 0, 1)`` or,
 when the rule has ``motion_scale_map`` (``[[arousal, scale], ...]``, increasing arousal), piecewise-linear
@@ -273,11 +274,14 @@ class BehaviourPolicy:
             self.reset()  # time went backwards: a replay restarted
         elif self._last_t is not None and t - self._last_t > self.max_gap_s:
             self._held_since.clear()  # the emotion was not observed continuously
-        if self._person is not None and person != self._person:
+        # "" = voice alone (no face id): most likely the same person looking away, not a change of person
+        if self._person and person and person != self._person:
             self._held_since.clear()
             if self.active is not None:
                 self.active, released = None, True
-        self._last_t, self._person = t, person
+        self._last_t = t
+        if person:
+            self._person = person
 
         # keep or end the active rule (hysteresis)
         if self.active is not None:

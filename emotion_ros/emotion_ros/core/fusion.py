@@ -27,8 +27,10 @@ Weights (reported in every state; used for averaging only in the probability-lev
 modality's own top probability; normalised to sum 1; 0 for a stale modality.
 
 The fused probabilities of each person are smoothed exponentially, ``p += (1 - exp(-dt / tau)) (raw - p)`` with
-``dt`` the time since that person's previous estimate (``tau = 0`` disables smoothing).  Persons not seen for
-``forget_s`` are dropped.
+``dt`` the time since that person's previous estimate (``tau = 0`` disables smoothing).  When the primary switches
+between a face and voice alone, the new stream's smoothing starts from the old one's state (same person, presumably,
+looking away), so the primary's probabilities and ``changed`` stay continuous.  Persons not seen for ``forget_s``
+are dropped.
 """
 from __future__ import annotations
 
@@ -158,6 +160,7 @@ class TemporalFusion:
         self._voice: Deque[VoiceObs] = collections.deque(maxlen=self.buffer_len)
         self._smooth: Dict[str, _Smoother] = {}
         self._last_now: Optional[float] = None
+        self._last_primary: Optional[str] = None
 
     # -- input ----------------------------------------------------------------------------------------------------
     @property
@@ -219,6 +222,7 @@ class TemporalFusion:
         self._voice.clear()
         self._smooth.clear()
         self._last_now = None
+        self._last_primary = None
 
     @property
     def persons(self) -> List[str]:
@@ -342,6 +346,17 @@ class TemporalFusion:
         self._smooth[key] = _Smoother(p, now, emotion, now)
         return p, changed
 
+    def _hand_over(self, pid: str) -> None:
+        """Keep the primary stream continuous across face <-> voice-only switches (the same person, presumably, who
+        turned away or came back): the new key's smoothing starts from the previous primary's state."""
+        prev, self._last_primary = self._last_primary, pid
+        if prev is None or prev == pid or "" not in (prev, pid):
+            return
+        src = self._smooth.get(prev)
+        dst = self._smooth.get(pid)
+        if src is not None and (dst is None or dst.t < src.t):
+            self._smooth[pid] = _Smoother(src.probs.copy(), src.t, src.emotion, src.last_seen)
+
     def estimate(self, now: float) -> List[FusedState]:
         """Fused states at time ``now``: one per person with fresh face evidence (primary first), or a single
         voice-only state when no face is fresh but voice is; [] when nothing is fresh."""
@@ -363,6 +378,8 @@ class TemporalFusion:
         else:
             jobs = []
         for pid, face, v, primary in jobs:
+            if primary:
+                self._hand_over(pid)
             raw, fw, vw, mode = self._fuse(face, v, now)
             p, changed = self._smooth_probs(pid, raw, now)
             k = int(np.argmax(p))
