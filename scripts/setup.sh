@@ -14,6 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${EMOTION_ROS_VENV:-$ROOT/.venv}"
 STAMP="$VENV/.emotion_ros_setup_stamp"
+PIP_VERSION=26.3
 t_start=$SECONDS
 
 say() { echo "setup: $*"; }
@@ -87,11 +88,17 @@ fi
   || { echo "setup: $VENV is not Python 3.11" >&2; exit 1; }
 
 # --- 3. Python dependencies -------------------------------------------------------------------------------------
-say "pip install -r requirements.txt"
 t0=$SECONDS
 pip_log="$(mktemp)"
 pip_args=(-q --disable-pip-version-check)
 [ -d /opt/wheels ] && pip_args+=(--find-links /opt/wheels)
+# The pip bundled with Python 3.11 (23.x) falls back to the removed `setup.py develop` for editable installs.
+if [ "$("$VENV/bin/python" -m pip --version | cut -d' ' -f2)" != "$PIP_VERSION" ]; then
+  say "pip install pip==$PIP_VERSION"
+  "$VENV/bin/python" -m pip install "${pip_args[@]}" "pip==$PIP_VERSION" >"$pip_log" 2>&1 \
+    || { cat "$pip_log" >&2; echo "setup: upgrading pip failed" >&2; exit 1; }
+fi
+say "pip install -r requirements.txt"
 if ! "$VENV/bin/python" -m pip install "${pip_args[@]}" -r requirements.txt -c scripts/constraints.txt >"$pip_log" 2>&1; then
   cat "$pip_log" >&2; rm -f "$pip_log"
   echo "setup: pip install failed" >&2; exit 1
