@@ -11,7 +11,7 @@ from sensor_msgs.msg import Image
 from emotion_ros.core.errors import InputError
 from emotion_ros.ros.convert import (
     IMAGE_ENCODINGS, PCM_FORMATS, float_to_pcm, image_to_numpy, numpy_to_image, pcm_bytes_per_frame,
-    pcm_frame_remainder, pcm_to_float, sec_to_stamp, stamp_to_sec)
+    ns_to_stamp, pcm_frame_remainder, pcm_to_float, sec_to_stamp, stamp_to_ns, stamp_to_sec)
 
 RNG = np.random.default_rng(0)
 
@@ -336,3 +336,14 @@ def test_stamps():
 def test_stamp_to_sec_accepts_rclpy_time():
     from rclpy.time import Time as RclpyTime
     assert stamp_to_sec(RclpyTime(seconds=5, nanoseconds=5_000_000)) == pytest.approx(5.005)
+
+
+def test_integer_nanosecond_stamps():
+    ns = 1_795_324_805_977_339_117
+    t = ns_to_stamp(ns)
+    assert (t.sec, t.nanosec) == (1_795_324_805, 977_339_117) and stamp_to_ns(t) == ns
+    assert ns_to_stamp(-1) == Time(sec=-1, nanosec=999_999_999)
+    with pytest.raises(InputError):
+        ns_to_stamp(2 ** 31 * 1_000_000_000)
+    from rclpy.time import Time as RclpyTime
+    assert stamp_to_ns(RclpyTime(nanoseconds=ns)) == ns

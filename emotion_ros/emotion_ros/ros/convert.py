@@ -32,6 +32,8 @@ __all__ = [
     "pcm_bytes_per_frame",
     "stamp_to_sec",
     "sec_to_stamp",
+    "stamp_to_ns",
+    "ns_to_stamp",
 ]
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
@@ -359,3 +361,18 @@ def sec_to_stamp(t: float) -> Time:
         raise InputError(f"time {t} s does not fit a builtin_interfaces/Time (int32 seconds)")
     return Time(sec=int(sec), nanosec=int(nsec))
 
+
+
+def stamp_to_ns(stamp) -> int:
+    """``builtin_interfaces/Time`` (or rclpy.time.Time) -> integer nanoseconds (exact)."""
+    if hasattr(stamp, "nanoseconds"):
+        return int(stamp.nanoseconds)
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    """Integer nanoseconds -> ``builtin_interfaces/Time`` (exact; for stamps that must advance without float error)."""
+    sec, nsec = divmod(int(ns), 1_000_000_000)
+    if not -(2 ** 31) <= sec < 2 ** 31:
+        raise InputError(f"time {ns} ns does not fit a builtin_interfaces/Time (int32 seconds)")
+    return Time(sec=int(sec), nanosec=int(nsec))

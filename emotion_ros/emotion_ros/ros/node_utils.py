@@ -24,6 +24,7 @@ __all__ = [
     "reliable_qos",
     "latched_qos",
     "LatestSlot",
+    "wait_for_subscribers",
     "Diagnostics",
     "OK",
     "WARN",
@@ -190,6 +191,23 @@ class LatestSlot:
     def __bool__(self) -> bool:  # True while an item waits
         with self._cond:
             return self._full
+
+
+def wait_for_subscribers(publisher, timeout_s: float, count: int = 1,
+                         stop: Optional[threading.Event] = None, poll_s: float = 0.02) -> bool:
+    """Wait until ``publisher`` has at least ``count`` matched subscriptions, up to ``timeout_s`` (or until ``stop`` is
+    set). For sources that replay files: the first messages are not lost to discovery. True when matched."""
+    end = time.monotonic() + max(0.0, float(timeout_s))
+    while publisher.get_subscription_count() < count:
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        if stop is not None:
+            if stop.wait(min(poll_s, left)):
+                return False
+        else:
+            time.sleep(min(poll_s, left))
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,201 @@
+"""camera_node: frames from a camera, a video file, a stream URL or a GStreamer pipeline -> ``image_raw``.
+
+Publishes ``image_raw`` (sensor_msgs/Image, bgr8, stamped with the ROS time at capture, ``frame_id``) at ``rate``
+Hz and ``/diagnostics``. A capture thread reads the source:
+
+- devices / streams deliver at their own pace; frames beyond ``rate`` are skipped (``rate`` 0: every frame);
+  a device that cannot be opened or stops delivering is retried with back-off (``retry_s`` doubling up to
+  ``retry_max_s``), with one clear log line per attempt;
+- files are played in real time at ``rate`` (0: the file's own frame rate), from the start again with ``loop``;
+  at the end without ``loop`` the node stops the process (``exit_on_end``) or idles. A missing or unreadable file
+  ends the process with exit code 1 and a message naming it.
+
+    camera_node --ros-args -p source:=0 -p width:=640 -p height:=480 -p rate:=30.0
+    camera_node --ros-args -p source:=/path/clip.mp4 -p loop:=true
+    camera_node --ros-args --params-file config/camera.yaml
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional
+
+import cv2
+import rclpy
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from emotion_ros.core.sources import SourceError, VideoSource
+from emotion_ros.ros.convert import numpy_to_image
+from emotion_ros.ros.lifecycle import request_stop, run_node
+from emotion_ros.ros.node_utils import (Diagnostics, RateLimitedLogger, declare_parameters, reliable_qos, sensor_qos,
+                                        wait_for_subscribers)
+
+NODE_NAME = "camera_node"
+
+PARAMS = {
+    "source": ("0", "Camera index (0), device path (/dev/video2), video file, stream URL (rtsp://...), or "
+                    "GStreamer pipeline (contains '!'; needs an OpenCV built with GStreamer)",
+               {"dynamic_typing": True}),
+    "api": ("auto", "OpenCV capture API: auto | v4l2 | ffmpeg | gstreamer | images"),
+    "rate": (30.0, "Publish rate in Hz; files are played at this rate (0: the file's own rate); live sources "
+                   "skip frames beyond it (0: publish every frame)"),
+    "width": (0, "Requested frame width from devices/streams (0: the source's default)"),
+    "height": (0, "Requested frame height from devices/streams (0: the source's default)"),
+    "fourcc": ("", "Requested device pixel format, e.g. MJPG (empty: the device's default)"),
+    "resize": (False, "Resize frames to width x height when the source delivers another size"),
+    "flip_horizontal": (False, "Mirror frames left-right (selfie view)"),
+    "frame_id": ("camera", "header.frame_id of the published images"),
+    "loop": (False, "Files: start again at the end"),
+    "wait_for_subscribers_s": (0.0, "Files: before the first frame, wait up to this long for a subscriber of "
+                                    "image_raw (so none of the file is lost to discovery)"),
+    "exit_on_end": (True, "Files without loop: stop the process at the end (false: stay up, publishing nothing)"),
+    "retry_s": (1.0, "Devices/streams: first wait before reopening a source that failed (doubles each time)"),
+    "retry_max_s": (30.0, "Devices/streams: longest wait between reopen attempts"),
+    "reliable": (True, "Reliable QoS (matches reliable and best-effort subscribers); false: best effort"),
+    "qos_depth": (1, "Publisher queue depth (keep last)"),
+}
+
+
+class CameraNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self.p = declare_parameters(self, PARAMS)
+        self.log = RateLimitedLogger(self.get_logger(), period_s=10.0)
+        self.source = VideoSource(str(self.p.source), self.p.api, self.p.width, self.p.height, self.p.fourcc)
+        if self.source.is_file:
+            self.source.open()  # a missing / unreadable file fails start-up (run_node: exit code 1)
+            self._log_opened()
+        qos = reliable_qos(self.p.qos_depth) if self.p.reliable else sensor_qos(self.p.qos_depth)
+        self.pub = self.create_publisher(Image, "image_raw", qos)
+        self.diag = Diagnostics(self, "camera", hardware_id=self.source.source,
+                                expected_rate_hz=float(self.p.rate) or None,
+                                stale_after_s=max(2.0, 3.0 / float(self.p.rate)) if self.p.rate > 0 else 5.0)
+        self.diag.set_value("source", self.source.describe())
+        self.frames = 0
+        self.ended = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="camera_capture", daemon=True)
+        self._thread.start()
+
+    # -----------------------------------------------------------------------------------------------------------
+    def _log_opened(self) -> None:
+        s = self.source
+        self.get_logger().info(f"opened {s.describe()} (backend {s.backend or '?'}, nominal {s.fps:.1f} fps)")
+        self.diag_value("backend", s.backend)
+
+    def diag_value(self, key, value) -> None:
+        if getattr(self, "diag", None) is not None:
+            self.diag.set_value(key, value)
+
+    def _open_with_backoff(self) -> bool:
+        wait = max(0.05, float(self.p.retry_s))
+        while not self._stop.is_set():
+            try:
+                self.source.open()
+                self._log_opened()
+                return True
+            except SourceError as exc:
+                self.get_logger().error(f"{exc}; retrying in {wait:.1f} s")
+                self.diag.report_error(str(exc))
+            if self._stop.wait(wait):
+                return False
+            wait = min(wait * 2.0, max(float(self.p.retry_max_s), float(self.p.retry_s)))
+        return False
+
+    def _period(self) -> float:
+        rate = float(self.p.rate)
+        if rate <= 0 and self.source.is_file:
+            rate = self.source.fps or 30.0
+        return 1.0 / rate if rate > 0 else 0.0
+
+    def _run(self) -> None:
+        try:
+            self._capture_loop()
+        except Exception as exc:  # noqa: BLE001 - a crash of the thread must be visible
+            self.get_logger().fatal(f"capture thread failed: {type(exc).__name__}: {exc}")
+            self.diag.report_error(f"capture thread failed: {exc}")
+            request_stop()
+
+    def _capture_loop(self) -> None:
+        if self.source.is_file and self.p.wait_for_subscribers_s > 0:
+            if not wait_for_subscribers(self.pub, self.p.wait_for_subscribers_s, stop=self._stop) \
+                    and not self._stop.is_set():
+                self.get_logger().warning(f"no subscriber after {self.p.wait_for_subscribers_s:.1f} s; playing anyway")
+        period = self._period()
+        next_due = time.monotonic()
+        while not self._stop.is_set():
+            if not self.source.is_open:
+                if not self._open_with_backoff():
+                    break
+                period = self._period()
+                next_due = time.monotonic()
+            if self.source.is_file and period > 0:  # real-time pacing of files
+                delay = next_due - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    break
+            t0 = time.monotonic()
+            frame = self.source.read()
+            if frame is None:
+                if self.source.is_file:
+                    if self.p.loop and self.frames > 0 and self.source.rewind():
+                        continue
+                    self.get_logger().info(f"end of {self.source.describe()} after {self.frames} frame(s)")
+                    self.ended.set()
+                    if self.p.exit_on_end:
+                        request_stop()
+                    break
+                self.get_logger().warning(f"{self.source.describe()} stopped delivering frames; reopening")
+                self.diag.report_error("source stopped delivering frames")
+                self.source.release()
+                continue
+            now = time.monotonic()
+            self.diag.tick_input()
+            if self.source.is_live and period > 0 and now < next_due - 0.5 * period:
+                self.diag.add_dropped()  # faster than `rate`: skip this frame
+                continue
+            self._publish(frame)
+            self.diag.record_processing(time.monotonic() - t0)
+            next_due = max(next_due + period, now - period) if period > 0 else now
+
+    def _publish(self, frame) -> None:
+        if self.p.resize and self.p.width > 0 and self.p.height > 0 \
+                and (frame.shape[1], frame.shape[0]) != (self.p.width, self.p.height):
+            frame = cv2.resize(frame, (int(self.p.width), int(self.p.height)), interpolation=cv2.INTER_AREA)
+        if self.p.flip_horizontal:
+            frame = cv2.flip(frame, 1)
+        msg = numpy_to_image(frame, "bgr8", stamp=self.get_clock().now().to_msg(), frame_id=self.p.frame_id)
+        try:
+            self.pub.publish(msg)
+        except Exception as exc:  # noqa: BLE001 - context shut down while the thread was publishing
+            if rclpy.ok(context=self.context):
+                raise
+            self.log.warn("publish", f"publish after shutdown: {exc}")
+            self._stop.set()
+            return
+        self.frames += 1
+        self.diag.tick_output()
+        if self.frames == 1:
+            self.get_logger().info(f"publishing {frame.shape[1]}x{frame.shape[0]} bgr8 on "
+                                   f"{self.pub.topic_name}")
+            self.diag.set_value("resolution", f"{frame.shape[1]}x{frame.shape[0]}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5.0)
+        self.source.release()
+
+    def destroy_node(self) -> None:
+        self.stop()
+        super().destroy_node()
+
+
+def main(args: Optional[list] = None) -> int:
+    return run_node(CameraNode, args=args)
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())
