@@ -82,7 +82,7 @@ def test_pause_shorter_than_max_silence_keeps_one_utterance():
 
 def test_long_speech_gives_windows_then_whole_final():
     wave, spans = concat([("s", silence(1.0)), ("v", speechlike(7.0)), ("s", silence(1.0))])
-    segs = segment_offline(wave)
+    segs = segment_offline(wave, finals_only=False)
     windows = [s for s in segs if s.partial]
     onset = spans[0][0]
     # windows of 3 s ending 3.0, 4.5, 6.0 s after the onset (a 4 Hz envelope: onset within a frame)
@@ -96,11 +96,13 @@ def test_long_speech_gives_windows_then_whole_final():
     assert len(fin) == 1 and segs[-1] is fin[0]
     assert_covers(fin[0], spans[0], tol=0.13)   # the envelope ends in a quiet half-cycle
     assert {s.utterance for s in segs} == {1}
+    assert [(s.start_t, s.end_t, s.partial) for s in segment_offline(wave)] == \
+        [(s.start_t, s.end_t, s.partial) for s in fin]          # offline default: the utterances only
 
 
 def test_windows_disabled():
     wave, _ = concat([("s", silence(1.0)), ("v", speechlike(7.0)), ("s", silence(1.0))])
-    segs = segment_offline(wave, window_s=0.0)
+    segs = segment_offline(wave, finals_only=False, window_s=0.0)
     assert len(segs) == 1 and not segs[0].partial
 
 
@@ -120,7 +122,7 @@ def test_streaming_in_random_chunks_equals_offline():
     wave, _ = concat([("s", silence(0.7)), ("v", speechlike(4.0)), ("s", silence(0.9)), ("v", tone(0.7)),
                       ("s", silence(0.5))])
     wave += silence(wave.size / SR, level=0.002)     # background noise everywhere
-    ref = segment_offline(wave)
+    ref = segment_offline(wave, finals_only=False)
     rng = np.random.default_rng(0)
     seg, got, i, t0 = Segmenter(), [], 0, 100.0
     while i < wave.size:

@@ -304,12 +304,13 @@ class Segmenter:
             self._buf_g += k
 
 
-def segment_offline(wave: np.ndarray, sr: int = SAMPLE_RATE, finals_only: bool = False,
+def segment_offline(wave: np.ndarray, sr: int = SAMPLE_RATE, finals_only: bool = True,
                     **segmenter_kwargs) -> List[Segment]:
     """Segment a whole recording with the streaming code (times in seconds from the start of ``wave``).
 
-    ``wave``: mono (n,) or (n, channels) at ``sr`` (resampled to 16 kHz when needed).  ``finals_only`` drops the
-    sliding windows.  Extra keyword arguments go to :class:`Segmenter`.
+    ``wave``: mono (n,) or (n, channels) at ``sr`` (resampled to 16 kHz when needed).  By default only the
+    utterances (finals) are returned; ``finals_only=False`` also returns the sliding windows of long utterances,
+    in the order streaming emits them.  Extra keyword arguments go to :class:`Segmenter`.
     """
     x = np.asarray(wave)
     if sr != SAMPLE_RATE or x.ndim != 1:
