@@ -8,8 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from emotion_ros.tools.bag_common import BagFile, stamp_ns
 
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -40,7 +40,7 @@ import numpy as np
 
 from emotion_ros.core.labels import INDEX, LABELS, normalise
 
-from .bag_common import BagError, BagFile, check_output, normalise_topic, stamp_ns
+from .bag_common import BagError, BagFile, normalise_topic, stamp_ns
 
 NONE = len(LABELS)               # index of "no estimate"
 ALL_LABELS = tuple(LABELS) + ("none",)
@@ -226,7 +226,7 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
     image_topic, audio_topic, info_topic = opts["image_topic"], opts["audio_topic"], opts["audio_info_topic"]
     img_t = _topic_type(bf, image_topic, IMAGE_TYPES)
     aud_t = _topic_type(bf, audio_topic, AUDIO_TYPES)
-    info_t = _topic_type(bf, info_topic, INFO_TYPES)
+    _topic_type(bf, info_topic, INFO_TYPES)  # wrong type -> BagError
     info: Dict[str, Any] = {"mode": "raw", "warnings": []}
     warn = info["warnings"]
     device = opts.get("device") or "cpu"
@@ -302,41 +302,42 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
     step = opts["step"]
     dec = _Decoder()
     start_ns = bf.start_ns
-    t0 = start_ns * 1e-9
-    end_s = bf.end_ns * 1e-9
     tl = Timeline()
     counts = {"frames": 0, "frames_processed": 0, "bad_frames": 0, "audio_chunks": 0, "bad_audio": 0,
               "face_results": 0, "voice_results": 0, "face_s": 0.0, "voice_s": 0.0, "fusion_s": 0.0}
     min_frame_dt = 1.0 / opts["max_fps"] if opts.get("max_fps") else 0.0
     last_frame_t = -math.inf
     audio_fmt = None  # (rate, channels, format)
-    next_step = t0 + step
+    k_step = 1  # steps at t0 + k * step (no accumulated rounding)
 
     def add_voice_results(results) -> None:
         for r in results:
             fusion.add_voice(r.start_t, r.end_t, r.probs, r.embedding, voice_activity=r.voice_activity)
             counts["voice_results"] += 1
 
-    def step_until(t_now: float) -> None:
-        nonlocal next_step
-        while next_step <= t_now + 1e-9:
+    def step_until(t_ns_now: int) -> None:
+        """Fusion steps at or before ``t_ns_now`` (they run before a message received at the same instant)."""
+        nonlocal k_step
+        while start_ns + round(k_step * step * 1e9) <= t_ns_now:
+            now = (start_ns + round(k_step * step * 1e9)) * 1e-9
             c0 = time.perf_counter()
-            states = fusion.estimate(next_step)
+            states = fusion.estimate(now)
             counts["fusion_s"] += time.perf_counter() - c0
             primary = states[0] if states else None
             persons = {s.person_id: _argmax(s.probs) for s in states} if want_persons else None
-            tl.add(next_step - t0, _argmax(primary.probs) if primary else NONE,
+            tl.add(k_step * step, _argmax(primary.probs) if primary else NONE,
                    _argmax(primary.face_probs) if primary else NONE,
                    _argmax(primary.voice_probs) if primary else NONE,
                    float(primary.confidence) if primary else 0.0, persons)
-            next_step += step
+            k_step += 1
 
     topics = [image_topic] if face_pipe else []
     topics += [audio_topic, info_topic] if voice_pipe else []
     conns = bf.connections_for(topics)
+    wall0, cpu0 = time.perf_counter(), time.process_time()  # processing only, model loading excluded
     for conn, t_ns, raw in bf.messages(conns):
         t_recv = t_ns * 1e-9
-        step_until(t_recv)
+        step_until(t_ns)
         msg = bf.deserialize(raw, conn.msgtype, conn.topic)
         if conn.msgtype in INFO_TYPES:
             if msg.coding_format and msg.coding_format.lower() not in ("wave", "wav", "raw", "pcm"):
@@ -399,7 +400,8 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
         c0 = time.perf_counter()
         add_voice_results(voice_pipe.flush())
         counts["voice_s"] += time.perf_counter() - c0
-    step_until(end_s)
+    step_until(bf.end_ns)
+    info["processing_s"], info["cpu_s"] = time.perf_counter() - wall0, time.process_time() - cpu0
     if face_pipe is not None and counts["frames"] and counts["frames_processed"] == 0:
         raise BagError(f"bag {bf.path!r}: none of the {counts['frames']} images on {normalise_topic(image_topic)} "
                        "could be decoded")
@@ -418,16 +420,16 @@ def run_recorded(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple
     info: Dict[str, Any] = {"mode": "recorded", "warnings": [], "models": None}
     if not st:
         info["warnings"].append(f"no {normalise_topic(state_topic)} in the bag: fused accuracy is that of no output")
-    hold = opts["hold"]
+    if not (opts["hold"] > 0):
+        raise BagError(f"--hold must be > 0 seconds, got {opts['hold']}")
+    hold_ns = round(opts["hold"] * 1e9)
     step = opts["step"]
-    t0 = bf.start_ns * 1e-9
-    end_s = bf.end_ns * 1e-9
     tl = Timeline()
     topics = [t for t, ok in ((state_topic, st), (states_topic, sts), (faces_topic, ft), (voice_topic, vt)) if ok]
-    latest: Dict[str, Tuple[float, int]] = {}
-    latest_person: Dict[str, Tuple[float, int]] = {}
+    latest: Dict[str, Tuple[int, int]] = {}          # key -> (receive time ns, label index)
+    latest_person: Dict[str, Tuple[int, int]] = {}
     counts = {"state": 0, "states": 0, "faces": 0, "voice": 0}
-    next_step = t0 + step
+    k_step = 1  # steps at t0 + k * step (no accumulated rounding)
     s_state, s_states = normalise_topic(state_topic), normalise_topic(states_topic)
     s_faces, s_voice = normalise_topic(faces_topic), normalise_topic(voice_topic)
 
@@ -435,22 +437,26 @@ def run_recorded(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple
         lab = normalise(name) if name else None
         return NONE if lab is None else INDEX[lab]
 
-    def current(key: str, now: float) -> int:
+    def current(key: str, now_ns: int) -> int:
         v = latest.get(key)
-        return v[1] if v is not None and now - v[0] <= hold else NONE
+        return v[1] if v is not None and now_ns - v[0] <= hold_ns else NONE
 
-    def step_until(t_now: float) -> None:
-        nonlocal next_step
-        while next_step <= t_now + 1e-9:
-            persons = ({p: v[1] for p, v in latest_person.items() if next_step - v[0] <= hold}
+    def step_until(t_ns_now: int, inclusive: bool = True) -> None:
+        nonlocal k_step
+        while True:
+            step_ns = bf.start_ns + round(k_step * step * 1e9)
+            if step_ns > t_ns_now or (step_ns == t_ns_now and not inclusive):
+                break
+            persons = ({p: v[1] for p, v in latest_person.items() if step_ns - v[0] <= hold_ns}
                        if want_persons else None)
-            tl.add(next_step - t0, current("state", next_step), current("face", next_step),
-                   current("voice", next_step), 0.0, persons)
-            next_step += step
+            tl.add(k_step * step, current("state", step_ns), current("face", step_ns), current("voice", step_ns),
+                   0.0, persons)
+            k_step += 1
 
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     for conn, t_ns, raw in bf.messages(bf.connections_for(topics)):
-        t = t_ns * 1e-9
-        step_until(t - 1e-9)  # a message received exactly at a step counts for that step
+        t = t_ns
+        step_until(t_ns, inclusive=False)  # a message received exactly at a step counts for that step
         msg = bf.deserialize(raw, conn.msgtype, conn.topic)
         if conn.topic == s_state:
             latest["state"] = (t, idx(msg.emotion))
@@ -462,14 +468,14 @@ def run_recorded(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple
             counts["states"] += 1
         elif conn.topic == s_faces:
             counts["faces"] += 1
-            if msg.faces:
-                big = max(msg.faces, key=lambda f: int(f.width) * int(f.height))
-                latest["face"] = (t, idx(big.emotion))
+            big = max(msg.faces, key=lambda f: int(f.width) * int(f.height)) if len(msg.faces) else None
+            latest["face"] = (t, idx(big.emotion) if big is not None else NONE)  # no face in that frame: none
         elif conn.topic == s_voice:
             counts["voice"] += 1
             if msg.voice_activity:
                 latest["voice"] = (t, idx(msg.emotion))
-    step_until(end_s)
+    step_until(bf.end_ns)
+    info["processing_s"], info["cpu_s"] = time.perf_counter() - wall0, time.process_time() - cpu0
     info["counts"] = counts
     return tl, info
 
@@ -503,7 +509,7 @@ def score(tl: Timeline, spans: List[Span], step: float) -> Dict[str, Any]:
         preds = [_pred_for(tl, i, sp, tl.fused) for i in ids]
         y_true += [lab] * len(ids)
         y_fused += preds
-        y_face += [tl.face[i] if not sp.person else _pred_for(tl, i, sp, tl.face) for i in ids]
+        y_face += [tl.face[i] for i in ids]  # per-modality figures are those of the primary person
         y_voice += [tl.voice[i] for i in ids]
         row = {"start": round(sp.start, 3), "end": round(sp.end, 3), "label": sp.label, "n_samples": int(len(ids))}
         if sp.person:
@@ -710,13 +716,13 @@ def evaluate(bag: str, labels: str, json_out: Optional[str] = None, confusion: O
                     if mode == "recorded" else "image_raw / audio or emotion/state / emotion/faces / emotion/voice")
             raise BagError(f"bag {bag!r} has none of the topics to evaluate ({need}); "
                            f"it has: {', '.join(sorted(topics)) or 'no topics'}")
-        wall0, cpu0 = time.perf_counter(), time.process_time()
+        wall0 = time.perf_counter()
         if mode == "raw":
             tl, info = run_raw(bf, opts, want_persons)
         else:
             tl, info = run_recorded(bf, opts, want_persons)
-        processing_s = time.perf_counter() - wall0
-        cpu_s = time.process_time() - cpu0
+        total_s = time.perf_counter() - wall0
+        processing_s, cpu_s = info["processing_s"], info["cpu_s"]
         duration = bf.duration_s
         bag_start = bf.start_ns * 1e-9
     for sp in spans:
@@ -729,7 +735,7 @@ def evaluate(bag: str, labels: str, json_out: Optional[str] = None, confusion: O
         "detection_delay_s": rep.pop("detection_delay_s"), "flips_per_min": rep.pop("flips_per_min"),
         "mode": info["mode"], "bag": bag, "labels": labels, "bag_start": bag_start,
         "bag_duration_s": round(duration, 3), "step_s": opts["step"],
-        "processing_s": round(processing_s, 3),
+        "processing_s": round(processing_s, 3), "setup_s": round(total_s - processing_s, 3),
         "speed_x": round(duration / processing_s, 3) if processing_s > 0 else None,
         "cpu_s": round(cpu_s, 3), "speed_x_cpu": round(duration / cpu_s, 3) if cpu_s > 0 else None,
         **rep,

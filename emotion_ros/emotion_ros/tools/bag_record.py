@@ -9,13 +9,11 @@ blocks the executor. Receive times come from the node clock (ROS time; sim time 
 
 from __future__ import annotations
 
-import json
 import queue
 import signal
-import sys
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 from .bag_common import DEFAULT_TOPICS, KNOWN_TYPES, BagError, BagWriter, import_msg_class, knows_type, make_qos
 
