@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from emotion_ros.core.errors import InputError
-from emotion_ros.core.voice.segment import Segmenter, segment_offline
+from emotion_ros.core.voice.segment import PARAM_TO_KWARG, Segmenter, segment_offline, segmenter_kwargs
 from test_voice_util import SR, concat, noise_burst, silence, speechlike, tone
 
 FRAME = 0.02
@@ -215,3 +215,23 @@ def test_bad_input_and_config():
         Segmenter(window_s=3.0, hop_s=0.0)
     with pytest.raises(ValueError):
         Segmenter(window_s=5.0, max_utterance_s=4.0)
+
+
+def test_node_parameters_map_onto_segmenter_arguments():
+    import inspect
+    import os
+    import yaml
+    cfg_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "voice.yaml")
+    with open(cfg_path) as f:
+        params = yaml.safe_load(f)["voice_node"]["ros__parameters"]
+    assert set(PARAM_TO_KWARG) <= set(params)
+    kw = segmenter_kwargs(params)
+    assert set(kw) == set(PARAM_TO_KWARG.values())
+    assert set(kw) <= set(inspect.signature(Segmenter.__init__).parameters)
+    seg = Segmenter(**kw)   # the shipped settings are the defaults
+    ref = Segmenter()
+    for k, v in seg.config.items():
+        if k != "gap_tolerance_s":
+            assert v == ref.config[k], k
+    assert seg.gap_tolerance_s == pytest.approx(ref.gap_tolerance_s)
+    assert segmenter_kwargs({"vad_start_db": 12, "other": 1}) == {"start_db_above_noise": 12.0}

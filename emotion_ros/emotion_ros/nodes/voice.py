@@ -52,7 +52,7 @@ from emotion_ros.core.labels import LABELS
 from emotion_ros.core.modelio import ModelFileError
 from emotion_ros.core.voice.model import VoiceModel
 from emotion_ros.core.voice.pipeline import MAX_RATE, MIN_RATE, VoicePipeline, VoiceResult
-from emotion_ros.core.voice.segment import Segmenter
+from emotion_ros.core.voice.segment import PARAM_TO_KWARG, Segmenter, segmenter_kwargs
 from emotion_ros.ros.convert import (PCM_FORMATS, pcm_frame_remainder, pcm_to_float, sec_to_stamp,
                                      stamp_to_sec)
 from emotion_ros.ros.lifecycle import run_node
@@ -199,13 +199,7 @@ class VoiceNode(LifecycleNode):
         if problem:
             self.get_logger().error(f"cannot configure: parameters sample_rate/channels/sample_format: {problem}")
             return TransitionCallbackReturn.FAILURE
-        self.segmenter_kwargs = dict(
-            frame_ms=float(p.vad_frame_ms), start_db_above_noise=float(p.vad_start_db),
-            stop_db_above_noise=float(p.vad_stop_db), min_speech_s=float(p.min_speech_s),
-            max_silence_s=float(p.max_silence_s), pre_roll_s=float(p.pre_roll_s), post_roll_s=float(p.post_roll_s),
-            window_s=float(p.window_s), hop_s=float(p.hop_s), max_utterance_s=float(p.max_utterance_s),
-            min_floor_db=float(p.vad_min_floor_db), noise_window_s=float(p.vad_noise_window_s),
-            gap_tolerance_s=float(p.gap_tolerance_s))
+        self.segmenter_kwargs = segmenter_kwargs({name: getattr(p, name) for name in PARAM_TO_KWARG})
         path = p.model_path or default_model_path()
         self.model_file = path
         try:

@@ -47,7 +47,33 @@ import numpy as np
 from ..errors import InputError
 from .features import SAMPLE_RATE
 
-__all__ = ["Segment", "Segmenter", "segment_offline"]
+__all__ = ["Segment", "Segmenter", "segment_offline", "PARAM_TO_KWARG", "segmenter_kwargs"]
+
+#: voice_node parameter (config/voice.yaml) -> Segmenter keyword argument.
+PARAM_TO_KWARG: Dict[str, str] = {
+    "vad_frame_ms": "frame_ms",
+    "vad_start_db": "start_db_above_noise",
+    "vad_stop_db": "stop_db_above_noise",
+    "vad_min_floor_db": "min_floor_db",
+    "vad_noise_window_s": "noise_window_s",
+    "min_speech_s": "min_speech_s",
+    "max_silence_s": "max_silence_s",
+    "pre_roll_s": "pre_roll_s",
+    "post_roll_s": "post_roll_s",
+    "window_s": "window_s",
+    "hop_s": "hop_s",
+    "max_utterance_s": "max_utterance_s",
+    "gap_tolerance_s": "gap_tolerance_s",
+}
+
+
+def segmenter_kwargs(params: Dict[str, object]) -> Dict[str, float]:
+    """voice_node parameters (e.g. ``config/voice.yaml``'s ``voice_node.ros__parameters``) -> Segmenter kwargs.
+
+    Names that are not segmenter settings are ignored; missing ones keep the Segmenter's defaults.
+    """
+    return {kw: float(params[name]) for name, kw in PARAM_TO_KWARG.items()
+            if name in params and params[name] is not None}
 
 
 @dataclass
