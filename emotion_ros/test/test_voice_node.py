@@ -13,7 +13,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import rclpy  # noqa: E402
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo  # noqa: E402
-from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from emotion_msgs.msg import VoiceEmotion  # noqa: E402
 from rclpy.context import Context  # noqa: E402
@@ -335,3 +334,24 @@ def test_parameters_are_declared_with_descriptions_and_yaml_defaults(inproc):
     for name, (default, _desc) in PARAMS.items():
         assert n.describe_parameter(name).description
         assert cfg[name] == default and type(cfg[name]) is type(default), name
+
+
+@pytest.mark.parametrize("fmt,problem", [
+    (("wave", 16000, 1, "S16LE"), None),
+    (("WAVE", 96000, 8, "f32le"), None),
+    (("", 8000, 2, "S24LE"), None),
+    (("mp3", 16000, 1, "S16LE"), "compressed audio not supported"),
+    (("opus", 48000, 2, "S16LE"), "compressed audio not supported"),
+    (("wave", 16000, 0, "S16LE"), "0 channels"),
+    (("wave", 7999, 1, "S16LE"), "unsupported sample rate 7999 Hz"),
+    (("wave", 192000, 1, "S16LE"), "unsupported sample rate 192000 Hz"),
+    (("wave", 16000, 1, "S12LE"), "unsupported sample format 'S12LE'"),
+])
+def test_audio_format_checks(fmt, problem):
+    from emotion_ros.nodes.voice import AudioFormat
+    coding, rate, ch, sf = fmt
+    got = AudioFormat(rate, ch, sf, coding).problem()
+    if problem is None:
+        assert got is None
+    else:
+        assert got is not None and problem in got

@@ -7,7 +7,7 @@ import soundfile as sf
 
 from emotion_ros.core.errors import InputError
 from emotion_ros.core.labels import LABELS
-from emotion_ros.core.voice.features import load_audio, trim_silence
+from emotion_ros.core.voice.features import trim_silence
 from emotion_ros.core.voice.model import VoiceModel
 from emotion_ros.core.voice.pipeline import VoicePipeline, VoiceResult
 from emotion_ros.core.voice.segment import Segmenter, segment_offline

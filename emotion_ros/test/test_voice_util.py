@@ -1,7 +1,6 @@
 """Shared helpers of the voice tests (no tests here): synthetic signals and a tiny voice checkpoint."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from typing import List, Optional, Tuple

@@ -78,7 +78,8 @@ class VoicePipeline:
     """Streaming voice-emotion pipeline (see the module docstring).
 
     Counters: ``audio_s`` (seconds of 16 kHz audio pushed), ``processing_s`` (wall time spent in ``push``/``flush``),
-    ``real_time_factor`` (their ratio), ``nonfinite_samples``, ``streams`` (streams started), ``gaps`` (discontinuities met), ``n_results``.
+    ``real_time_factor`` (their ratio), ``nonfinite_samples``, ``streams`` (streams started), ``gaps``
+    (discontinuities met), ``n_results``.
     """
 
     def __init__(self, model, segmenter: Optional[Segmenter] = None, trim: bool = True, quality: str = "HQ"):
