@@ -109,6 +109,17 @@ class Graph:
             self.ex.spin_once(timeout_sec=0.02)
         return pred()
 
+    def diag_values(self):
+        """Key/values of the newest face_node diagnostics status, or {}."""
+        for arr in reversed(self.diags):
+            for st in arr.status:
+                if st.name.startswith("face_node"):
+                    return {kv.key: kv.value for kv in st.values}
+        return {}
+
+    def bad_frames(self):
+        return int(self.diag_values().get("bad_frames", "0"))
+
     def result_for(self, stamp):
         for r in self.results:
             if r.header.stamp.sec == stamp.sec and r.header.stamp.nanosec == stamp.nanosec:
@@ -130,7 +141,17 @@ class Graph:
 
 
 @pytest.fixture(scope="module")
-def running(ckpt, tmp_path_factory):
+def missing_model_run(tmp_path_factory):
+    """A face_node process given a model file that does not exist (started early: it runs beside the others)."""
+    tmp = tmp_path_factory.mktemp("face_node_missing")
+    log_path = tmp / "missing.log"
+    proc, log = start_node(log_path, f"model_path:={tmp / 'no_such_dir' / 'face_missing.pt'}", "device:=cpu")
+    yield proc, log, log_path
+    stop_node(proc, log)
+
+
+@pytest.fixture(scope="module")
+def running(ckpt, tmp_path_factory, missing_model_run):
     """A face_node process (autostart) and the test's graph, matched."""
     log_path = tmp_path_factory.mktemp("face_node_log") / "face_node.log"
     proc, log = start_node(log_path, f"model_path:={ckpt}", "device:=cpu", "full_detect_every:=1")
@@ -195,17 +216,23 @@ def test_bad_frames_do_not_stop_the_node(running, hopper):
     padded_wrong.step = padded_wrong.width - 1
     empty = Image(height=0, width=0, encoding="bgr8", step=0)
     empty.header.stamp = Time(sec=2003)
-    for _ in range(3):
-        for m in (bad_encoding, truncated, padded_wrong, empty):
+    for m in (bad_encoding, truncated, padded_wrong, empty):
+        # each bad frame reaches the node (its diagnostics count it) and is skipped
+        before = g.bad_frames()
+        end = time.monotonic() + 15.0
+        while g.bad_frames() <= before and time.monotonic() < end:
             g.image_pub.publish(m)
-            g.spin_until(lambda: False, 0.05)
+            g.spin_until(lambda: g.bad_frames() > before, 0.3)
+        assert g.bad_frames() > before, f"bad frame {m.encoding!r} {m.width}x{m.height} not counted"
+        assert proc.poll() is None
     good = make_msg(hopper, "bgr8", 2010)
     check_result(g.send_until_answered(good), good)
     assert proc.poll() is None
     for sec in (2000, 2001, 2002, 2003):
         assert g.result_for(Time(sec=sec, nanosec=123_000_000 if sec < 2003 else 0)) is None
-    # the node said why, naming the problem
-    assert g.spin_until(lambda: "weird16" in open(log_path).read() or "truncated" in open(log_path).read(), 5.0)
+    # the node said why (rate-limited), naming the problem
+    assert g.spin_until(lambda: "skipping image" in open(log_path).read(), 5.0)
+    assert any(word in open(log_path).read() for word in ("weird16", "truncated", "step", "empty"))
 
 
 def test_debug_image_only_while_subscribed(running, hopper):
@@ -269,12 +296,10 @@ def test_lifecycle_deactivate_stops_and_activate_resumes(running, hopper):
     assert proc.poll() is None
 
 
-def test_missing_model_exits_nonzero_naming_the_file(tmp_path):
-    missing = str(tmp_path / "no_such_dir" / "face_missing.pt")
-    log_path = tmp_path / "missing.log"
-    proc, log = start_node(log_path, f"model_path:={missing}", "device:=cpu")
+def test_missing_model_exits_nonzero_naming_the_file(missing_model_run):
+    proc, log, log_path = missing_model_run
     try:
-        rc = proc.wait(timeout=40)
+        rc = proc.wait(timeout=60)
     finally:
         stop_node(proc, log)
     out = open(log_path).read()
@@ -338,3 +363,14 @@ def test_parameters_are_declared_with_descriptions_and_yaml_defaults(inproc):
     for name, (default, _desc) in PARAMS.items():
         assert n.describe_parameter(name).description
         assert cfg[name] == default, name
+    # build_pipeline's defaults are the node's
+    from emotion_ros.core.face.pipeline import build_pipeline
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+    assert n.trigger_configure() == R.SUCCESS
+    built = build_pipeline(n.model)
+    pl = n.pipeline
+    assert (built.full_detect_every, built.max_faces, built.aligner.margin, built.tracker.iou_threshold,
+            built.tracker.max_missed, built.detector.max_width, built.detector.min_neighbors,
+            built.detector.min_size_frac) == \
+        (pl.full_detect_every, pl.max_faces, pl.aligner.margin, pl.tracker.iou_threshold, pl.tracker.max_missed,
+         pl.detector.max_width, pl.detector.min_neighbors, pl.detector.min_size_frac)

@@ -11,7 +11,7 @@ from emotion_ros.core.errors import InputError
 from emotion_ros.core.face.align import FaceAligner
 from emotion_ros.core.face.detect import HaarDetector, iou
 from emotion_ros.core.face.model import ARCH, DEFAULT_INPUT, FaceCNN, FaceModel
-from emotion_ros.core.face.pipeline import FacePipeline, FaceResult
+from emotion_ros.core.face.pipeline import FacePipeline, FaceResult, build_pipeline
 from emotion_ros.core.labels import LABELS
 from emotion_ros.core.modelio import save_checkpoint
 
@@ -159,6 +159,16 @@ def test_full_detect_every_searches_tracked_regions_in_between(model, hopper):
     assert det.full == 3  # frames 0, 3, 6
     # the moving face is followed in the region-search frames too
     assert boxes[2]["face_1"][0] > boxes[0]["face_1"][0]
+
+
+def test_build_pipeline_from_node_parameters(model, hopper):
+    pl = build_pipeline(model, {"max_faces": 2, "crop_margin": 0.1, "detect_max_width": 256, "tracker_iou": 0.5,
+                                "full_detect_every": 1, "unrelated": "ignored"})
+    assert pl.max_faces == 2 and pl.aligner.margin == 0.1 and pl.detector.max_width == 256
+    assert pl.tracker.iou_threshold == 0.5 and pl.full_detect_every == 1
+    assert len(pl.process(hopper, 0.0)) == 1
+    with pytest.raises(ValueError, match="unknown face detector"):
+        build_pipeline(model, {"detector": "dlib"})
 
 
 @pytest.mark.skipif(not os.path.isfile(SHIPPED), reason="models/face.pt not trained yet")

@@ -36,11 +36,8 @@ from sensor_msgs.msg import Image
 from emotion_msgs.msg import FaceEmotion, FaceEmotionArray
 from emotion_ros import paths
 from emotion_ros.core.errors import InputError
-from emotion_ros.core.face.align import FaceAligner
-from emotion_ros.core.face.detect import make_detector
 from emotion_ros.core.face.model import FaceModel
-from emotion_ros.core.face.pipeline import FacePipeline, FaceResult
-from emotion_ros.core.face.track import FaceTracker
+from emotion_ros.core.face.pipeline import FacePipeline, FaceResult, build_pipeline
 from emotion_ros.core.labels import LABELS
 from emotion_ros.core.modelio import ModelFileError
 from emotion_ros.ros.convert import image_to_numpy, numpy_to_image, stamp_to_sec
@@ -137,23 +134,12 @@ class FaceNode(LifecycleNode):
                 import torch
                 torch.set_num_threads(int(p.cpu_threads))
             self.model = FaceModel(path, device=p.device, flip_tta=bool(p.flip_tta))
-            detector = make_detector(p.detector, min_size_frac=float(p.min_face_frac),
-                                     max_width=int(p.detect_max_width), min_neighbors=int(p.haar_min_neighbors),
-                                     model_path=p.yunet_model, score_threshold=float(p.yunet_score_threshold))
-        except ModelFileError as exc:
+            self.pipeline = build_pipeline(self.model, vars(p))
+        except (ModelFileError, ValueError) as exc:  # missing/unfit files; unknown detector, bad values
             self.get_logger().error(f"cannot configure: {exc}")
-            self.model = None
-            return TransitionCallbackReturn.FAILURE
-        except ValueError as exc:  # unknown detector name, bad parameter values
-            self.get_logger().error(f"cannot configure: {exc}")
-            self.model = None
+            self.model = self.pipeline = None
             return TransitionCallbackReturn.FAILURE
         self._device = self.model.device
-        self.pipeline = FacePipeline(
-            self.model, detector=detector,
-            tracker=FaceTracker(iou_threshold=float(p.tracker_iou), max_missed=int(p.tracker_max_missed)),
-            aligner=FaceAligner(size=self.model.input_size, margin=float(p.crop_margin)),
-            max_faces=int(p.max_faces), full_detect_every=int(p.full_detect_every))
         self.get_logger().info(f"face model {path} on {self.model.device} "
                                f"(detector {p.detector}, flip_tta {bool(p.flip_tta)})")
         return TransitionCallbackReturn.SUCCESS

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from ..errors import InputError
 from ..labels import LABELS
 from .align import FaceAligner
-from .detect import FaceDetector, HaarDetector, to_bgr, to_gray
+from .detect import FaceDetector, HaarDetector, make_detector, to_bgr, to_gray
 from .track import FaceTracker
 
 
@@ -114,3 +114,21 @@ class FacePipeline:
                                   embedding=np.asarray(emb[i], np.float32),
                                   crop_box=tr.detection.int_box()))
         return out
+
+
+def build_pipeline(model, params: Optional[Mapping[str, Any]] = None) -> FacePipeline:
+    """A :class:`FacePipeline` from the face node's parameter names (``config/face.yaml``); missing
+    names take the node's defaults.  One place for the node, emotion-bench and bag evaluation."""
+    p: Dict[str, Any] = {"detector": "haar", "yunet_model": "", "yunet_score_threshold": 0.6,
+                         "min_face_frac": 0.08, "detect_max_width": 320, "haar_min_neighbors": 5,
+                         "full_detect_every": 3, "max_faces": 10, "tracker_iou": 0.3, "tracker_max_missed": 10,
+                         "crop_margin": 0.0}
+    p.update(params or {})
+    detector = make_detector(str(p["detector"]), min_size_frac=float(p["min_face_frac"]),
+                             max_width=int(p["detect_max_width"]), min_neighbors=int(p["haar_min_neighbors"]),
+                             model_path=str(p["yunet_model"]), score_threshold=float(p["yunet_score_threshold"]))
+    return FacePipeline(
+        model, detector=detector,
+        tracker=FaceTracker(iou_threshold=float(p["tracker_iou"]), max_missed=int(p["tracker_max_missed"])),
+        aligner=FaceAligner(size=int(getattr(model, "input_size", 48)), margin=float(p["crop_margin"])),
+        max_faces=int(p["max_faces"]), full_detect_every=int(p["full_detect_every"]))
