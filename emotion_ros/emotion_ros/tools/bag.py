@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
     e.add_argument("--max-fps", type=float, default=None,
                    help="process at most this many frames per second of bag (default: every frame)")
+    e.add_argument("--image-topic", default="image_raw", help="camera topic in the bag (default image_raw)")
+    e.add_argument("--audio-topic", default="audio", help="audio topic in the bag (default audio)")
+    e.add_argument("--audio-info-topic", default="audio_info", help="(default audio_info)")
     e.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the face node's cpu_threads, 1; 0 = torch's default)")
     e.add_argument("--force", action="store_true", help="replace existing output files")

@@ -274,12 +274,10 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
         if voice_path:
             from emotion_ros.core.voice.model import VoiceModel
             from emotion_ros.core.voice.pipeline import VoicePipeline
-            from emotion_ros.core.voice.segment import Segmenter
+            from emotion_ros.core.voice.segment import Segmenter, segmenter_kwargs
 
             vm = VoiceModel(voice_path, device=device)
-            seg_kw = _accepts(Segmenter.__init__, vparams)
-            seg_kw.pop("sample_rate", None)
-            voice_pipe = VoicePipeline(vm, segmenter=Segmenter(**seg_kw) if seg_kw else None)
+            voice_pipe = VoicePipeline(vm, segmenter=Segmenter(**segmenter_kwargs(vparams)))
         if fusion_path and os.path.isfile(fusion_path):
             from emotion_ros.core.fusion import FusionModel
             fusion_model = FusionModel(fusion_path, device=device)
@@ -340,7 +338,8 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
         step_until(t_ns)
         msg = bf.deserialize(raw, conn.msgtype, conn.topic)
         if conn.msgtype in INFO_TYPES:
-            if msg.coding_format and msg.coding_format.lower() not in ("wave", "wav", "raw", "pcm"):
+            if msg.coding_format and msg.coding_format.lower() not in ("wave", "wav", "raw", "pcm", "lpcm",
+                                                                       "audio/x-raw"):
                 raise BagError(f"bag {bf.path!r}: {conn.topic} announces {msg.coding_format!r} audio; only raw PCM "
                                "(coding_format 'wave') can be evaluated")
             fmt = (int(msg.sample_rate), int(msg.channels), str(msg.sample_format or "S16LE"))
@@ -372,10 +371,11 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
                 fusion.add_face(t_msg, r.id, float(r.box[2]) * float(r.box[3]), r.probs, r.embedding)
                 counts["face_results"] += 1
         else:  # audio
-            if audio_fmt is None:
-                audio_fmt = (16000, 1, "S16LE")
-                warn.append(f"no {normalise_topic(info_topic)} before the first audio message: assuming 16000 Hz "
-                            "mono S16LE")
+            if audio_fmt is None:  # like voice_node: its parameters until an AudioInfo arrives
+                audio_fmt = (int(vparams.get("sample_rate", 16000)), int(vparams.get("channels", 1)),
+                             str(vparams.get("sample_format", "S16LE")))
+                warn.append(f"no {normalise_topic(info_topic)} before the first audio message: assuming "
+                            f"{audio_fmt[0]} Hz, {audio_fmt[1]} channel(s), {audio_fmt[2]} (config/voice.yaml)")
             rate, ch, fmt = audio_fmt
             data = msg.audio.data if hasattr(msg, "audio") else msg.data
             try:
@@ -772,7 +772,9 @@ def evaluate_cli(args) -> Dict[str, Any]:
     report = evaluate(args.bag, args.labels, json_out=args.json, confusion=args.confusion, timeline=args.timeline,
                       force=args.force, step=args.step, mode=args.mode, device=args.device, max_fps=args.max_fps,
                       face_model=args.face_model, voice_model=args.voice_model, fusion_model=args.fusion_model,
-                      hold=getattr(args, "hold", None), threads=getattr(args, "threads", None))
+                      hold=getattr(args, "hold", None), threads=getattr(args, "threads", None),
+                      image_topic=getattr(args, "image_topic", None), audio_topic=getattr(args, "audio_topic", None),
+                      audio_info_topic=getattr(args, "audio_info_topic", None))
     for w in report["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     for s in report["labels_skipped"]:
