@@ -159,10 +159,7 @@ def test_evaluate_raw_matches_core_on_one_modality(raw_bag, tmp_path, capsys):
     """Face-only run (voice switched off, late fusion): the per-step face figures equal a FacePipeline run over the
     same decoded frames, fed to TemporalFusion the way the nodes do."""
     from emotion_ros.core.face.model import FaceModel
-    from emotion_ros.core.face.pipeline import FacePipeline
-    from emotion_ros.core.face.detect import make_detector
-    from emotion_ros.core.face.track import FaceTracker
-    from emotion_ros.core.face.align import FaceAligner
+    from emotion_ros.core.face.pipeline import build_pipeline
     from emotion_ros.core.fusion import TemporalFusion
     from emotion_ros.tools.bag_common import BagFile
     from emotion_ros.tools.bag_evaluate import _load_yaml_params
@@ -178,14 +175,7 @@ def test_evaluate_raw_matches_core_on_one_modality(raw_bag, tmp_path, capsys):
 
     p = _load_yaml_params("face.yaml", "face_node")
     fm = FaceModel(m["face"], device="cpu", flip_tta=bool(p.get("flip_tta", True)))
-    pipe = FacePipeline(fm, detector=make_detector(p.get("detector", "haar"),
-                                                   min_size_frac=float(p.get("min_face_frac", 0.08)),
-                                                   max_width=int(p.get("detect_max_width", 320)),
-                                                   min_neighbors=int(p.get("haar_min_neighbors", 5))),
-                        tracker=FaceTracker(iou_threshold=float(p.get("tracker_iou", 0.3)),
-                                            max_missed=int(p.get("tracker_max_missed", 10))),
-                        aligner=FaceAligner(size=fm.input_size, margin=float(p.get("crop_margin", 0.0))),
-                        max_faces=int(p.get("max_faces", 10)), full_detect_every=int(p.get("full_detect_every", 1)))
+    pipe = build_pipeline(fm, p)
     q = _load_yaml_params("fusion.yaml", "fusion_node")
     fusion = TemporalFusion(None, **{k: q[k] for k in ("window_s", "stale_s", "smoothing_tau_s", "forget_s",
                                                       "voice_to") if k in q})

@@ -244,7 +244,7 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
     fparams = _load_yaml_params("face.yaml", "face_node")
     vparams = _load_yaml_params("voice.yaml", "voice_node")
     uparams = _load_yaml_params("fusion.yaml", "fusion_node")
-    threads = int(opts.get("threads") or fparams.get("cpu_threads", 1) or 0)
+    threads = int(opts["threads"] if opts.get("threads") is not None else fparams.get("cpu_threads", 1) or 0)
     if threads > 0:  # like the nodes (cpu_threads: 1): many torch threads only fight over the cores
         import torch
         torch.set_num_threads(threads)
@@ -252,25 +252,11 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
     try:
         face_pipe = voice_pipe = fusion_model = None
         if face_path:
-            from emotion_ros.core.face.align import FaceAligner
-            from emotion_ros.core.face.detect import make_detector
             from emotion_ros.core.face.model import FaceModel
-            from emotion_ros.core.face.pipeline import FacePipeline
-            from emotion_ros.core.face.track import FaceTracker
+            from emotion_ros.core.face.pipeline import build_pipeline
 
             fm = FaceModel(face_path, device=device, flip_tta=bool(fparams.get("flip_tta", True)))
-            det = make_detector(fparams.get("detector", "haar"), min_size_frac=float(fparams.get("min_face_frac", 0.08)),
-                                max_width=int(fparams.get("detect_max_width", 320)),
-                                min_neighbors=int(fparams.get("haar_min_neighbors", 5)),
-                                model_path=fparams.get("yunet_model", ""),
-                                score_threshold=float(fparams.get("yunet_score_threshold", 0.6)))
-            face_pipe = FacePipeline(
-                fm, detector=det,
-                tracker=FaceTracker(iou_threshold=float(fparams.get("tracker_iou", 0.3)),
-                                    max_missed=int(fparams.get("tracker_max_missed", 10))),
-                aligner=FaceAligner(size=fm.input_size, margin=float(fparams.get("crop_margin", 0.0))),
-                max_faces=int(fparams.get("max_faces", 10)),
-                full_detect_every=int(fparams.get("full_detect_every", 1)))
+            face_pipe = build_pipeline(fm, fparams)  # the face node's construction, config/face.yaml settings
         if voice_path:
             from emotion_ros.core.voice.model import VoiceModel
             from emotion_ros.core.voice.pipeline import VoicePipeline
@@ -290,6 +276,8 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
                         "probability-level fusion")
     except ModelFileError as exc:
         raise BagError(f"{exc} (pass --face-model / --voice-model / --fusion-model, or 'none')") from None
+    except ValueError as exc:  # settings in config/*.yaml the pipelines reject
+        raise BagError(f"cannot build the pipelines from the package's config: {exc}") from None
     from emotion_ros.core.fusion import TemporalFusion
 
     fusion = TemporalFusion(fusion_model, **_accepts(TemporalFusion.__init__, {
