@@ -179,8 +179,9 @@ def test_shipped_model_classifies_a_real_face(hopper):
     assert len(out) == 1
     r = out[0]
     # an official portrait: composed, slight smile
-    assert r.emotion in ("neutral", "happy"), dict(zip(LABELS, np.round(r.probs, 3)))
-    assert r.confidence > 0.3
+    probs = dict(zip(LABELS, np.round(r.probs, 3)))
+    assert r.emotion in ("neutral", "happy"), probs
+    assert probs["neutral"] + probs["happy"] > 0.4, probs  # chance: 2/7
     # a mirror image of a face is the same expression
     flipped = FacePipeline(m).process(np.ascontiguousarray(hopper[:, ::-1]), 0.0)
     assert flipped and flipped[0].emotion == r.emotion

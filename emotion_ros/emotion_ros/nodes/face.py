@@ -29,7 +29,6 @@ from typing import List, Optional
 
 import cv2
 import numpy as np
-import rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 
@@ -259,7 +258,7 @@ class FaceNode(LifecycleNode):
             faces = pipeline.process(frame, stamp_to_sec(msg.header.stamp))
         except InputError as exc:
             self.bad_frames += 1
-            self.log.warn("bad_image", f"skipping image ({msg.width}x{msg.height} {msg.encoding!r}, "
+            self.log.warn(f"bad_image:{msg.encoding}:{str(exc)[:24]}", f"skipping image ({msg.width}x{msg.height} {msg.encoding!r}, "
                                        f"frame_id {msg.header.frame_id!r}): {exc}")
             if diag is not None:
                 diag.report_error(f"bad image: {exc}")
