@@ -110,8 +110,9 @@ def play(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[Seque
 
         if wait_for_subscribers > 0:
             deadline = time.monotonic() + wait_for_subscribers
+            waited = list(pubs.values()) + ([clock_pub] if clock_pub is not None else [])
             while time.monotonic() < deadline and not stop.is_set():
-                if all(p.get_subscription_count() > 0 for p in pubs.values()):
+                if all(p.get_subscription_count() > 0 for p in waited):
                     break
                 time.sleep(0.02)
         if delay > 0:

@@ -74,7 +74,10 @@ def _qos_for_publishers(infos):
 
 def make_recorder_node(topics: Sequence[str], writer_thread: _WriterThread, context=None,
                        node_name: str = "emotion_bag_recorder"):
+    from rclpy.clock import Clock, ClockType
     from rclpy.node import Node
+
+    steady = Clock(clock_type=ClockType.STEADY_TIME)  # graph polling must run without /clock (use_sim_time)
 
     class Recorder(Node):
         def __init__(self):
@@ -85,17 +88,18 @@ def make_recorder_node(topics: Sequence[str], writer_thread: _WriterThread, cont
             self.subscribed: Dict[str, str] = {}
             self.skipped: Dict[str, str] = {}
             self.received: Dict[str, int] = {}
+            self.before_clock: List[tuple] = []  # messages received while the (sim) clock still reads 0
             self.writer_thread = writer_thread
             # Poll the graph every 0.1 s for the first 3 s (topics of a starting system), then every 0.5 s.
             self._slow_after = time.monotonic() + 3.0
-            self._fast = self.create_timer(0.1, self.discover)
+            self._fast = self.create_timer(0.1, self.discover, clock=steady)
             self.discover()
 
         def discover(self) -> None:
             if self._fast is not None and time.monotonic() > self._slow_after:
                 self.destroy_timer(self._fast)
                 self._fast = None
-                self.create_timer(0.5, self.discover)
+                self.create_timer(0.5, self.discover, clock=steady)
             graph = dict(self.get_topic_names_and_types())
             for name, given in self.wanted.items():
                 if name in self.subscribed or name in self.skipped or name not in graph:
@@ -132,11 +136,23 @@ def make_recorder_node(topics: Sequence[str], writer_thread: _WriterThread, cont
             clock = self.get_clock()
             put = self.writer_thread.put
             received = self.received
+            pending = self.before_clock
 
             def cb(data: bytes) -> None:
-                put(name, msgtype, clock.now().nanoseconds, data)
+                t = clock.now().nanoseconds
                 received[name] += 1
+                if t == 0:  # use_sim_time and no /clock yet: stamp these with the first clock reading
+                    pending.append((name, msgtype, data))
+                    return
+                if pending:
+                    self.flush_pending(t)
+                put(name, msgtype, t, data)
             return cb
+
+        def flush_pending(self, t: int) -> None:
+            for name, msgtype, data in self.before_clock:
+                self.writer_thread.put(name, msgtype, t, data)
+            self.before_clock.clear()
 
     return Recorder()
 
@@ -189,6 +205,8 @@ def record(out: str, topics: Optional[Sequence[str]] = None, storage: str = "mca
         elapsed = time.monotonic() - t_start
         summary_extra = {}
         if node is not None:
+            if node.before_clock:  # the clock never started: keep them at time 0 rather than lose them
+                node.flush_pending(0)
             summary_extra = {"missing": [n for n in node.wanted if n not in node.subscribed],
                              "skipped": dict(node.skipped)}
             try:
