@@ -335,6 +335,9 @@ def test_evaluate_recorded_outputs_exact(tmp_path, capsys):
     assert rep["n_samples"] == want["n_samples"] == 19 + 20 + 20 + 20
     assert rep["accuracy"] == want["accuracy"]
     assert rep["face"]["accuracy"] == want["face"] and rep["voice"]["accuracy"] == want["voice"]
+    covered = [(t, p) for t, p in zip(want["truth"], want["pred"]) if p != "none"]
+    assert rep["accuracy_present"] == round(sum(t == p for t, p in covered) / len(covered), 4)
+    assert rep["coverage"] == round(len(covered) / len(want["truth"]), 4) < 1.0
     assert rep["detection_delay_s"] == pytest.approx(want["detection_delay_s"])
     assert rep["n_undetected"] == want["n_undetected"]
     assert rep["span_accuracy"] == want["span_accuracy"]
@@ -402,9 +405,9 @@ def test_evaluate_errors(tmp_path, capsys):
     rc, err = _err(capsys, ["evaluate", str(tmp_path / "other"), "--labels", str(tmp_path / "missing.csv")])
     assert rc == 2 and "missing.csv" in err
     bad = tmp_path / "bad.csv"
-    bad.write_text("start,end,label\n0,1,contempt\n3,2,happy\n")
+    bad.write_text("start,end,label\n0,1,contempt\nzero,1,happy\n3,2,happy\n")
     rc, err = _err(capsys, ["evaluate", str(tmp_path / "other"), "--labels", str(bad)])
-    assert rc == 2 and "no usable span" in err and "contempt" in err
+    assert rc == 2 and "no usable span" in err and "contempt" in err and "'zero'" in err
     # outputs: refused without --force, the same file twice refused
     keep = tmp_path / "keep.png"
     keep.write_bytes(b"old")

@@ -82,17 +82,19 @@ def read_labels(path: str, bag_start_s: float) -> Tuple[List[Span], List[str]]:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise BagError(f"cannot read labels file {path!r}: {exc}") from None
+    first = True
     for lineno, row in enumerate(rows, 1):
         row = [c.strip() for c in row]
         if not row or not any(row) or row[0].startswith("#"):
             continue
+        is_first, first = first, False
         if len(row) < 3:
             skipped.append(f"line {lineno}: expected start,end,label[,person], got {','.join(row)!r}")
             continue
         try:
             start, end = float(row[0]), float(row[1])
         except ValueError:
-            if lineno == 1 or not spans and not skipped:
+            if is_first:
                 continue  # header row
             skipped.append(f"line {lineno}: start/end are not numbers: {row[0]!r}, {row[1]!r}")
             continue
@@ -529,6 +531,11 @@ def score(tl: Timeline, spans: List[Span], step: float) -> Dict[str, Any]:
     def coverage(seq):
         return round(float(np.mean(np.asarray(seq) != NONE)), 4) if seq else 0.0
 
+    def acc_present(seq):
+        """Accuracy over the samples where there was an estimate (None when there never was)."""
+        pairs = [(t, p) for t, p in zip(y_true, seq) if p != NONE]
+        return round(sum(t == p for t, p in pairs) / len(pairs), 4) if pairs else None
+
     reported = [p for p in tl.fused if p != NONE]
     flips = sum(1 for a, b in zip(reported, reported[1:]) if a != b)
     minutes = len(tl.t) * step / 60.0
@@ -543,11 +550,12 @@ def score(tl: Timeline, spans: List[Span], step: float) -> Dict[str, Any]:
         "span_accuracy": round(n_span_correct / len(spans), 4) if spans else 0.0,
         "n_samples": n,
         "coverage": coverage(y_fused),
+        "accuracy_present": acc_present(y_fused),
         "per_class_recall": m["per_class_recall"],
         "face": {"accuracy": fm["accuracy"], "macro_f1": fm["macro_f1"], "coverage": coverage(y_face),
-                 "per_class_recall": fm["per_class_recall"]},
+                 "accuracy_present": acc_present(y_face), "per_class_recall": fm["per_class_recall"]},
         "voice": {"accuracy": vm["accuracy"], "macro_f1": vm["macro_f1"], "coverage": coverage(y_voice),
-                  "per_class_recall": vm["per_class_recall"]},
+                  "accuracy_present": acc_present(y_voice), "per_class_recall": vm["per_class_recall"]},
         "confusion": {"rows": list(LABELS), "cols": list(ALL_LABELS),
                       "counts": [r for r in m["confusion"][: len(LABELS)]]},
         "n_spans_without_samples": n_empty,
