@@ -1,8 +1,8 @@
 """Run the unimodal models the way the nodes do, for evaluation and fusion training.
 
 Faces: detection + alignment of ``core.face.align`` (the node's code), then the
-batched face model.  Voices: the voice node's segmenter (``core.voice.segment``)
-and features, then the voice model on each segment, averaged by duration.
+batched face model.  Voices: the voice node's pipeline (``core.voice.pipeline``:
+segmenter, trimming, features, model) on each utterance, averaged by duration.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import List, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from ..core.voice.features import SAMPLE_RATE, trim_silence
+from ..core.voice.features import trim_silence
 
 
 @dataclass
@@ -33,36 +33,29 @@ def face_outputs(model, crops: np.ndarray, batch: int = 256, progress: bool = Fa
     return Outputs(np.concatenate(probs), np.concatenate(embs))
 
 
-def voice_segments(wave: np.ndarray) -> Tuple[List[np.ndarray], bool]:
-    """Utterances found by the voice node's segmenter; (segments, found)."""
-    try:
-        from ..core.voice.segment import segment_offline
-    except ImportError:  # segmenter not available: trimmed whole wave
-        segment_offline = None
-    if segment_offline is not None:
-        segs = [s.samples for s in segment_offline(wave, SAMPLE_RATE) if len(s.samples)]
-        if segs:
-            return segs, True
-    return [trim_silence(wave)], False
-
-
-def voice_output(model, wave: np.ndarray) -> Tuple[np.ndarray, np.ndarray, bool]:
-    """One recording -> duration-weighted (probs, embedding), and whether speech was segmented."""
-    segs, found = voice_segments(wave)
-    ps, es, ws = [], [], []
-    for s in segs:
-        p, e = model.predict(s)
-        ps.append(p)
-        es.append(e)
-        ws.append(max(len(s), 1))
-    w = np.asarray(ws, np.float32) / float(sum(ws))
-    return (w @ np.stack(ps)).astype(np.float32), (w @ np.stack(es)).astype(np.float32), found
+def voice_output(pipeline, wave: np.ndarray) -> Tuple[np.ndarray, np.ndarray, bool]:
+    """One recording -> duration-weighted (probs, embedding) over the utterances the voice node's
+    segmenter finds (each trimmed, as the node does), and whether any was found.  With none, the
+    trimmed whole recording is used."""
+    results = pipeline.classify_segments(pipeline.segment_wave(wave))
+    if not results:
+        p, e = pipeline.model.predict(trim_silence(wave))
+        return np.asarray(p, np.float32), np.asarray(e, np.float32), False
+    w = np.array([max(r.duration, 1e-3) for r in results], np.float64)
+    w /= w.sum()
+    probs = (w @ np.stack([r.probs for r in results])).astype(np.float32)
+    emb = (w @ np.stack([r.embedding for r in results])).astype(np.float32)
+    return probs, emb, True
 
 
 def voice_outputs(model, waves: List[np.ndarray], progress: bool = False) -> Tuple[Outputs, int]:
+    """Voice model outputs through the node's pipeline (:class:`core.voice.pipeline.VoicePipeline`)."""
+    from ..core.voice.pipeline import VoicePipeline
+
+    pipeline = VoicePipeline(model)
     probs, embs, not_found = [], [], 0
     for w in (tqdm(waves, desc="voices", mininterval=10) if progress else waves):
-        p, e, found = voice_output(model, w)
+        p, e, found = voice_output(pipeline, w)
         probs.append(p)
         embs.append(e)
         not_found += 0 if found else 1

@@ -41,7 +41,7 @@ def list_class_folders(root: str) -> Tuple[Dict[str, List[str]], Dict[str, int]]
         if not os.path.isdir(sub):
             continue
         files = sorted(
-            os.path.join(dp, f) for dp, _, fs in os.walk(sub) for f in fs if not f.startswith("."))
+            os.path.join(dp, f) for dp, _, fs in os.walk(sub, followlinks=True) for f in fs if not f.startswith("."))
         label = normalise(name)
         if label is None:
             skipped[name] = len(files)

@@ -53,14 +53,14 @@ def list_voice_data(root: str, speaker_re: str = DEFAULT_SPEAKER_RE) -> VoiceLis
     class_dirs = {d: normalise(d) for d in subdirs}
     if any(v is not None for v in class_dirs.values()):
         for d, label in class_dirs.items():
-            files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(root, d)) for f in fs
+            files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(root, d), followlinks=True) for f in fs
                            if f.lower().endswith(AUDIO_EXTS))
             if label is None:
                 out.skipped_classes[d] = len(files)
                 continue
             out.items += [VoiceItem(p, INDEX[label], speaker_of(p, speaker_re)) for p in files]
         return out
-    for dp, _, fs in sorted(os.walk(root)):
+    for dp, _, fs in sorted(os.walk(root, followlinks=True)):
         for f in sorted(fs):
             if not f.lower().endswith(AUDIO_EXTS):
                 continue
