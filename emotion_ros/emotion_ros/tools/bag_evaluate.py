@@ -596,7 +596,8 @@ def plot_confusion(report: Dict[str, Any], path: str, title: str = "") -> None:
     ax.set_xlabel("predicted (fused top emotion)")
     ax.set_ylabel("labelled")
     ax.set_title(title or f"{report.get('mode', '')} evaluation: accuracy {report['accuracy']:.2f}, macro-F1 "
-                          f"{report['macro_f1']:.2f}\n{report['n_samples']} samples every {report.get('step_s', 0):g} s "
+                          f"{report['macro_f1']:.2f}\n{report['n_samples']} samples every "
+                          f"{report.get('step_s', 0):g} s "
                           f"in {report['n_spans']} labelled spans", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the row")
     fig.tight_layout()
@@ -749,7 +750,8 @@ def evaluate(bag: str, labels: str, json_out: Optional[str] = None, confusion: O
 
 
 SUMMARY_KEYS = ("accuracy", "macro_f1", "n_spans", "detection_delay_s", "n_undetected", "flips_per_min",
-                "span_accuracy", "n_samples", "coverage", "mode", "bag_duration_s", "processing_s", "speed_x", "cpu_s", "speed_x_cpu")
+                "span_accuracy", "n_samples", "coverage", "mode", "bag_duration_s", "processing_s", "speed_x", "cpu_s",
+                "speed_x_cpu")
 
 
 def summary(report: Dict[str, Any]) -> Dict[str, Any]:
