@@ -232,6 +232,14 @@ def test_nan_and_inf_samples_are_replaced(graph, voice_node):
     s.valid_utterance_answered(voice_node)
 
 
+# The three "..._is_reported" tests below check what the brief asks of voice_node (a rate-limited log line naming
+# the problem). voice_node does not log these yet (NaN/Inf are zeroed or clipped silently in pcm_to_float; clipping
+# and stream gaps are only counted in /diagnostics): strict xfail, so they turn red once it does and the marker
+# must go.
+NOT_LOGGED_YET = pytest.mark.xfail(strict=True, reason="voice_node does not log this problem yet")
+
+
+@NOT_LOGGED_YET
 def test_nan_and_inf_samples_are_reported(graph, voice_node):
     s = Stream(graph)
     s.set_format(16000, 1, "F32LE")
@@ -249,6 +257,7 @@ def test_clipped_speech_is_still_classified(graph, voice_node):
     s.expect_final(t0, span, what="clipped speech")
 
 
+@NOT_LOGGED_YET
 def test_clipped_speech_is_reported(graph, voice_node):
     s = Stream(graph)
     s.set_format(16000, 1, "S16LE")
@@ -286,6 +295,7 @@ def test_gap_in_the_stream_closes_the_utterance_and_the_node_goes_on(graph, voic
     s.valid_utterance_answered(voice_node, what="after a gap")
 
 
+@NOT_LOGGED_YET
 def test_gap_in_the_stream_is_reported(graph, voice_node):
     s = Stream(graph)
     s.set_format(16000, 1, "S16LE")

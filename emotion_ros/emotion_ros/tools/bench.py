@@ -806,11 +806,8 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
     import torch
     from rclpy.serialization import serialize_message
 
-    from emotion_ros.core.face.align import FaceAligner
-    from emotion_ros.core.face.detect import make_detector
     from emotion_ros.core.face.model import FaceModel
-    from emotion_ros.core.face.pipeline import FacePipeline
-    from emotion_ros.core.face.track import FaceTracker
+    from emotion_ros.core.face.pipeline import build_pipeline
     from emotion_ros.nodes.face import PARAMS, FaceNode
     from emotion_ros.ros.convert import image_to_numpy, numpy_to_image, stamp_to_sec
 
@@ -821,15 +818,9 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
                                                             "flip_tta", "min_face_frac", "haar_min_neighbors")},
                               "torch_threads": torch.get_num_threads()}
 
-    def pipeline(full_every: int, flip: bool) -> FacePipeline:
+    def pipeline(full_every: int, flip: bool):
         model = FaceModel(model_path, device=device, flip_tta=flip)
-        det = make_detector(p["detector"], min_size_frac=float(p["min_face_frac"]),
-                            max_width=int(p["detect_max_width"]), min_neighbors=int(p["haar_min_neighbors"]),
-                            model_path=p["yunet_model"], score_threshold=float(p["yunet_score_threshold"]))
-        return FacePipeline(model, detector=det, tracker=FaceTracker(iou_threshold=float(p["tracker_iou"]),
-                                                                     max_missed=int(p["tracker_max_missed"])),
-                            aligner=FaceAligner(size=model.input_size, margin=float(p["crop_margin"])),
-                            max_faces=int(p["max_faces"]), full_detect_every=full_every)
+        return build_pipeline(model, {**p, "full_detect_every": full_every})
 
     def stats(v):
         return {"mean": round(float(np.mean(v)), 3), "p50": pct(v, 50), "p95": pct(v, 95)}
