@@ -39,6 +39,7 @@ def parse_args(argv: Sequence[str]):
     p.add_argument("--no-behaviour", action="store_true", help="don't start behaviour_node")
     p.add_argument("--video", default=None, help="camera source: device index, video file or pipeline")
     p.add_argument("--audio", default=None, help="audio file played as the microphone")
+    p.add_argument("--loop", action="store_true", help="play --video and --audio files in a loop")
     p.add_argument("--device", default=None, help="auto | cpu | cuda for the perception and fusion nodes")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
     return p.parse_args(argv), ros_args
@@ -61,6 +62,9 @@ def overrides(opts) -> Dict[str, Dict[str, object]]:
         out.setdefault("camera_node", {})["source"] = opts.video
     if opts.audio is not None:
         out.setdefault("microphone_node", {})["file"] = opts.audio
+    if opts.loop:
+        out.setdefault("camera_node", {})["loop"] = True
+        out.setdefault("microphone_node", {})["loop"] = True
     if opts.device:
         for n in ("face_node", "voice_node", "fusion_node"):
             out.setdefault(n, {})["device"] = opts.device
@@ -99,21 +103,19 @@ def make_nodes(camera: bool = True, microphone: bool = True, behaviour: bool = T
 
 
 def run_pipeline(opts, ros_args: List[str], extra: Sequence[Callable[[], object]] = ()) -> int:
-    """Run the graph (plus ``extra`` node factories) until Ctrl-C or ``opts.duration``."""
+    """Run the graph (plus ``extra`` node factories) until Ctrl-C or ``opts.duration`` seconds after every
+    node is active."""
     timer: Optional[threading.Timer] = None
     if opts.duration and opts.duration > 0:
         timer = threading.Timer(opts.duration, request_stop)
         timer.daemon = True
 
     def factory():
-        nodes = make_nodes(camera=not opts.no_camera, microphone=not opts.no_microphone,
-                           behaviour=not opts.no_behaviour, extra=extra, params=overrides(opts))
-        if timer is not None:
-            timer.start()
-        return nodes
+        return make_nodes(camera=not opts.no_camera, microphone=not opts.no_microphone,
+                          behaviour=not opts.no_behaviour, extra=extra, params=overrides(opts))
 
     try:
-        return run_node(factory, args=rclpy_args(opts, ros_args))
+        return run_node(factory, args=rclpy_args(opts, ros_args), on_ready=timer.start if timer else None)
     finally:
         if timer is not None:
             timer.cancel()

@@ -67,13 +67,14 @@ def _on_signal(signum, _frame) -> None:
 
 
 def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Optional[Sequence[str]] = None,
-             num_threads: Optional[int] = None, poll_s: float = 0.2) -> int:
+             num_threads: Optional[int] = None, poll_s: float = 0.2,
+             on_ready: Optional[Callable[[], None]] = None) -> int:
     """Run a node (or the list of nodes ``node_factory()`` returns) until Ctrl-C, SIGTERM, ``request_stop()`` or
     rclpy shutdown. ``node_factory()`` is called after ``rclpy.init(args=args or sys.argv)``.
 
     Lifecycle nodes whose ``autostart`` parameter is true (declared with default true when the node does not) are
-    configured and activated before spinning. On stop, lifecycle nodes get the shutdown transition (their
-    ``on_shutdown`` releases devices) while the ROS context is still valid; then nodes are destroyed and rclpy shut
+    configured and activated before spinning; then ``on_ready()`` is called (if given). On stop, lifecycle nodes
+    get the shutdown transition (their ``on_shutdown`` releases devices) while the ROS context is still valid; then nodes are destroyed and rclpy shut
     down. Exit code: 0 on a clean stop, 1 when construction or autostart failed.
     """
     ensure_ros_env()
@@ -102,6 +103,8 @@ def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Opti
         for node in nodes:
             if isinstance(node, LifecycleNode) and _wants_autostart(node) and not autostart(node):
                 return 1
+        if on_ready is not None:
+            on_ready()  # every node built and (autostart) active
         while context.ok() and not _stop.is_set():
             try:
                 executor.spin_once(timeout_sec=poll_s)

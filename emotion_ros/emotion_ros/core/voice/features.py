@@ -38,12 +38,40 @@ class FeatureSpec:
 _MEL_CACHE: Dict[Tuple, np.ndarray] = {}
 
 
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (linear below 1 kHz, logarithmic above), as librosa's default."""
+    f = np.asarray(f, dtype=np.float64)
+    f_sp = 200.0 / 3
+    mels = f / f_sp
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
+    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, mels)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
+    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """(n_mels, 1 + n_fft // 2) triangular filters, Slaney-normalised: the same matrix as
+    ``librosa.filters.mel`` with its defaults, without importing librosa (and numba) at run time."""
+    fftfreqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fftfreqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels]))[:, None]
+    return weights.astype(np.float32)
+
+
 def _mel_basis(spec: FeatureSpec) -> np.ndarray:
     key = (spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax)
     if key not in _MEL_CACHE:
-        import librosa
-        _MEL_CACHE[key] = librosa.filters.mel(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels,
-                                              fmin=spec.fmin, fmax=spec.fmax).astype(np.float32)
+        _MEL_CACHE[key] = mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax)
     return _MEL_CACHE[key]
 
 
