@@ -173,10 +173,10 @@ def test_evaluate_raw_matches_core_on_one_modality(raw_bag, tmp_path, capsys):
     assert rep["counts"]["audio_chunks"] == 0 and rep["models"]["fusion"] is None
     assert any("--voice-model none" in w for w in rep["warnings"])
 
-    p = _load_yaml_params("face.yaml", "face_node")
+    p = _load_yaml_params("emotion.yaml", "face_node")
     fm = FaceModel(m["face"], device="cpu", flip_tta=bool(p.get("flip_tta", True)))
     pipe = build_pipeline(fm, p)
-    q = _load_yaml_params("fusion.yaml", "fusion_node")
+    q = _load_yaml_params("emotion.yaml", "fusion_node")
     fusion = TemporalFusion(None, **{k: q[k] for k in ("window_s", "stale_s", "smoothing_tau_s", "forget_s",
                                                       "voice_to") if k in q})
     preds, n_faces = [], 0

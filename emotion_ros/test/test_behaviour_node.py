@@ -68,7 +68,7 @@ def make_state(t, label, conf, person="ana"):
 def test_sustained_sadness_gives_one_comforting_decision_then_release(ctx, launch):
     ns = f"/beh{os.getpid()}"
     # the shipped parameter file, one value overridden
-    proc = launch("-r", f"__ns:={ns}", "--params-file", os.path.join(PKG_ROOT, "config", "behaviour.yaml"),
+    proc = launch("-r", f"__ns:={ns}", "--params-file", os.path.join(PKG_ROOT, "config", "emotion.yaml"),
                   "-p", "state_timeout_s:=1.0")
     node = Node(f"behaviour_test_peer_{os.getpid()}", namespace=ns, context=ctx)
     ex = SingleThreadedExecutor(context=ctx)

@@ -356,7 +356,7 @@ def test_configure_fails_for_unknown_detector_or_missing_yunet(inproc, tmp_path)
 def test_parameters_are_declared_with_descriptions_and_yaml_defaults(inproc):
     import yaml
     n = inproc()
-    with open(os.path.join(PKG_ROOT, "config", "face.yaml")) as f:
+    with open(os.path.join(PKG_ROOT, "config", "emotion.yaml")) as f:
         cfg = yaml.safe_load(f)["face_node"]["ros__parameters"]
     from emotion_ros.nodes.face import PARAMS
     assert set(cfg) == set(PARAMS)

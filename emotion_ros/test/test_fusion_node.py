@@ -171,7 +171,7 @@ class Peer:
 def test_fused_states_then_voice_only_when_faces_stop(ctx, launch, model_file):
     ns = f"/fus{os.getpid()}"
     # the shipped parameter file, some values overridden
-    proc = launch("-r", f"__ns:={ns}", "--params-file", os.path.join(PKG_ROOT, "config", "fusion.yaml"),
+    proc = launch("-r", f"__ns:={ns}", "--params-file", os.path.join(PKG_ROOT, "config", "emotion.yaml"),
                   "-p", f"model_path:={model_file}", "-p", "device:=cpu",
                   "-p", "smoothing_tau_s:=0.0", "-p", "rate:=20.0")
     peer = Peer(ctx, ns)

@@ -210,7 +210,7 @@ def test_camera_process_with_params_file_plays_to_the_end_and_exits(ctx, video):
     node.create_subscription(Image, topic, got.append, reliable_qos(50))
     env = dict(os.environ, PYTHONPATH=PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.Popen([sys.executable, "-m", "emotion_ros.nodes.camera", "--ros-args",
-                          "--params-file", os.path.join(PKG_ROOT, "config", "camera.yaml"),
+                          "--params-file", os.path.join(PKG_ROOT, "config", "emotion.yaml"),
                           "-p", f"source:={video}", "-p", "rate:=50.0", "-p", "wait_for_subscribers_s:=20.0", "-p", "qos_depth:=20",
                           "-r", f"image_raw:={topic}"],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -232,7 +232,7 @@ def test_camera_process_with_params_file_plays_to_the_end_and_exits(ctx, video):
     assert p.returncode == 0, out
     assert f"end of video file '{video}' after {N_FRAMES} frame(s)" in out
     assert [index_of(image_to_numpy(m)) for m in got] == list(range(N_FRAMES))
-    assert got[0].header.frame_id == "camera"  # from config/camera.yaml
+    assert got[0].header.frame_id == "camera"  # from config/emotion.yaml
 
 
 def test_camera_process_missing_file_exits_1_naming_it(tmp_path):

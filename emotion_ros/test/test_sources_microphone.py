@@ -178,7 +178,7 @@ def test_no_input_device_is_a_clear_error():
 def test_process_without_device_exits_1_and_file_process_exits_0(wav):
     env = dict(os.environ, PYTHONPATH=PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "emotion_ros.nodes.microphone", "--ros-args",
-           "--params-file", os.path.join(PKG_ROOT, "config", "microphone.yaml"),
+           "--params-file", os.path.join(PKG_ROOT, "config", "emotion.yaml"),
            "-r", f"__ns:=/mic_proc_{os.getpid()}"]
     if not list_input_devices():
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)

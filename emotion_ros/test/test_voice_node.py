@@ -328,7 +328,7 @@ def test_parameters_are_declared_with_descriptions_and_yaml_defaults(inproc):
     import yaml
     from emotion_ros.nodes.voice import PARAMS
     n = inproc()
-    with open(os.path.join(PKG_ROOT, "config", "voice.yaml")) as f:
+    with open(os.path.join(PKG_ROOT, "config", "emotion.yaml")) as f:
         cfg = yaml.safe_load(f)["voice_node"]["ros__parameters"]
     assert set(cfg) == set(PARAMS)
     for name, (default, _desc) in PARAMS.items():

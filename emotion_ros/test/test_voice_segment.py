@@ -221,7 +221,7 @@ def test_node_parameters_map_onto_segmenter_arguments():
     import inspect
     import os
     import yaml
-    cfg_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "voice.yaml")
+    cfg_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "emotion.yaml")
     with open(cfg_path) as f:
         params = yaml.safe_load(f)["voice_node"]["ros__parameters"]
     assert set(PARAM_TO_KWARG) <= set(params)

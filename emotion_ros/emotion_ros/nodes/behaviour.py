@@ -12,7 +12,7 @@ config/behaviour_rules.yaml).  When a rule fires, or the active rule ends, it pu
 With no state for ``state_timeout_s`` (node clock) the active rule is released (default expression).
 An invalid rules file stops the node at start-up with an error naming the file and the problem (exit code 1).
 
-    ros2 run emotion_ros behaviour_node --ros-args --params-file config/behaviour.yaml
+    ros2 run emotion_ros behaviour_node --ros-args --params-file config/emotion.yaml
     python -m emotion_ros.nodes.behaviour --ros-args -p rules_file:=/path/rules.yaml
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ Hz and ``/diagnostics``. A capture thread reads the source:
 
     camera_node --ros-args -p source:=0 -p width:=640 -p height:=480 -p rate:=30.0
     camera_node --ros-args -p source:=/path/clip.mp4 -p loop:=true
-    camera_node --ros-args --params-file config/camera.yaml
+    camera_node --ros-args --params-file config/emotion.yaml
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ model off the GPU, cleanup drops the model.  ``autostart`` (default true) drives
 active when run alone; a failed autostart ends the process with exit code 1.
 
     ros2 run emotion_ros face_node --ros-args -p model_path:=/path/face.pt -p device:=cpu
-    python -m emotion_ros.nodes.face --ros-args --params-file config/face.yaml
+    python -m emotion_ros.nodes.face --ros-args --params-file config/emotion.yaml
 """
 from __future__ import annotations
 

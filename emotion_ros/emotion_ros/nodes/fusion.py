@@ -16,7 +16,7 @@ staleness, processing time, errors.
 Lifecycle: configure loads the fusion model (missing/unfit file: FAILURE naming the file; with autostart the
 process exits 1), activate opens the topics, deactivate closes them, cleanup drops the model.
 
-    ros2 run emotion_ros fusion_node --ros-args --params-file config/fusion.yaml
+    ros2 run emotion_ros fusion_node --ros-args --params-file config/emotion.yaml
     python -m emotion_ros.nodes.fusion --ros-args -p model_path:=/path/fusion.pt
 """
 from __future__ import annotations

@@ -27,7 +27,7 @@ Lifecycle: configure loads the model (a missing or unfit file fails the transiti
 ``autostart`` the process then exits 1), activate opens the topics and starts the worker, deactivate closes the
 input, publishes the utterance still open and stops, cleanup drops the model.
 
-    ros2 run emotion_ros voice_node --ros-args --params-file config/voice.yaml
+    ros2 run emotion_ros voice_node --ros-args --params-file config/emotion.yaml
     python -m emotion_ros.nodes.voice --ros-args -p model_path:=/path/voice.pt -p device:=cpu
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ Two modes:
   same core the nodes use - ``FacePipeline.process(frame, t)`` for every image (``--max-fps`` thins them),
   ``VoicePipeline.push(pcm, rate, t)`` for every audio chunk, results into ``TemporalFusion``
   (``add_face`` / ``add_voice``), and ``TemporalFusion.estimate(now)`` stepped every ``--step`` s of bag time (the
-  fusion node's rate). Pipelines are configured from the package's config/face.yaml, voice.yaml and fusion.yaml
+  fusion node's rate). Pipelines are configured from the package's config/emotion.yaml
   (the nodes' defaults). Message time is the header stamp (receive time when the stamp is zero); a fusion step at
   time ``now`` sees the results of every message received up to ``now``, as in the live system.
 - **recorded** (no raw sensor data, but ``emotion/state`` / ``emotion/faces`` / ``emotion/voice`` of a live run):
@@ -243,9 +243,9 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
     if not face_path and not voice_path:
         raise BagError("nothing to evaluate: no image or audio topic with a model")
 
-    fparams = _load_yaml_params("face.yaml", "face_node")
-    vparams = _load_yaml_params("voice.yaml", "voice_node")
-    uparams = _load_yaml_params("fusion.yaml", "fusion_node")
+    fparams = _load_yaml_params("emotion.yaml", "face_node")
+    vparams = _load_yaml_params("emotion.yaml", "voice_node")
+    uparams = _load_yaml_params("emotion.yaml", "fusion_node")
     threads = int(opts["threads"] if opts.get("threads") is not None else fparams.get("cpu_threads", 1) or 0)
     if threads > 0:  # like the nodes (cpu_threads: 1): many torch threads only fight over the cores
         import torch
@@ -258,7 +258,7 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
             from emotion_ros.core.face.pipeline import build_pipeline
 
             fm = FaceModel(face_path, device=device, flip_tta=bool(fparams.get("flip_tta", True)))
-            face_pipe = build_pipeline(fm, fparams)  # the face node's construction, config/face.yaml settings
+            face_pipe = build_pipeline(fm, fparams)  # the face node's construction, config/emotion.yaml settings
         if voice_path:
             from emotion_ros.core.voice.model import VoiceModel
             from emotion_ros.core.voice.pipeline import VoicePipeline
@@ -365,7 +365,7 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
                 audio_fmt = (int(vparams.get("sample_rate", 16000)), int(vparams.get("channels", 1)),
                              str(vparams.get("sample_format", "S16LE")))
                 warn.append(f"no {normalise_topic(info_topic)} before the first audio message: assuming "
-                            f"{audio_fmt[0]} Hz, {audio_fmt[1]} channel(s), {audio_fmt[2]} (config/voice.yaml)")
+                            f"{audio_fmt[0]} Hz, {audio_fmt[1]} channel(s), {audio_fmt[2]} (config/emotion.yaml)")
             rate, ch, fmt = audio_fmt
             data = msg.audio.data if hasattr(msg, "audio") else msg.data
             try:
@@ -681,7 +681,7 @@ def evaluate(bag: str, labels: str, json_out: Optional[str] = None, confusion: O
         raise TypeError(f"unknown options {sorted(unknown)}")
     opts.update({k: v for k, v in kw.items() if v is not None})
     if opts["step"] is None:
-        rate = float(_load_yaml_params("fusion.yaml", "fusion_node").get("rate", 10.0) or 10.0)
+        rate = float(_load_yaml_params("emotion.yaml", "fusion_node").get("rate", 10.0) or 10.0)
         opts["step"] = 1.0 / rate if rate > 0 else 0.1
     if not (opts["step"] > 0 and math.isfinite(opts["step"])):
         raise BagError(f"--step must be > 0 seconds, got {opts['step']}")

@@ -117,7 +117,7 @@ class FacePipeline:
 
 
 def build_pipeline(model, params: Optional[Mapping[str, Any]] = None) -> FacePipeline:
-    """A :class:`FacePipeline` from the face node's parameter names (``config/face.yaml``); missing
+    """A :class:`FacePipeline` from the face node's parameter names (``config/emotion.yaml``); missing
     names take the node's defaults.  One place for the node, emotion-bench and bag evaluation."""
     p: Dict[str, Any] = {"detector": "haar", "yunet_model": "", "yunet_score_threshold": 0.6,
                          "min_face_frac": 0.08, "detect_max_width": 320, "haar_min_neighbors": 5,

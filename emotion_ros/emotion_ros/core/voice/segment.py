@@ -49,7 +49,7 @@ from .features import SAMPLE_RATE
 
 __all__ = ["Segment", "Segmenter", "segment_offline", "PARAM_TO_KWARG", "segmenter_kwargs"]
 
-#: voice_node parameter (config/voice.yaml) -> Segmenter keyword argument.
+#: voice_node parameter (config/emotion.yaml) -> Segmenter keyword argument.
 PARAM_TO_KWARG: Dict[str, str] = {
     "vad_frame_ms": "frame_ms",
     "vad_start_db": "start_db_above_noise",
@@ -68,7 +68,7 @@ PARAM_TO_KWARG: Dict[str, str] = {
 
 
 def segmenter_kwargs(params: Dict[str, object]) -> Dict[str, float]:
-    """voice_node parameters (e.g. ``config/voice.yaml``'s ``voice_node.ros__parameters``) -> Segmenter kwargs.
+    """voice_node parameters (e.g. ``config/emotion.yaml``'s ``voice_node.ros__parameters``) -> Segmenter kwargs.
 
     Names that are not segmenter settings are ignored; missing ones keep the Segmenter's defaults.
     """
