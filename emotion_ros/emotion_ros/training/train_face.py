@@ -20,6 +20,9 @@ from .common import Checkpointer, metrics_from_predictions, seed_everything, str
 from .face_data import load_faces
 
 
+LIGHT_AUG = {"max_rot_deg": 8.0, "scale": (0.93, 1.07), "max_shift": 0.06, "erase_p": 0.15}
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="training faces: folder per class, or FER2013 CSV")
     p.add_argument("--val", default=None, help="faces reported on each epoch (not used for selection)")
@@ -40,6 +43,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--init-from", default=None,
                    help="start from the weights of this run checkpoint (last.pt) with a fresh schedule")
+    p.add_argument("--light-aug", action="store_true",
+                   help="milder augmentation (smaller rotations/shifts, less erasing), e.g. for a fine-tuning phase")
     p.add_argument("--eval-every", type=int, default=1, help="measure dev/val every N epochs (and the last)")
     p.add_argument("--pct-start", type=float, default=0.2, help="warm-up fraction of the one-cycle schedule")
     p.add_argument("--limit", type=int, default=0, help="use only N training images (smoke tests)")
@@ -90,7 +95,12 @@ def run(args) -> dict:
     if args.init_from:
         init = torch.load(args.init_from, map_location="cpu", weights_only=False)
         net.load_state_dict(init["model"])
-        history = [dict(h, phase="init") for h in init.get("history", [])]
+        history = [dict(h, phase=h.get("phase", "init")) for h in init.get("history", [])]
+        init_cfg = os.path.join(os.path.dirname(args.init_from), "config.json")
+        if os.path.isfile(init_cfg):  # keep the lineage of a multi-phase training in the saved config
+            with open(init_cfg) as f:
+                config["init_from_config"] = json.load(f)
+            write_json(os.path.join(args.run_dir, "config.json"), config)
         print(f"initialised from {args.init_from} (epoch {init.get('epoch')})", flush=True)
     if args.resume:
         state = ckpt.load()
@@ -114,7 +124,7 @@ def run(args) -> dict:
         for b in bar:
             idx = perm[b * args.batch_size:(b + 1) * args.batch_size]
             x = xt[idx].float().div_(255).unsqueeze(1)
-            x = augment_faces(x, gen)
+            x = augment_faces(x, gen, **LIGHT_AUG) if args.light_aug else augment_faces(x, gen)
             x = (x - DEFAULT_INPUT["mean"]) / DEFAULT_INPUT["std"]
             y = yt[idx]
             logits = net(x)
