@@ -1,7 +1,7 @@
 """``run_node``: the main() of every emotion_ros node.
 
 rclpy.init -> build the node -> (lifecycle node with ``autostart`` true: configure + activate) -> spin a
-MultiThreadedExecutor until Ctrl-C / SIGTERM / ``request_stop()`` / rclpy shutdown -> shutdown transition ->
+SingleThreadedExecutor (``num_threads`` > 1: a MultiThreadedExecutor) until Ctrl-C / SIGTERM / ``request_stop()`` / rclpy shutdown -> shutdown transition ->
 destroy. Returns a process exit code (console_scripts pass it to sys.exit).
 """
 
@@ -13,7 +13,7 @@ import threading
 from typing import Callable, List, Optional, Sequence, Union
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
@@ -97,7 +97,11 @@ def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Opti
         except Exception as exc:  # noqa: BLE001
             rclpy.logging.get_logger("run_node").fatal(f"could not create node: {type(exc).__name__}: {exc}")
             return 1
-        executor = MultiThreadedExecutor(num_threads=num_threads)
+        # One executor thread by default: the nodes do their heavy work in their own worker threads, and rclpy's
+        # MultiThreadedExecutor costs far more CPU per message (emotion-bench / docs/BENCHMARKS.md: receiving 30 fps
+        # 640x480 frames + 50 Hz audio with empty callbacks took 61 % of a core and fell behind; single: 13 %).
+        executor = (MultiThreadedExecutor(num_threads=num_threads) if num_threads and num_threads > 1
+                    else SingleThreadedExecutor())
         for node in nodes:
             executor.add_node(node)
         for node in nodes:
