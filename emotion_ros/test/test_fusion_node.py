@@ -239,7 +239,8 @@ def test_on_change_publishing_under_sim_time(ctx, launch, model_file):
     A slow steady rate (one state per 5 s): states within 0.5 s of each change must come from publish_on_change."""
     ns = f"/fuschg{os.getpid()}"
     proc = launch("-r", f"__ns:={ns}", "-p", f"model_path:={model_file}", "-p", "device:=cpu",
-                  "-p", "smoothing_tau_s:=0.0", "-p", "rate:=0.2", "-p", "use_sim_time:=true")
+                  "-p", "smoothing_tau_s:=0.0", "-p", "rate:=0.2", "-p", "use_sim_time:=true",
+                  "-p", "publish_on_face:=false")  # else every face array is published anyway
     peer = Peer(ctx, ns, sim_start=1000.0)
     try:
         assert peer.spin_until(lambda: peer.matched() and peer.pub_clock.get_subscription_count() >= 1, 30), \

@@ -8,7 +8,8 @@ publishes emotion_msgs/EmotionState
 - on ``emotion/state`` for the primary person (largest face; voice alone when no face is fresh),
 - on ``emotion/states`` for every person,
 
-at a steady ``rate`` and, with ``publish_on_change``, at once when the primary's top emotion changes.
+at once on every face array (``publish_on_face``), at once when the primary's top emotion changes
+(``publish_on_change``), and at a steady ``rate`` in between (e.g. voice alone).
 ``header.stamp`` is the newest evidence's stamp, ``header.frame_id`` the face array's.  "Now" for staleness is the
 node clock, so replayed bags work with ``use_sim_time:=true``.  ``/diagnostics``: per-modality input rates and
 staleness, processing time, errors.
@@ -56,6 +57,8 @@ PARAMS = {
                              "(0 = none)"),
     "rate": (10.0, "Steady publishing rate of emotion/state and emotion/states (Hz)"),
     "publish_on_change": (True, "Also publish at once when the primary person's top emotion changes"),
+    "publish_on_face": (True, "Also publish at once on every face array (frame to emotion/state in a few ms; the "
+                              "steady rate then only fills the gaps, e.g. voice alone)"),
     "forget_s": (5.0, "Persons (face track ids) not seen for this long (s) are forgotten"),
     "voice_to": ("primary", "Voice evidence (no speaker id) goes to the 'primary' person only, or to 'all'"),
     "allow_no_model": (False, "When the model file is missing: fail configure (false) or run with the "
@@ -133,6 +136,7 @@ class FusionNode(LifecycleNode):
         self._frame_ids: Dict[str, str] = {}
         self._last_primary: Optional[tuple] = None  # (person_id, emotion) last published on emotion/state
         self.published = 0
+        self._last_publish = -1e9  # time.monotonic() of the last state on emotion/state
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -263,7 +267,9 @@ class FusionNode(LifecycleNode):
                     self.log.warn("face_dim", warning)
                 self._frame_ids[pid] = msg.header.frame_id
         self._check_skew("faces", t)
-        if self.p.publish_on_change:
+        if self.p.publish_on_face:
+            self._update(on_change_only=False)
+        elif self.p.publish_on_change:
             self._update(on_change_only=True)
 
     def _on_voice(self, msg: VoiceEmotion) -> None:
@@ -292,6 +298,8 @@ class FusionNode(LifecycleNode):
 
     # -- outputs --------------------------------------------------------------------------------------------------
     def _on_timer(self) -> None:
+        if time.monotonic() - self._last_publish < 0.9 / float(self.p.rate):
+            return  # published on input just now: the steady rate only fills gaps
         self._update(on_change_only=False)
 
     def _update(self, on_change_only: bool) -> None:
@@ -328,6 +336,7 @@ class FusionNode(LifecycleNode):
                 if s.primary:
                     pub_state.publish(msg)
                     self.published += 1
+                    self._last_publish = time.monotonic()
                     if self.diag is not None:
                         self.diag.tick_output()
         except Exception as exc:  # noqa: BLE001 - context shut down while publishing

@@ -1,0 +1,148 @@
+"""Performance fixes made after emotion-bench (docs/BENCHMARKS.md) must not change results.
+
+- FaceModel's fast CPU path (batch norm folded into the convolutions, channels-last) gives the eager network's
+  probabilities and embeddings for every batch size, with and without flip averaging, and the eager path still
+  runs when the fast one is off or the weights change.
+- run_node spins a SingleThreadedExecutor by default (a MultiThreadedExecutor when asked for threads).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robust_helpers import small_checkpoints
+from emotion_ros.core.face.model import FaceCNN, FaceModel, inference_copy
+from emotion_ros.tools.bench import make_test_checkpoints
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("perf"))
+    full = make_test_checkpoints(d + "/full", kinds=("face",))["face"]
+    small = small_checkpoints(d + "/small", kinds=("face",))["face"]
+    return {"full": full, "small": small}
+
+
+def _trained_like(model: FaceModel, seed: int = 0) -> None:
+    """Give the batch-norm layers non-trivial statistics (random-init ones are 0/1, which hides folding errors)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.net.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+    model.refresh()
+
+
+@pytest.mark.parametrize("which", ["full", "small"])
+@pytest.mark.parametrize("flip", [True, False])
+def test_fast_path_equals_the_eager_network(ckpts, which, flip):
+    fast = FaceModel(ckpts[which], device="cpu", flip_tta=flip)
+    slow = FaceModel(ckpts[which], device="cpu", flip_tta=flip, fast=False)
+    _trained_like(fast)
+    _trained_like(slow)
+    assert fast._fast_net is not None and slow._fast_net is None
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 3, 5, 10, 12):
+        crops = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8)
+        p1, e1 = fast.predict(crops)
+        p2, e2 = slow.predict(crops)
+        assert p1.shape == (n, 7) and e1.shape == (n, fast.embed_dim)
+        np.testing.assert_allclose(p1, p2, atol=2e-5)
+        np.testing.assert_allclose(e1, e2, atol=2e-4, rtol=1e-4)
+        assert np.allclose(p1.sum(1), 1.0, atol=1e-5)
+    # the network really differs from a fresh one (the check above is not trivially true)
+    assert not np.allclose(fast.predict(crops)[0], FaceModel(ckpts[which], device="cpu", flip_tta=flip).predict(crops)[0])
+
+
+def test_fast_copy_has_no_batch_norm_or_dropout_in_features(ckpts):
+    net = FaceModel(ckpts["full"], device="cpu").net
+    fast = inference_copy(net)
+    kinds = {type(m) for m in fast.features}
+    assert torch.nn.BatchNorm2d not in kinds and torch.nn.Dropout2d not in kinds
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in fast.features) == 8
+    # the original network is untouched
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.features) == 8
+    assert isinstance(FaceCNN(), torch.nn.Module)
+
+
+def test_refresh_follows_weight_changes(ckpts):
+    m = FaceModel(ckpts["small"], device="cpu")
+    crops = np.random.default_rng(2).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    before = m.predict(crops)[0]
+    with torch.no_grad():
+        m.net.classifier.bias.add_(torch.tensor([3.0, 0, 0, 0, 0, 0, 0]))
+    assert np.allclose(m.predict(crops)[0], before)  # the fast copy is a snapshot ...
+    m.refresh()
+    after = m.predict(crops)[0]
+    assert (after[:, 0] > before[:, 0]).all()        # ... until refreshed
+
+
+def test_run_node_uses_a_single_threaded_executor_unless_asked(monkeypatch):
+    from rclpy.node import Node
+    from emotion_ros.ros import lifecycle
+    used = []
+
+    def recording(name):
+        base = getattr(lifecycle, name)
+
+        class Recording(base):
+            def __init__(self, *a, **kw):
+                used.append(name)
+                super().__init__(*a, **kw)
+        return Recording
+    for name in ("SingleThreadedExecutor", "MultiThreadedExecutor"):
+        monkeypatch.setattr(lifecycle, name, recording(name))
+
+    def factory():
+        lifecycle.request_stop()  # spin loop ends at once
+        return Node("executor_probe")
+    assert lifecycle.run_node(factory, args=["probe"]) == 0
+    assert lifecycle.run_node(factory, args=["probe"], num_threads=2) == 0
+    assert used == ["SingleThreadedExecutor", "MultiThreadedExecutor"]
+
+
+@pytest.mark.parametrize("on_face", [True, False])
+def test_fusion_publishes_a_state_per_face_array(on_face, tmp_path):
+    """publish_on_face: every face array gets its EmotionState (same stamp) at once, not at the next timer tick."""
+    import time
+    from emotion_msgs.msg import EmotionState, FaceEmotion, FaceEmotionArray
+    from robust_helpers import Graph, NodeProcess
+    from emotion_ros.core.labels import LABELS
+    from emotion_ros.ros.convert import sec_to_stamp
+    from emotion_ros.ros.node_utils import reliable_qos
+
+    models = small_checkpoints(str(tmp_path), kinds=("fusion",))
+    proc = NodeProcess("fusion", str(tmp_path), {"model_path": models["fusion"], "device": "cpu", "rate": 0.5,
+                                                 "publish_on_face": on_face, "publish_on_change": False})
+    g = Graph("publish_on_face_tester")
+    try:
+        states = g.subscribe("emotion/state", EmotionState, reliable_qos(100))
+        pub = g.publisher("emotion/faces", FaceEmotionArray, reliable_qos(100))
+        g.wait_node_up(proc, subscribes=["emotion/faces"], publishes=["emotion/state"])
+        sent = []
+        emb = np.random.default_rng(0).standard_normal(256).astype(np.float32).tolist()
+        for k in range(20):
+            m = FaceEmotionArray()
+            t = time.time()
+            m.header.stamp = sec_to_stamp(t)
+            f = FaceEmotion(id="face_1", x=10, y=10, width=100, height=100, emotion="happy", confidence=0.7)
+            f.labels = list(LABELS)
+            f.probabilities = [0.05, 0.7, 0.05, 0.05, 0.05, 0.05, 0.05]
+            f.embedding = emb
+            m.faces = [f]
+            pub.publish(m)
+            sent.append((m.header.stamp.sec, m.header.stamp.nanosec))
+            g.spin_for(0.05)
+        g.spin_for(0.5)
+        got = {(m.header.stamp.sec, m.header.stamp.nanosec) for _, m in states}
+        answered = sum(s in got for s in sent)
+        if on_face:
+            assert answered >= 18, f"only {answered}/20 face arrays got their state"
+        else:
+            assert answered <= 3, f"{answered}/20 face arrays got a state at a 0.5 Hz steady rate"
+    finally:
+        g.close()
+        proc.stop()
