@@ -146,3 +146,114 @@ def test_fusion_publishes_a_state_per_face_array(on_face, tmp_path):
     finally:
         g.close()
         proc.stop()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# FacePipeline: whole-frame detection in the background
+# --------------------------------------------------------------------------------------------------------------
+
+class CountingDetector:
+    """Wraps a detector, counting whole-frame and regional calls (and the threads they ran in)."""
+
+    def __init__(self, inner):
+        import threading
+        self.inner, self.full, self.regional, self.threads = inner, 0, 0, set()
+        self.wants_color = inner.wants_color
+        self._threading = threading
+
+    def detect(self, image):
+        self.full += 1
+        self.threads.add(self._threading.current_thread().name)
+        return self.inner.detect(image)
+
+    def detect_regions(self, image, boxes, **kw):
+        self.regional += 1
+        return self.inner.detect_regions(image, boxes, **kw)
+
+
+def _pipelines(ckpts, async_detect):
+    from emotion_ros.core.face.detect import make_detector
+    from emotion_ros.core.face.pipeline import FacePipeline
+    model = FaceModel(ckpts["small"], device="cpu")
+    fg = CountingDetector(make_detector("haar"))
+    bg = CountingDetector(make_detector("haar")) if async_detect else None
+    return FacePipeline(model, detector=fg, full_detect_every=3, background_detector=bg), fg, bg
+
+
+def _wait_idle(pipe, timeout=5.0):
+    import time
+    end = time.monotonic() + timeout
+    while not pipe.background.idle() and time.monotonic() < end:
+        time.sleep(0.005)
+
+
+def test_background_detection_finds_new_faces_and_never_blocks_a_tracked_frame(ckpts):
+    from emotion_ros.tools.bench import background, compose_scene
+    pipe, fg, bg = _pipelines(ckpts, True)
+    five, one = [], []
+    for k in range(6):  # the same five-face scene, and one where only the first of them is there
+        frame, boxes = compose_scene(5, shift=(k, 0))
+        alone = frame.copy()
+        empty = background()
+        for x, y, w, h in boxes[1:]:
+            x0, y0, x1, y1 = max(0, x - w // 2), max(0, y - h // 2), x + w + w // 2, y + h + h
+            alone[y0:y1, x0:x1] = empty[y0:y1, x0:x1]
+        five.append(frame)
+        one.append(alone)
+    first = pipe.process(one[0], 0.0)
+    assert len(first) == 1 and fg.full == 1          # nothing tracked yet: whole frame at once
+    face_id = first[0].id
+    for k in range(1, 12):
+        res = pipe.process(one[k % 6], k / 30)
+        assert len(res) == 1 and res[0].id == face_id
+        _wait_idle(pipe)
+    assert fg.full == 1, "a tracked frame waited for a whole-frame pass"
+    assert bg.full >= 2 and bg.threads == {"face_full_detect"}
+    # four more people step in: found by the background passes within a few frames, the first keeps its id
+    n = 0
+    for k in range(12, 40):
+        res = pipe.process(five[k % 6], k / 30)
+        n = len(res)
+        _wait_idle(pipe)
+        if n == 5:
+            break
+    assert n == 5, f"only {n} of 5 faces after {k - 11} frames"
+    assert face_id in {r.id for r in res}
+    assert fg.full == 1
+    pipe.close()
+    pipe.background._thread.join(timeout=2.0)
+    assert not pipe.background._thread.is_alive()
+
+
+def test_background_detection_gives_the_same_faces_as_in_line(ckpts):
+    from emotion_ros.tools.bench import scene_frames
+    sync, _, _ = _pipelines(ckpts, False)
+    asyn, _, _ = _pipelines(ckpts, True)
+    frames = scene_frames(5, 6)
+    for k in range(18):
+        a = sync.process(frames[k % 6], k / 30)
+        b = asyn.process(frames[k % 6], k / 30)
+        _wait_idle(asyn)
+        assert sorted(r.id for r in a) == sorted(r.id for r in b)
+        for ra in a:
+            rb = next(r for r in b if r.id == ra.id)
+            np.testing.assert_allclose(ra.probs, rb.probs, atol=0.05)
+    asyn.close()
+
+
+def test_reset_discards_background_work_and_build_pipeline_wiring(ckpts):
+    from emotion_ros.core.face.pipeline import build_pipeline
+    from emotion_ros.nodes.face import PARAMS
+    model = FaceModel(ckpts["small"], device="cpu")
+    assert build_pipeline(model).background is None                                 # offline default: in line
+    assert build_pipeline(model, {"async_full_detect": True, "full_detect_every": 1}).background is None
+    node_default = build_pipeline(model, {k: v[0] for k, v in PARAMS.items()})
+    assert node_default.background is not None                                      # the node's default
+    assert node_default.background.detector is not node_default.detector
+    bg = node_default.background
+    bg.submit(np.zeros((240, 320), np.uint8))
+    node_default.reset()
+    _wait_idle(node_default)
+    assert bg.poll() is None                                                          # the old frame's result is gone
+    node_default.close()
+    assert not bg.submit(np.zeros((240, 320), np.uint8))

@@ -62,6 +62,9 @@ PARAMS = {
     "haar_min_neighbors": (5, "Haar: neighbours a detection needs (higher: fewer false faces)"),
     "full_detect_every": (3, "Detect on the whole frame every N-th frame; in between search only around the "
                              "tracked faces (1 = whole frame always; new faces appear up to N-1 frames late)"),
+    "async_full_detect": (True, "While faces are tracked, run the whole-frame search of every full_detect_every-th "
+                                "frame in a background thread (new faces join 1-2 frames later) so that no frame "
+                                "waits for it; false: in line (deterministic, slower frames)"),
     "max_faces": (10, "Most faces classified per frame (largest first)"),
     "tracker_iou": (0.3, "Tracker: least box IoU to continue a track"),
     "tracker_max_missed": (10, "Tracker: frames a face may go undetected before its id is dropped"),
@@ -196,6 +199,8 @@ class FaceNode(LifecycleNode):
 
     def _drop_model(self) -> None:
         had_cuda = self.model is not None and self.model.device.type == "cuda"
+        if self.pipeline is not None:
+            self.pipeline.close()
         self.pipeline = None
         self.model = None
         if had_cuda:
