@@ -857,12 +857,13 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
     if threads > 0:
         torch.set_num_threads(threads)
     out: Dict[str, object] = {"params": {k: p[k] for k in ("detector", "detect_max_width", "full_detect_every",
-                                                            "flip_tta", "min_face_frac", "haar_min_neighbors")},
+                                                            "async_full_detect", "flip_tta", "min_face_frac",
+                                                            "haar_min_neighbors")},
                               "torch_threads": torch.get_num_threads()}
 
-    def pipeline(full_every: int, flip: bool):
+    def pipeline(full_every: int, flip: bool, background: bool = False):
         model = FaceModel(model_path, device=device, flip_tta=flip)
-        return build_pipeline(model, {**p, "full_detect_every": full_every})
+        return build_pipeline(model, {**p, "full_detect_every": full_every, "async_full_detect": background})
 
     def stats(v):
         return {"mean": round(float(np.mean(v)), 3), "p50": pct(v, 50), "p95": pct(v, 95)}
@@ -870,10 +871,12 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
     for nf in faces:
         frames = scene_frames(nf, 30)
         msgs = [numpy_to_image(f, "bgr8", stamp=1000.0 + i / 30.0, frame_id="camera") for i, f in enumerate(frames)]
-        for label, full_every, flip in (("default", int(p["full_detect_every"]), bool(p["flip_tta"])),
-                                        ("full_detect_every_frame", 1, bool(p["flip_tta"])),
-                                        ("no_flip_tta", int(p["full_detect_every"]), False)):
-            pipe = pipeline(full_every, flip)
+        every, flip_default, bg_default = int(p["full_detect_every"]), bool(p["flip_tta"]), bool(p["async_full_detect"])
+        for label, full_every, flip, bg in (("default", every, flip_default, bg_default),
+                                            ("in_line_full_detect", every, flip_default, False),
+                                            ("full_detect_every_frame", 1, flip_default, False),
+                                            ("no_flip_tta", every, False, bg_default)):
+            pipe = pipeline(full_every, flip, bg)
             rec = collections.defaultdict(list)
             for i in range(n_frames + 10):
                 msg = msgs[i % len(msgs)]
@@ -898,6 +901,7 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
                 rec["serialize_ms"].append(1e3 * (t4 - t3))
                 rec["total_ms"].append(1e3 * (t4 - t0))
                 rec["faces"].append(tm["faces"])
+            pipe.close()
             key = f"face_{nf}" + ("" if label == "default" else f"_{label}")
             out[key] = {k: stats(v) for k, v in rec.items()}
         # detector alone, whole frame vs. regions
