@@ -3,7 +3,6 @@ audio stops), and a short run of the real graph ends with the JSON summary."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo
 from emotion_msgs.msg import EmotionState

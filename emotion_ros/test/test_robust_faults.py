@@ -17,7 +17,7 @@ from sensor_msgs.msg import Image
 
 from robust_helpers import Graph, NodeProcess, face_scene, small_checkpoints
 from emotion_ros.core.labels import LABELS
-from emotion_ros.ros.convert import numpy_to_image, sec_to_stamp, stamp_to_sec
+from emotion_ros.ros.convert import numpy_to_image, sec_to_stamp
 from emotion_ros.ros.node_utils import reliable_qos
 
 STALE_S = 1.0

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo
-from emotion_msgs.msg import EmotionState, FaceEmotionArray, VoiceEmotion
+from emotion_msgs.msg import FaceEmotionArray, VoiceEmotion
 from sensor_msgs.msg import Image
 
 from robust_helpers import Graph, NodeProcess, diag_values, face_scene, small_checkpoints, speech
@@ -138,16 +138,20 @@ def test_voice_node_overload_caps_the_backlog(graph, models, tmp_path):
         graph.wait_node_up(proc, subscribes=["audio"], publishes=["emotion/voice"], timeout=120)
         send(4.0, 4.0, 0.1)
         t_probe = time.time()
-        assert graph.spin_until(lambda: float((diag_of(graph, "voice_node", t_probe) or {}).get("real_time_factor", "0"))
-                                > 0, 5.0), diag_of(graph, "voice_node")
+        def rtf_known():
+            return float((diag_of(graph, "voice_node", t_probe) or {}).get("real_time_factor", "0")) > 0
+        assert graph.spin_until(rtf_known, 5.0), diag_of(graph, "voice_node")
         rtf = max(float(diag_of(graph, "voice_node", t_probe)["real_time_factor"]), 1e-3)
         speed = min(2.0 / rtf, 400.0)
         rss = []
         backlog = []
         t_over = time.time()
-        for _ in range(4):
+        # RSS climbs for the first ~10-20 s of overload (allocator caches for the model's many input lengths; it
+        # levels off at +60 MB, measured over 60 s) and is then flat: look at it after 6 s
+        for k in range(6):
             send(speed, 2.0, max(0.1, speed * 0.01))
-            rss.append(proc.rss_mb())
+            if k >= 2:
+                rss.append(proc.rss_mb())
             d = diag_of(graph, "voice_node", time.time() - 1.2)
             if d:
                 backlog.append(float(d.get("backlog_s", "0")))
@@ -155,7 +159,7 @@ def test_voice_node_overload_caps_the_backlog(graph, models, tmp_path):
         d = diag_of(graph, "voice_node", t_over)
         assert d is not None and int(d["dropped"]) > 0, f"no audio dropped at {speed:.0f}x real time (RTF {rtf})"
         assert graph.logs("voice_node", contains=["fell behind"]), "the drop was not logged"
-        assert rss[-1] - rss[0] < 40.0, f"voice_node RSS grew {rss} MB under overload"
+        assert rss[-1] - rss[0] < 30.0, f"voice_node RSS grew {rss} MB under overload"
         # overload over: real-time speech is answered promptly again
         clock["t"] += 10.0
         clock["i"] = int(utts[0][0] * 16000) - 4800

@@ -263,8 +263,9 @@ class FaceNode(LifecycleNode):
             faces = pipeline.process(frame, stamp_to_sec(msg.header.stamp))
         except InputError as exc:
             self.bad_frames += 1
-            self.log.warn(f"bad_image:{msg.encoding}:{str(exc)[:24]}", f"skipping image ({msg.width}x{msg.height} {msg.encoding!r}, "
-                                       f"frame_id {msg.header.frame_id!r}): {exc}")
+            key = f"bad_image:{msg.encoding}:{str(exc)[:24]}"  # one line per kind of problem and period
+            self.log.warn(key, f"skipping image ({msg.width}x{msg.height} {msg.encoding!r}, "
+                               f"frame_id {msg.header.frame_id!r}): {exc}")
             if diag is not None:
                 diag.report_error(f"bad image: {exc}")
                 diag.set_value("bad_frames", self.bad_frames)

@@ -54,7 +54,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -692,7 +692,8 @@ def run_graph(args, models: Dict[str, str], speech: SpeechStream, tmp_dir: str) 
     if "face" not in kinds:
         raise RuntimeError("the face node is needed for the benchmark")
     env = node_env()
-    log(f"transport: {'Fast DDS profile ' + env['FASTDDS_DEFAULT_PROFILES_FILE'] if env.get('FASTDDS_DEFAULT_PROFILES_FILE') else 'Fast DDS defaults'}; "
+    profile = env.get("FASTDDS_DEFAULT_PROFILES_FILE")
+    log(f"transport: {'Fast DDS profile ' + profile if profile else 'Fast DDS defaults'}; "
         f"ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID')}")
     log_dir = os.path.join(tmp_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)
@@ -1033,7 +1034,8 @@ def check_targets(s: Dict[str, object]) -> Dict[str, Optional[bool]]:
 
     return {
         "face_1_30fps_no_drops": None if get("face_1", "fps") is None else
-        bool(get("face_1", "fps") >= TARGETS["face_1_fps_min"] and get("face_1", "dropped") <= TARGETS["face_1_dropped_max"]),
+        bool(get("face_1", "fps") >= TARGETS["face_1_fps_min"]
+             and get("face_1", "dropped") <= TARGETS["face_1_dropped_max"]),
         "face_1_p95_le_30ms": cmp(get("face_1", "latency_ms_p95"), TARGETS["face_1_latency_ms_p95_max"]),
         "face_5_ge_15fps": cmp(get("face_5", "fps"), TARGETS["face_5_fps_min"], lower_is_better=False),
         "voice_rtf_le_0.05": cmp(get("voice", "rtf"), TARGETS["voice_rtf_max"]),
@@ -1111,8 +1113,10 @@ def main(argv=None) -> int:
         rtf_in = None
         if not args.no_rtf:
             log("voice: VoicePipeline in-process on the same audio")
-            rtf_in = voice_rtf_inprocess(models["voice"], speech, device="cpu" if args.device == "auto" else args.device)
-            log(f"voice in-process RTF {rtf_in['rtf']} ({rtf_in['finals']} finals for {rtf_in['utterances']} utterances)")
+            rtf_in = voice_rtf_inprocess(models["voice"], speech,
+                                         device="cpu" if args.device == "auto" else args.device)
+            log(f"voice in-process RTF {rtf_in['rtf']} "
+                f"({rtf_in['finals']} finals for {rtf_in['utterances']} utterances)")
         profile = None
         if args.profile:
             log("face: in-process profile")
