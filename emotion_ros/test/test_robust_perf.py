@@ -246,10 +246,12 @@ def test_reset_discards_background_work_and_build_pipeline_wiring(ckpts):
     from emotion_ros.core.face.pipeline import build_pipeline
     from emotion_ros.nodes.face import PARAMS
     model = FaceModel(ckpts["small"], device="cpu")
-    assert build_pipeline(model).background is None                                 # offline default: in line
-    assert build_pipeline(model, {"async_full_detect": True, "full_detect_every": 1}).background is None
-    node_default = build_pipeline(model, {k: v[0] for k, v in PARAMS.items()})
-    assert node_default.background is not None                                      # the node's default
+    params = {k: v[0] for k, v in PARAMS.items()}
+    assert params["async_full_detect"] is True                                       # the node's default ...
+    assert build_pipeline(model, params).background is None                          # ... but offline: in line
+    assert build_pipeline(model, {"full_detect_every": 1}, background=True).background is None
+    node_default = build_pipeline(model, params, background=params["async_full_detect"])
+    assert node_default.background is not None
     assert node_default.background.detector is not node_default.detector
     bg = node_default.background
     bg.submit(np.zeros((240, 320), np.uint8))

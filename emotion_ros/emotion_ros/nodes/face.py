@@ -136,7 +136,7 @@ class FaceNode(LifecycleNode):
                 import torch
                 torch.set_num_threads(int(p.cpu_threads))
             self.model = FaceModel(path, device=p.device, flip_tta=bool(p.flip_tta))
-            self.pipeline = build_pipeline(self.model, vars(p))
+            self.pipeline = build_pipeline(self.model, vars(p), background=bool(p.async_full_detect))
         except (ModelFileError, ValueError) as exc:  # missing/unfit files; unknown detector, bad values
             self.get_logger().error(f"cannot configure: {exc}")
             self.model = self.pipeline = None

@@ -864,7 +864,7 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
 
     def pipeline(full_every: int, flip: bool, background: bool = False):
         model = FaceModel(model_path, device=device, flip_tta=flip)
-        return build_pipeline(model, {**p, "full_detect_every": full_every, "async_full_detect": background})
+        return build_pipeline(model, {**p, "full_detect_every": full_every}, background=background)
 
     def stats(v):
         return {"mean": round(float(np.mean(v)), 3), "p50": pct(v, 50), "p95": pct(v, 95)}

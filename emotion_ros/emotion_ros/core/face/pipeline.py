@@ -232,14 +232,16 @@ class FacePipeline:
         return out
 
 
-def build_pipeline(model, params: Optional[Mapping[str, Any]] = None) -> FacePipeline:
+def build_pipeline(model, params: Optional[Mapping[str, Any]] = None, background: bool = False) -> FacePipeline:
     """A :class:`FacePipeline` from the face node's parameter names (``config/emotion.yaml``); missing
-    names take the node's defaults, except ``async_full_detect`` (off: offline results must not depend on timing).
-    One place for the node, emotion-bench and bag evaluation."""
+    names take the node's defaults.  One place for the node, emotion-bench and bag evaluation.
+
+    ``background``: whole-frame detection in a background thread (the node passes its ``async_full_detect``);
+    off by default, whatever ``params`` say, so that offline results do not depend on timing."""
     p: Dict[str, Any] = {"detector": "haar", "yunet_model": "", "yunet_score_threshold": 0.6,
                          "min_face_frac": 0.08, "detect_max_width": 320, "haar_min_neighbors": 5,
                          "full_detect_every": 3, "max_faces": 10, "tracker_iou": 0.3, "tracker_max_missed": 10,
-                         "crop_margin": 0.0, "async_full_detect": False}
+                         "crop_margin": 0.0}
     p.update(params or {})
 
     def detector():
@@ -252,4 +254,4 @@ def build_pipeline(model, params: Optional[Mapping[str, Any]] = None) -> FacePip
         tracker=FaceTracker(iou_threshold=float(p["tracker_iou"]), max_missed=int(p["tracker_max_missed"])),
         aligner=FaceAligner(size=int(getattr(model, "input_size", 48)), margin=float(p["crop_margin"])),
         max_faces=int(p["max_faces"]), full_detect_every=full_every,
-        background_detector=detector() if bool(p["async_full_detect"]) and full_every > 1 else None)
+        background_detector=detector() if background and full_every > 1 else None)
