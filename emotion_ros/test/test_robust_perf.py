@@ -260,3 +260,26 @@ def test_reset_discards_background_work_and_build_pipeline_wiring(ckpts):
     assert bg.poll() is None                                                          # the old frame's result is gone
     node_default.close()
     assert not bg.submit(np.zeros((240, 320), np.uint8))
+
+
+def test_face_node_sets_opencv_threads(ckpts):
+    import cv2
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+    from rclpy.parameter import Parameter
+    from emotion_ros.nodes.face import FaceNode
+    before = cv2.getNumThreads()
+    ctx = Context()
+    rclpy.init(context=ctx)
+    try:
+        for n in (1, 2):
+            node = FaceNode(context=ctx, parameter_overrides=[
+                Parameter("model_path", value=ckpts["small"]), Parameter("device", value="cpu"),
+                Parameter("opencv_threads", value=n)])
+            assert node.trigger_configure() == R.SUCCESS
+            assert cv2.getNumThreads() == n
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+        cv2.setNumThreads(before)

@@ -854,13 +854,16 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
     from emotion_ros.nodes.face import PARAMS, FaceNode
     from emotion_ros.ros.convert import image_to_numpy, numpy_to_image, stamp_to_sec
 
+    import cv2
     p = {k: v[0] for k, v in PARAMS.items()}
     if threads > 0:
         torch.set_num_threads(threads)
+    if int(p.get("opencv_threads", 0)) > 0:
+        cv2.setNumThreads(int(p["opencv_threads"]))  # as the node does
     out: Dict[str, object] = {"params": {k: p[k] for k in ("detector", "detect_max_width", "full_detect_every",
                                                             "async_full_detect", "flip_tta", "min_face_frac",
                                                             "haar_min_neighbors")},
-                              "torch_threads": torch.get_num_threads()}
+                              "torch_threads": torch.get_num_threads(), "opencv_threads": cv2.getNumThreads()}
 
     def pipeline(full_every: int, flip: bool, background: bool = False):
         model = FaceModel(model_path, device=device, flip_tta=flip)
