@@ -16,8 +16,8 @@ def augment_faces(x: torch.Tensor, gen: torch.Generator, max_rot_deg: float = 12
     n = x.shape[0]
     dev = x.device
 
-    def rand(*shape):
-        return torch.rand(*shape, generator=gen).to(dev)
+    def rand(*shape):  # drawn on the generator's device (a CUDA generator keeps augmentation on the GPU)
+        return torch.rand(*shape, generator=gen, device=gen.device).to(dev)
 
     flip = (rand(n) < 0.5).float() * 2 - 1            # -1 flips horizontally
     ang = (rand(n) * 2 - 1) * math.radians(max_rot_deg)

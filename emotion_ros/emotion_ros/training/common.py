@@ -85,6 +85,11 @@ class Checkpointer:
         return torch.load(self.path, map_location="cpu", weights_only=False)
 
 
+def args_config(args) -> Dict[str, Any]:
+    """The command-line arguments as saved with the weights (the CLI's own callables left out)."""
+    return {k: v for k, v in vars(args).items() if not callable(v)}
+
+
 def write_json(path: str, obj: Any) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:

@@ -119,8 +119,27 @@ def load_fer_csv(path: str, usage: Optional[str] = None) -> FaceSet:
                    np.asarray(labels, np.int64))
 
 
+def load_face_arrays(path: str) -> FaceSet:
+    """Packed arrays (``.npz``): ``images`` (N, S, S) uint8 and ``labels`` as label names (any alias) or
+    vocabulary indices; e.g. to move a decoded dataset to a training machine in one file."""
+    z = np.load(path, allow_pickle=False)
+    images, raw = z["images"], z["labels"]
+    if raw.dtype.kind in "US":
+        names = [normalise(str(v)) for v in raw]
+        keep = np.array([n is not None for n in names], bool)
+        skipped: Dict[str, int] = {}
+        for v, n in zip(raw, names):
+            if n is None:
+                skipped[str(v)] = skipped.get(str(v), 0) + 1
+        labels = np.array([INDEX[n] for n in names if n is not None], np.int64)
+        return FaceSet(np.ascontiguousarray(images[keep]), labels, skipped_classes=skipped)
+    return FaceSet(np.ascontiguousarray(images), raw.astype(np.int64))
+
+
 def load_faces(src: str, size: int = 48, aligner=None, cache_dir: Optional[str] = None,
                usage: Optional[str] = None) -> FaceSet:
+    if os.path.isfile(src) and src.lower().endswith(".npz"):
+        return load_face_arrays(src)
     if os.path.isfile(src) and src.lower().endswith(".csv"):
         return load_fer_csv(src, usage=usage)
     return load_face_folder(src, size=size, aligner=aligner, cache_dir=cache_dir)

@@ -16,7 +16,8 @@ from ..core.face.model import ARCH, DEFAULT_INPUT, FaceCNN
 from ..core.labels import LABELS
 from ..core.modelio import save_checkpoint
 from .augment import augment_faces
-from .common import Checkpointer, metrics_from_predictions, seed_everything, stratified_holdout, write_json
+from .common import (Checkpointer, args_config, metrics_from_predictions, seed_everything, stratified_holdout,
+                     write_json)
 from .face_data import load_faces
 
 
@@ -48,23 +49,64 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=1, help="measure dev/val every N epochs (and the last)")
     p.add_argument("--pct-start", type=float, default=0.2, help="warm-up fraction of the one-cycle schedule")
     p.add_argument("--limit", type=int, default=0, help="use only N training images (smoke tests)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (data and augmentation on it too)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    p.add_argument("--time-budget-min", type=float, default=0.0,
+                   help="fit the schedule into this many minutes: after the first epoch, lower --epochs to what "
+                        "fits (the one-cycle schedule is rebuilt for the new length); 0 = no limit")
+    p.add_argument("--snapshot", action="store_true",
+                   help="also write --out at every measured epoch (a model file survives a cut-off run)")
+    p.add_argument("--teacher", default=None,
+                   help="a trained face model file (.pt, any widths) to distil from (knowledge distillation)")
+    p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation loss")
+    p.add_argument("--kd-temp", type=float, default=3.0, help="softmax temperature of the distillation loss")
 
 
 def evaluate_arrays(net, images: np.ndarray, labels: np.ndarray, batch: int = 512, flip: bool = True):
     net.eval()
     preds = []
+    dev = next(net.parameters()).device
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            x = torch.from_numpy(images[i:i + batch]).float().div_(255).unsqueeze(1)
+            x = torch.from_numpy(images[i:i + batch]).to(dev).float().div_(255).unsqueeze(1)
             x = (x - DEFAULT_INPUT["mean"]) / DEFAULT_INPUT["std"]
             p = torch.softmax(net(x), 1)
             if flip:
                 p = p + torch.softmax(net(torch.flip(x, dims=[3])), 1)
-            preds.append(p.argmax(1).numpy())
+            preds.append(p.argmax(1).cpu().numpy())
     return metrics_from_predictions(labels, np.concatenate(preds) if preds else [])
 
 
+def load_teacher(path: str, device: torch.device) -> FaceCNN:
+    from ..core.modelio import load_checkpoint
+    ck = load_checkpoint(path, "face")
+    cfg = ck.get("config", {}).get("model", {})
+    t = FaceCNN(widths=tuple(cfg.get("widths", (32, 64, 128, 256))), embed_dim=int(cfg.get("embed_dim", 256)))
+    t.load_state_dict(ck["state_dict"])
+    return t.to(device).eval()
+
+
+def one_cycle(opt, args, epochs: int, steps_per_epoch: int):
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=epochs,
+                                               steps_per_epoch=steps_per_epoch, pct_start=args.pct_start)
+
+
+def export(args, net, config, x_dev, y_dev, val, history, path=None) -> dict:
+    dev_metrics = evaluate_arrays(net, x_dev, y_dev)
+    metrics = {"dev": {k: dev_metrics[k] for k in ("accuracy", "macro_f1", "n", "per_class_recall")}}
+    if val is not None:
+        vm = evaluate_arrays(net, val.images, val.labels)
+        metrics["val"] = {k: vm[k] for k in ("accuracy", "macro_f1", "n", "per_class_recall")}
+    save_checkpoint(path or args.out, kind="face", arch=ARCH, model=net, input_spec=dict(DEFAULT_INPUT),
+                    config=config, metrics=metrics, extra={"history": history})
+    return metrics
+
+
 def run(args) -> dict:
+    from ..core.modelio import resolve_device
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = seed_everything(args.seed)
@@ -81,20 +123,24 @@ def run(args) -> dict:
     if args.val:
         val = load_faces(args.val, cache_dir=args.cache_dir, usage="PublicTest")
     widths = tuple(int(w) for w in args.widths.split(","))
-    net = FaceCNN(widths=widths, embed_dim=args.embed_dim)
+    net = FaceCNN(widths=widths, embed_dim=args.embed_dim).to(device)
     steps_per_epoch = max(1, len(y_tr) // args.batch_size)
     opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                           weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs,
-                                                steps_per_epoch=steps_per_epoch, pct_start=args.pct_start)
-    config = {"args": vars(args), "model": {"widths": list(widths), "embed_dim": args.embed_dim},
+    sched = one_cycle(opt, args, args.epochs, steps_per_epoch)
+    teacher = load_teacher(args.teacher, device) if args.teacher else None
+    aug_gen = gen
+    if device.type == "cuda":  # augmentation drawn on the GPU
+        aug_gen = torch.Generator(device=device)
+        aug_gen.manual_seed(args.seed)
+    config = {"args": args_config(args), "model": {"widths": list(widths), "embed_dim": args.embed_dim},
               "labels": list(LABELS), "n_train": int(len(y_tr)), "n_dev": int(len(y_dev))}
     ckpt = Checkpointer(args.run_dir)
     write_json(os.path.join(args.run_dir, "config.json"), config)
     start, history = 0, []
     if args.init_from:
         init = torch.load(args.init_from, map_location="cpu", weights_only=False)
-        net.load_state_dict(init["model"])
+        net.load_state_dict(init["model"] if "model" in init else init["state_dict"])
         history = [dict(h, phase=h.get("phase", "init")) for h in init.get("history", [])]
         init_cfg = os.path.join(os.path.dirname(args.init_from), "config.json")
         if os.path.isfile(init_cfg):  # keep the lineage of a multi-phase training in the saved config
@@ -112,33 +158,69 @@ def run(args) -> dict:
             torch.set_rng_state(state["torch_rng"])
             np.random.set_state(state["numpy_rng"])
             gen.manual_seed(args.seed + start)
+            if getattr(sched, "total_steps", None):  # the length a time budget settled on
+                config["args"]["epochs"] = sched.total_steps // steps_per_epoch
             print(f"resumed from {ckpt.path} at epoch {start}", flush=True)
-    xt = torch.from_numpy(x_tr)
-    yt = torch.from_numpy(y_tr)
-    for epoch in range(start, args.epochs):
+    xt = torch.from_numpy(x_tr).to(device)
+    yt = torch.from_numpy(y_tr).to(device)
+    amp = bool(args.amp and device.type == "cuda")
+    epochs = int(config["args"]["epochs"])
+    epoch = start
+    t_loop = t_warm = time.time()
+    while epoch < epochs:
+        t_epoch = time.time()
         net.train()
-        perm = torch.randperm(len(yt), generator=gen)
+        perm = torch.randperm(len(yt), generator=gen).to(device)
         tot, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"face {epoch + 1}/{args.epochs}", mininterval=20,
+        bar = tqdm(range(steps_per_epoch), desc=f"face {epoch + 1}/{epochs}", mininterval=20,
                    file=sys.stdout)
         for b in bar:
+            if b == min(20, steps_per_epoch // 4):
+                t_warm = time.time()
             idx = perm[b * args.batch_size:(b + 1) * args.batch_size]
             x = xt[idx].float().div_(255).unsqueeze(1)
-            x = augment_faces(x, gen, **LIGHT_AUG) if args.light_aug else augment_faces(x, gen)
+            x = augment_faces(x, aug_gen, **LIGHT_AUG) if args.light_aug else augment_faces(x, aug_gen)
             x = (x - DEFAULT_INPUT["mean"]) / DEFAULT_INPUT["std"]
             y = yt[idx]
-            logits = net(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+                logits = net(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=args.label_smoothing)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(x).float()
+                    tt = args.kd_temp
+                    kd = F.kl_div(F.log_softmax(logits.float() / tt, 1), F.softmax(t_logits / tt, 1),
+                                  reduction="batchmean") * tt * tt
+                    loss = (1 - args.kd_alpha) * loss + args.kd_alpha * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            tot = tot + loss.detach().float() * len(y)  # kept on the device: no sync per step
+            correct = correct + (logits.detach().argmax(1) == y).sum()
             seen += len(y)
-            bar.set_postfix(loss=f"{tot / seen:.3f}", acc=f"{correct / seen:.3f}")
-        rec = {"epoch": epoch + 1, "train_loss": tot / seen, "train_acc": correct / seen}
-        measure = (epoch + 1) % max(1, args.eval_every) == 0 or epoch + 1 == args.epochs
+            if b % 50 == 49:
+                bar.set_postfix(loss=f"{float(tot) / seen:.3f}", acc=f"{int(correct) / seen:.3f}")
+        tot, correct = float(tot), int(correct)
+        rec = {"epoch": epoch + 1, "train_loss": tot / seen, "train_acc": correct / seen,
+               "seconds": round(time.time() - t_epoch, 2)}
+        if args.time_budget_min and epoch == start and epochs > epoch + 1:
+            # the first epoch's pace (past its warm-up steps) sets how many fit in what is left of the budget;
+            # the one-cycle schedule is rebuilt for that length
+            warm = min(20, steps_per_epoch // 4)
+            per_epoch = (time.time() - t_warm) * steps_per_epoch / max(1, steps_per_epoch - warm)
+            left = args.time_budget_min * 60 - (time.time() - t_loop)
+            fit = epoch + 1 + int(left / max(per_epoch * 1.1, 1e-6))
+            new_epochs = max(epoch + 2, min(epochs, fit))
+            if new_epochs != epochs:
+                print(f"time budget {args.time_budget_min} min at {per_epoch:.1f} s/epoch: "
+                      f"{epochs} -> {new_epochs} epochs", flush=True)
+                epochs = new_epochs
+                config["args"]["epochs"] = epochs
+                sched = one_cycle(opt, args, epochs, steps_per_epoch)
+                for _ in range((epoch + 1) * steps_per_epoch):
+                    sched.step()
+        measure = (epoch + 1) % max(1, args.eval_every) == 0 or epoch + 1 == epochs
         if measure:
             rec["dev_acc"] = evaluate_arrays(net, x_dev, y_dev)["accuracy"]
         if val is not None and measure:
@@ -146,13 +228,12 @@ def run(args) -> dict:
         history.append(rec)
         print(json.dumps(rec), flush=True)
         ckpt.save(epoch + 1, net, opt, sched, history)
-    dev_metrics = evaluate_arrays(net, x_dev, y_dev)
-    metrics = {"dev": {k: dev_metrics[k] for k in ("accuracy", "macro_f1", "n", "per_class_recall")}}
-    if val is not None:
-        vm = evaluate_arrays(net, val.images, val.labels)
-        metrics["val"] = {k: vm[k] for k in ("accuracy", "macro_f1", "n", "per_class_recall")}
-    save_checkpoint(args.out, kind="face", arch=ARCH, model=net, input_spec=dict(DEFAULT_INPUT),
-                    config=config, metrics=metrics, extra={"history": history})
+        if measure and args.snapshot and epoch + 1 < epochs:  # a usable model file even if the run is cut off
+            save_checkpoint(args.out, kind="face", arch=ARCH, model=net, input_spec=dict(DEFAULT_INPUT),
+                            config=config, metrics={"snapshot_epoch": epoch + 1, "dev": {"accuracy": rec["dev_acc"]}},
+                            extra={"history": history})
+        epoch += 1
+    metrics = export(args, net, config, x_dev, y_dev, val, history)
     write_json(os.path.join(args.run_dir, "metrics.json"), metrics)
     print(json.dumps({"out": args.out, **metrics}), flush=True)
     return metrics

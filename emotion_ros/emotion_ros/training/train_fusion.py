@@ -27,7 +27,7 @@ from ..core.labels import LABELS, NUM_LABELS
 from ..core.modelio import load_checkpoint, save_checkpoint
 from ..core.voice.features import load_audio
 from ..core.voice.model import VoiceModel
-from .common import metrics_from_predictions, seed_everything, stratified_holdout, write_json
+from .common import args_config, metrics_from_predictions, seed_everything, stratified_holdout, write_json
 from .embed import Outputs, face_outputs, voice_outputs
 from .face_data import load_faces
 from .voice_data import list_voice_data, split_by_speaker
@@ -136,7 +136,7 @@ def run(args) -> dict:
         loss.backward()
         opt.step()
         sched.step()
-    config = {"args": vars(args), "model": {"hidden": args.hidden}, "labels": list(LABELS),
+    config = {"args": args_config(args), "model": {"hidden": args.hidden}, "labels": list(LABELS),
               "face_model": os.path.basename(args.face_model), "voice_model": os.path.basename(args.voice_model),
               "n_face_dev": int(len(face_dev_y)), "n_voice_dev": int(len(dev_items)),
               "voice_dev_speakers": vcfg["dev_speakers"]}

@@ -22,7 +22,7 @@ from ..core.modelio import save_checkpoint
 from ..core.voice.features import FeatureSpec, load_audio, trim_silence, utterance_features
 from ..core.voice.model import ARCH, SpeechCNNBiLSTM
 from .augment import add_noise, spec_augment
-from .common import Checkpointer, metrics_from_predictions, seed_everything, write_json
+from .common import args_config, Checkpointer, metrics_from_predictions, seed_everything, write_json
 from .voice_data import list_voice_data, parse_speakers, split_by_speaker
 
 
@@ -136,7 +136,7 @@ def run(args) -> dict:
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps,
                                                 pct_start=0.15)
-    config = {"args": vars(args), "model": model_cfg, "features": spec.to_dict(), "labels": list(LABELS),
+    config = {"args": args_config(args), "model": model_cfg, "features": spec.to_dict(), "labels": list(LABELS),
               "train_speakers": speakers, "dev_speakers": dev_spk, "test_speakers": test_spk,
               "n_train": len(train), "n_train_augmented": len(X)}
     ckpt = Checkpointer(args.run_dir)
