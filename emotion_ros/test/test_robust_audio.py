@@ -21,6 +21,15 @@ from emotion_ros.ros.node_utils import latched_qos, reliable_qos
 from emotion_ros.tools.bench import SENTENCES, _espeak, _synthetic_utterance
 
 _CACHE: Dict[int, np.ndarray] = {}
+_FLOAT_DTYPES = {"F32LE": "<f4", "F32BE": ">f4", "F64LE": "<f8", "F64BE": ">f8"}
+
+
+def to_pcm(x: np.ndarray, fmt: str) -> bytes:
+    """float_to_pcm, except that float formats keep NaN/Inf as a faulty source would send them (float_to_pcm turns
+    NaN into 0 and clips Inf to full scale, so the node would never see them)."""
+    if fmt in _FLOAT_DTYPES and not np.isfinite(x).all():
+        return np.where(np.isfinite(x), np.clip(x, -1.0, 1.0), x).astype(_FLOAT_DTYPES[fmt]).tobytes()
+    return float_to_pcm(x, fmt)
 
 
 def speech_at(rate: int) -> np.ndarray:
@@ -130,7 +139,7 @@ class Stream:
             m = AudioDataStamped()
             m.header.frame_id = "mic"
             m.header.stamp = sec_to_stamp(t0 + i / rate)
-            m.audio.data = float_to_pcm(x[i:i + n], fmt)
+            m.audio.data = to_pcm(x[i:i + n], fmt)
             pub.publish(m)
             self.g.spin_for(pace * chunk_s)
         return t0
@@ -232,14 +241,9 @@ def test_nan_and_inf_samples_are_replaced(graph, voice_node):
     s.valid_utterance_answered(voice_node)
 
 
-# The three "..._is_reported" tests below check what the brief asks of voice_node (a rate-limited log line naming
-# the problem). voice_node does not log these yet (NaN/Inf are zeroed or clipped silently in pcm_to_float; clipping
-# and stream gaps are only counted in /diagnostics): strict xfail, so they turn red once it does and the marker
-# must go.
-NOT_LOGGED_YET = pytest.mark.xfail(strict=True, reason="voice_node does not log this problem yet")
+# The three "..._is_reported" tests check that voice_node gives a (rate-limited) log line naming the problem.
 
 
-@NOT_LOGGED_YET
 def test_nan_and_inf_samples_are_reported(graph, voice_node):
     s = Stream(graph)
     s.set_format(16000, 1, "F32LE")
@@ -257,7 +261,6 @@ def test_clipped_speech_is_still_classified(graph, voice_node):
     s.expect_final(t0, span, what="clipped speech")
 
 
-@NOT_LOGGED_YET
 def test_clipped_speech_is_reported(graph, voice_node):
     s = Stream(graph)
     s.set_format(16000, 1, "S16LE")
@@ -295,7 +298,6 @@ def test_gap_in_the_stream_closes_the_utterance_and_the_node_goes_on(graph, voic
     s.valid_utterance_answered(voice_node, what="after a gap")
 
 
-@NOT_LOGGED_YET
 def test_gap_in_the_stream_is_reported(graph, voice_node):
     s = Stream(graph)
     s.set_format(16000, 1, "S16LE")

@@ -11,7 +11,8 @@ from sensor_msgs.msg import Image
 from emotion_ros.core.errors import InputError
 from emotion_ros.ros.convert import (
     IMAGE_ENCODINGS, PCM_FORMATS, float_to_pcm, image_to_numpy, numpy_to_image, pcm_bytes_per_frame,
-    ns_to_stamp, pcm_frame_remainder, pcm_to_float, sec_to_stamp, stamp_to_ns, stamp_to_sec)
+    ns_to_stamp, pcm_frame_remainder, pcm_nonfinite_mask, pcm_to_float, sec_to_stamp, stamp_to_ns,
+    stamp_to_sec)
 
 RNG = np.random.default_rng(0)
 
@@ -292,6 +293,17 @@ def test_floats_are_clipped_and_nan_zeroed():
     data = np.array([2.0, -3.0, np.nan, 0.5], "<f4").tobytes()
     np.testing.assert_array_equal(pcm_to_float(data, "F32LE", 1)[:, 0], [1.0, -1.0, 0.0, 0.5])
     assert float_to_pcm(np.array([5.0, -5.0]), "S16LE") == np.array([32767, -32768], "<i2").tobytes()
+
+
+def test_nonfinite_mask_finds_nan_and_inf_in_float_pcm():
+    x = np.array([[0.5, np.nan], [np.inf, 0.0], [-np.inf, -0.5]], np.float32)
+    for fmt, dt in (("F32LE", "<f4"), ("F64BE", ">f8")):
+        data = x.astype(dt).tobytes() + b"\x00"       # a partial frame is ignored, as in pcm_to_float
+        mask = pcm_nonfinite_mask(data, fmt, 2)
+        np.testing.assert_array_equal(mask, ~np.isfinite(x))
+        assert mask.shape == pcm_to_float(data, fmt, 2).shape
+    assert pcm_nonfinite_mask(np.zeros(6, "<f4").tobytes(), "F32LE", 2) is None
+    assert pcm_nonfinite_mask(b"\xff\x7f" * 4, "S16LE", 1) is None     # integer formats cannot hold NaN/Inf
 
 
 def test_partial_frames_are_dropped_and_reported():

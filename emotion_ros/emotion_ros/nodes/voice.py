@@ -16,12 +16,21 @@ Subscribes
   AudioInfo arrives.  Sample formats: those of :func:`emotion_ros.ros.convert.pcm_to_float` (S16LE, F32LE, S32LE,
   S24LE, U8, F64LE, ...).
 
+  Bad audio gets a (rate-limited) warning naming the problem and is counted on /diagnostics; the node goes on:
+  NaN/Inf samples (float formats) are replaced by 0 (``nonfinite_samples``); chunks with at least
+  ``CLIP_WARN_FRACTION`` of their samples at full scale are reported as clipping but still used
+  (``clipped_chunks``); a chunk whose stamp is more than ``gap_tolerance_s`` away from where the previous one ended
+  (audio lost, or stamps going backwards) is a gap in the stream: the open utterance is closed there, so none
+  spans the gap, and timing restarts from the new stamp (``stream_gaps``; a jump across an idle flush is reported
+  and counted too).
+
 Publishes
 
 - ``emotion/voice`` (emotion_msgs/VoiceEmotion) per segment: a final one per utterance (``partial`` false) and, for
   long utterances, sliding windows (``partial`` true; ``publish_partial``).  ``header.stamp`` = segment end,
   ``start``/``end`` stamps on the audio's clock, ``header.frame_id`` = the audio's;
-- ``/diagnostics``: input rate, real-time factor, processing time, dropped audio, backlog, device, model, format.
+- ``/diagnostics``: input rate, real-time factor, processing time, dropped audio, backlog, device, model, format,
+  NaN/Inf samples, clipped chunks, stream gaps.
 
 Lifecycle: configure loads the model (a missing or unfit file fails the transition, naming the file; with
 ``autostart`` the process then exits 1), activate opens the topics and starts the worker, deactivate closes the
@@ -51,10 +60,10 @@ from emotion_ros.core.errors import InputError
 from emotion_ros.core.labels import LABELS
 from emotion_ros.core.modelio import ModelFileError
 from emotion_ros.core.voice.model import VoiceModel
-from emotion_ros.core.voice.pipeline import MAX_RATE, MIN_RATE, VoicePipeline, VoiceResult
+from emotion_ros.core.voice.pipeline import MAX_RATE, MIN_RATE, VoicePipeline, VoiceResult, clipped_fraction
 from emotion_ros.core.voice.segment import PARAM_TO_KWARG, Segmenter, segmenter_kwargs
-from emotion_ros.ros.convert import (PCM_FORMATS, pcm_frame_remainder, pcm_to_float, sec_to_stamp,
-                                     stamp_to_sec)
+from emotion_ros.ros.convert import (PCM_FORMATS, pcm_frame_remainder, pcm_nonfinite_mask, pcm_to_float,
+                                     sec_to_stamp, stamp_to_sec)
 from emotion_ros.ros.lifecycle import run_node
 from emotion_ros.ros.node_utils import Diagnostics, RateLimitedLogger, declare_parameters, latched_qos, reliable_qos
 
@@ -66,6 +75,9 @@ RAW_CODINGS = ("", "wave", "wav", "pcm", "raw", "lpcm", "audio/x-raw")
 #: or this much behind (bursty delivery) before timing restarts from arrival times.
 UNSTAMPED_AHEAD_S = 0.25
 UNSTAMPED_BEHIND_S = 2.0
+#: A chunk with at least this fraction of its samples at full scale (see core.voice.pipeline.CLIP_LEVEL) is
+#: reported as clipped.
+CLIP_WARN_FRACTION = 0.01
 
 PARAMS = {
     "model_path": ("", "Voice model checkpoint (.pt); empty = the package's models/voice.pt "
@@ -150,6 +162,7 @@ class Chunk:
     rate: int
     t_start: float
     frame_id: str
+    after_drop: bool = False   # the audio just before it was dropped (backlog)
 
     @property
     def duration(self) -> float:
@@ -185,6 +198,10 @@ class VoiceNode(LifecycleNode):
         self.dropped_chunks = 0
         self.dropped_s = 0.0
         self.published = 0
+        self.nonfinite_samples = 0
+        self.clipped_chunks = 0
+        self.idle_gaps = 0    # gaps met after an idle flush (the pipeline counts the others)
+        self._idle_expected: Optional[float] = None  # where the stream should have gone on after an idle flush
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def _param_format(self) -> AudioFormat:
@@ -226,6 +243,7 @@ class VoiceNode(LifecycleNode):
         self.pipeline = VoicePipeline(self.model, Segmenter(**self.segmenter_kwargs))
         self._clear_queue()
         self._unstamped_next = None
+        self._idle_expected = None
         self._rtf.clear()
         self.diag = Diagnostics(self, "voice", hardware_id=str(self.model.device), stale_after_s=2.0)
         self.diag.set_value("device", str(self.model.device))
@@ -347,6 +365,7 @@ class VoiceNode(LifecycleNode):
         try:
             rem = pcm_frame_remainder(data, fmt.sample_format, fmt.channels)
             pcm = pcm_to_float(data, fmt.sample_format, fmt.channels)
+            bad = pcm_nonfinite_mask(data, fmt.sample_format, fmt.channels)
         except InputError as exc:
             self.rejected_chunks += 1
             self.log.warn("decode", f"dropping audio chunk: {exc}")
@@ -358,9 +377,39 @@ class VoiceNode(LifecycleNode):
                                        f"{fmt.channels}-channel {fmt.sample_format} frames: {rem} bytes ignored")
         if pcm.shape[0] == 0:
             return
+        if bad is not None:
+            self._report_nonfinite(pcm, bad)
+        self._check_clipping(pcm, fmt.sample_rate)
         duration = pcm.shape[0] / fmt.sample_rate
         chunk = Chunk(pcm, fmt.sample_rate, self._chunk_time(msg, duration), msg.header.frame_id)
         self.enqueue(chunk)
+
+    def _report_nonfinite(self, pcm: np.ndarray, bad: np.ndarray) -> None:
+        """Zero the NaN/Inf samples of a decoded chunk (``pcm_to_float`` made them 0 or +-1), count and warn."""
+        n = int(np.count_nonzero(bad))
+        pcm[bad] = 0.0
+        self.nonfinite_samples += n
+        self.log.warn("nonfinite", f"non-finite samples (NaN/Inf) in the audio: {n} of {bad.size} samples of a chunk "
+                                   f"replaced by 0 ({self.nonfinite_samples} in all)")
+        self._diag_input_counters()
+
+    def _check_clipping(self, pcm: np.ndarray, rate: int) -> None:
+        """Warn when a notable fraction of the chunk is at full scale (the audio is still used)."""
+        frac = clipped_fraction(pcm)
+        if frac < CLIP_WARN_FRACTION:
+            return
+        self.clipped_chunks += 1
+        self.log.warn("clipping", f"audio clipping: {100 * frac:.1f}% of the samples of a {pcm.shape[0] / rate:.2f} s "
+                                  f"chunk at full scale ({self.clipped_chunks} clipped chunks in all); lower the "
+                                  f"input gain")
+        self._diag_input_counters()
+
+    def _diag_input_counters(self) -> None:
+        diag, pipeline = self.diag, self.pipeline
+        if diag is not None:
+            nonfinite = self.nonfinite_samples + (pipeline.nonfinite_samples if pipeline is not None else 0)
+            diag.set_value("nonfinite_samples", nonfinite)
+            diag.set_value("clipped_chunks", self.clipped_chunks)
 
     def enqueue(self, chunk: Chunk) -> None:
         """Queue a decoded chunk for the worker; beyond ``max_backlog_s`` the oldest audio is dropped (counted)."""
@@ -374,6 +423,8 @@ class VoiceNode(LifecycleNode):
                 self._queued_s -= old.duration
                 dropped_n += 1
                 dropped_s += old.duration
+            if dropped_n:
+                self._queue[0].after_drop = True
             self._last_input = time.monotonic()
             self._cond.notify()
         if dropped_n:
@@ -405,6 +456,7 @@ class VoiceNode(LifecycleNode):
                 flushed = True
                 pipeline = self.pipeline
                 if pipeline is not None:
+                    self._idle_expected = pipeline.expected_t()
                     self._run(pipeline.flush, 0.0)
 
     def process(self, chunk: Chunk) -> List[VoiceEmotion]:
@@ -413,7 +465,34 @@ class VoiceNode(LifecycleNode):
         if pipeline is None:
             return []
         self._frame_id = chunk.frame_id
-        return self._run(lambda: pipeline.push(chunk.pcm, chunk.rate, chunk.t_start), chunk.duration)
+        expected, gaps = pipeline.expected_t(), pipeline.gaps
+        resumed, self._idle_expected = self._idle_expected, None
+        out = self._run(lambda: pipeline.push(chunk.pcm, chunk.rate, chunk.t_start), chunk.duration)
+        if pipeline.gaps > gaps and expected is not None:
+            self._report_gap(chunk, chunk.t_start - expected, pipeline, idle=False)
+        elif expected is None and resumed is not None \
+                and abs(chunk.t_start - resumed) > pipeline.segmenter.gap_tolerance_s:
+            self.idle_gaps += 1
+            self._report_gap(chunk, chunk.t_start - resumed, pipeline, idle=True)
+        return out
+
+    def _report_gap(self, chunk: Chunk, jump: float, pipeline: VoicePipeline, idle: bool) -> None:
+        """A discontinuity in the stamps: the pipeline closed the open utterance and restarted timing (or the idle
+        flush had already closed it); say so and count it."""
+        tol = pipeline.segmenter.gap_tolerance_s
+        n_gaps = pipeline.gaps + self.idle_gaps
+        if self.diag is not None:
+            self.diag.set_value("stream_gaps", n_gaps)
+        if jump < 0:
+            what = f"stamps went back {-jump:.3f} s: a chunk stamped {chunk.t_start:.3f} starts before the " \
+                   f"previous one ended"
+        else:
+            what = f"a chunk stamped {chunk.t_start:.3f} starts {jump:.3f} s after the previous one ended"
+        cause = "; audio was dropped because processing fell behind" if chunk.after_drop else ""
+        done = ("the idle flush (no audio for idle_flush_s) had closed the open utterance already" if idle
+                else "the open utterance was closed there")
+        self.log.warn("gap", f"gap in the audio stream: {what} (gap_tolerance_s={float(tol):g}){cause}; {done}, "
+                             f"timing restarted ({n_gaps} gaps in all)")
 
     def _run(self, step, audio_s: float) -> List[VoiceEmotion]:
         pub, diag, pipeline = self._pub, self.diag, self.pipeline
@@ -453,8 +532,9 @@ class VoiceNode(LifecycleNode):
             if pipeline is not None:
                 diag.set_value("utterances", pipeline.segmenter.utterances)
                 diag.set_value("noise_floor_db", f"{pipeline.segmenter.noise_floor_db:.1f}")
-                diag.set_value("nonfinite_samples", pipeline.nonfinite_samples)
-                diag.set_value("stream_gaps", pipeline.gaps)
+                diag.set_value("nonfinite_samples", self.nonfinite_samples + pipeline.nonfinite_samples)
+                diag.set_value("clipped_chunks", self.clipped_chunks)
+                diag.set_value("stream_gaps", pipeline.gaps + self.idle_gaps)
         return out
 
     @staticmethod

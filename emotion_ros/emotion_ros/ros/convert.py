@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import array
 import math
-from typing import Union
+from typing import Optional, Union
 
 import cv2
 import numpy as np
@@ -29,6 +29,7 @@ __all__ = [
     "pcm_to_float",
     "float_to_pcm",
     "pcm_frame_remainder",
+    "pcm_nonfinite_mask",
     "pcm_bytes_per_frame",
     "stamp_to_sec",
     "sec_to_stamp",
@@ -278,6 +279,24 @@ def pcm_frame_remainder(data: bytes, sample_format: str, channels: int) -> int:
     return len(data) % pcm_bytes_per_frame(sample_format, channels)
 
 
+def _whole_frames(data, frame: int):
+    """(the bytes of the whole frames of ``data`` as uint8, their number)."""
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
+    n = buf.size // frame
+    return buf[: n * frame], n
+
+
+def pcm_nonfinite_mask(data: bytes, sample_format: str, channels: int) -> Optional[np.ndarray]:
+    """Where float PCM holds NaN/Inf: a bool (n_frames, channels) array aligned with :func:`pcm_to_float`'s output,
+    or None when there are none (always for integer formats, which cannot hold them)."""
+    _fmt, (width, kind, order) = _pcm_spec(sample_format, channels)
+    if kind != "f":
+        return None
+    buf, n = _whole_frames(data, width * int(channels))
+    bad = ~np.isfinite(buf.view(np.dtype(f"{order}f{width}")))
+    return bad.reshape(n, int(channels)) if bad.any() else None
+
+
 def pcm_to_float(data: bytes, sample_format: str, channels: int) -> np.ndarray:
     """Interleaved PCM bytes -> float32 array (n_frames, channels) in [-1, 1].
 
@@ -286,10 +305,7 @@ def pcm_to_float(data: bytes, sample_format: str, channels: int) -> np.ndarray:
     """
     fmt, (width, kind, order) = _pcm_spec(sample_format, channels)
     channels = int(channels)
-    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
-    frame = width * channels
-    n = buf.size // frame
-    buf = buf[: n * frame]
+    buf, n = _whole_frames(data, width * channels)
     if width == 3:
         b = buf.reshape(-1, 3).astype(np.int32)
         if order == "<":

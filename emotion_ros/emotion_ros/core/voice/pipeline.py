@@ -27,10 +27,21 @@ from ..labels import LABELS
 from .features import SAMPLE_RATE, load_audio, trim_silence
 from .segment import Segment, Segmenter, segment_offline
 
-__all__ = ["VoiceResult", "WaveResult", "VoicePipeline", "MIN_RATE", "MAX_RATE"]
+__all__ = ["VoiceResult", "WaveResult", "VoicePipeline", "MIN_RATE", "MAX_RATE", "CLIP_LEVEL", "clipped_fraction"]
 
 MIN_RATE = 8000
 MAX_RATE = 96000
+#: A sample this close to full scale (|x| >= CLIP_LEVEL of [-1, 1]) counts as clipped; below 1 so that the largest
+#: positive code of every PCM format counts (S16: 32767/32768, U8: 127/128).
+CLIP_LEVEL = 0.99
+
+
+def clipped_fraction(pcm: np.ndarray, level: float = CLIP_LEVEL) -> float:
+    """Fraction of the samples (all channels) of float audio in [-1, 1] at full scale (0 for an empty chunk)."""
+    x = np.asarray(pcm)
+    if x.size == 0:
+        return 0.0
+    return float(np.count_nonzero(np.abs(x) >= level)) / x.size
 
 
 @dataclass
