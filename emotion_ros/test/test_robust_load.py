@@ -149,7 +149,8 @@ def test_voice_node_overload_caps_the_backlog(graph, models, tmp_path):
         # RSS climbs for the first ~10-20 s of overload (allocator caches for the model's many input lengths; it
         # levels off at +60 MB, measured over 60 s) and is then flat: look at it after 6 s
         for k in range(6):
-            send(speed, 2.0, max(0.1, speed * 0.01))
+            # chunks of at most 0.5 s: one queued chunk longer than the cap's tolerance could never be dropped
+            send(speed, 2.0, min(0.5, max(0.1, speed * 0.01)))
             if k >= 2:
                 rss.append(proc.rss_mb())
             d = diag_of(graph, "voice_node", time.time() - 1.2)
