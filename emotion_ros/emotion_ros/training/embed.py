@@ -2,17 +2,19 @@
 
 Faces: detection + alignment of ``core.face.align`` (the node's code), then the
 batched face model.  Voices: the voice node's pipeline (``core.voice.pipeline``:
-segmenter, trimming, features, model) on each utterance, averaged by duration.
+segmenter, trimming, features, model) on each utterance, averaged by duration; a
+recording at another rate or channel count goes in as the node receives it (blocks
+through ``VoicePipeline.push``: its downmix and streaming resampler).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Iterable, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
 
-from ..core.voice.features import trim_silence
+from ..core.voice.features import SAMPLE_RATE, to_mono_16k, trim_silence
 
 
 @dataclass
@@ -33,6 +35,14 @@ def face_outputs(model, crops: np.ndarray, batch: int = 256, progress: bool = Fa
     return Outputs(np.concatenate(probs), np.concatenate(embs))
 
 
+def _weighted(results) -> Tuple[np.ndarray, np.ndarray]:
+    w = np.array([max(r.duration, 1e-3) for r in results], np.float64)
+    w /= w.sum()
+    probs = (w @ np.stack([r.probs for r in results])).astype(np.float32)
+    emb = (w @ np.stack([r.embedding for r in results])).astype(np.float32)
+    return probs, emb
+
+
 def voice_output(pipeline, wave: np.ndarray) -> Tuple[np.ndarray, np.ndarray, bool]:
     """One recording -> duration-weighted (probs, embedding) over the utterances the voice node's
     segmenter finds (each trimmed, as the node does), and whether any was found.  With none, the
@@ -41,21 +51,55 @@ def voice_output(pipeline, wave: np.ndarray) -> Tuple[np.ndarray, np.ndarray, bo
     if not results:
         p, e = pipeline.model.predict(trim_silence(wave))
         return np.asarray(p, np.float32), np.asarray(e, np.float32), False
-    w = np.array([max(r.duration, 1e-3) for r in results], np.float64)
-    w /= w.sum()
-    probs = (w @ np.stack([r.probs for r in results])).astype(np.float32)
-    emb = (w @ np.stack([r.embedding for r in results])).astype(np.float32)
+    probs, emb = _weighted(results)
     return probs, emb, True
 
 
-def voice_outputs(model, waves: List[np.ndarray], progress: bool = False) -> Tuple[Outputs, int]:
-    """Voice model outputs through the node's pipeline (:class:`core.voice.pipeline.VoicePipeline`)."""
+def voice_output_stream(pipeline, pcm: np.ndarray, rate: int,
+                        block_s: float = 0.1) -> Tuple[np.ndarray, np.ndarray, bool]:
+    """As :func:`voice_output`, for a recording as the voice node receives it: ``pcm`` (n,) or (n, channels) at
+    ``rate``, pushed in blocks of ``block_s`` (the microphone node's default) through a fresh stream of
+    ``pipeline`` (downmix, streaming resampler, segmenter), then flushed; the utterances (not the sliding
+    windows) are averaged by duration."""
+    from ..core.voice.pipeline import VoicePipeline
+    from ..core.voice.segment import Segmenter
+
+    x = np.asarray(pcm, np.float32)
+    stream = VoicePipeline(pipeline.model, segmenter=Segmenter(**pipeline.segmenter.config), trim=pipeline.trim,
+                           quality=pipeline.quality)
+    block = max(1, int(round(block_s * rate)))
+    results = []
+    for i in range(0, x.shape[0], block):
+        results += stream.push(x[i:i + block], rate, i / rate)
+    results = [r for r in results + stream.flush() if not r.partial]
+    if not results:
+        p, e = pipeline.model.predict(trim_silence(to_mono_16k(x, rate)))
+        return np.asarray(p, np.float32), np.asarray(e, np.float32), False
+    probs, emb = _weighted(results)
+    return probs, emb, True
+
+
+Wave = Union[np.ndarray, Tuple[np.ndarray, int]]
+
+
+def voice_outputs(model, waves: Iterable[Wave], progress: bool = False) -> Tuple[Outputs, int]:
+    """Voice model outputs through the node's pipeline (:class:`core.voice.pipeline.VoicePipeline`).
+
+    ``waves``: 16 kHz mono recordings, or ``(samples, rate)`` pairs (any rate, (n,) or (n, channels)), which
+    go through :func:`voice_output_stream` unless they are 16 kHz mono already."""
     from ..core.voice.pipeline import VoicePipeline
 
     pipeline = VoicePipeline(model)
     probs, embs, not_found = [], [], 0
     for w in (tqdm(waves, desc="voices", mininterval=10) if progress else waves):
-        p, e, found = voice_output(pipeline, w)
+        if isinstance(w, tuple):
+            pcm, rate = w
+            if int(rate) == SAMPLE_RATE and np.ndim(pcm) == 1:
+                p, e, found = voice_output(pipeline, np.asarray(pcm, np.float32))
+            else:
+                p, e, found = voice_output_stream(pipeline, pcm, int(rate))
+        else:
+            p, e, found = voice_output(pipeline, w)
         probs.append(p)
         embs.append(e)
         not_found += 0 if found else 1

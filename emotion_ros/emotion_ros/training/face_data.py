@@ -9,7 +9,7 @@ import csv
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -50,19 +50,22 @@ def list_class_folders(root: str) -> Tuple[Dict[str, List[str]], Dict[str, int]]
     return known, skipped
 
 
-def load_face_folder(root: str, size: int = 48, aligner=None, cache_dir: Optional[str] = None) -> FaceSet:
+def load_face_folder(root: str, size: int = 48, aligner=None, cache_dir: Optional[str] = None,
+                     transform: Optional[Callable[[np.ndarray, int], np.ndarray]] = None) -> FaceSet:
     """Load ``root/<class>/*`` as aligned grey crops of ``size``.
 
     ``aligner``: a :class:`core.face.align.FaceAligner` (the face node's detection and
     alignment; the whole image is used where it finds no face).  Without one, images
-    are only resized.  Results are cached (keyed on the file list).
+    are only resized.  Results are cached (keyed on the file list) unless there is a
+    ``transform``: ``transform(grey, i)`` changes the grey image of the ``i``-th file (in
+    sorted order) before detection (``emotion-eval --perturb``).
     """
     known, skipped = list_class_folders(root)
     files = [(p, INDEX[lab]) for lab, ps in known.items() for p in ps
              if os.path.splitext(p)[1].lower() in IMAGE_EXTS]
     files.sort()
     cache = None
-    if cache_dir:
+    if cache_dir and transform is None:
         h = hashlib.sha1()
         h.update(f"{size}|{type(aligner).__name__ if aligner is not None else None}".encode())
         for p, y in files:
@@ -84,6 +87,8 @@ def load_face_folder(root: str, size: int = 48, aligner=None, cache_dir: Optiona
             unreadable.append(p)
             keep[i] = False
             continue
+        if transform is not None:
+            img = transform(img, i)
         if aligner is not None:
             crop, found = aligner.crop_largest(img, size)
             no_face += 0 if found else 1
