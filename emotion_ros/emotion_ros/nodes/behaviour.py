@@ -31,7 +31,7 @@ from emotion_ros import paths
 from emotion_ros.core.behaviour import HRI_EXPRESSIONS, BehaviourPolicy, Decision, RuleError, load_rules
 from emotion_ros.core.errors import InputError
 from emotion_ros.ros.convert import sec_to_stamp, stamp_to_sec
-from emotion_ros.ros.lifecycle import run_node
+from emotion_ros.ros.lifecycle import exit_process, run_node
 from emotion_ros.ros.node_utils import Diagnostics, RateLimitedLogger, declare_parameters, reliable_qos
 
 NODE_NAME = "behaviour_node"
@@ -159,8 +159,8 @@ class BehaviourNode(Node):
                                + (f" say {say!r}" if say else ""))
 
 
-def main(args=None) -> int:
-    return run_node(BehaviourNode, args=args)
+def main(args=None) -> None:
+    exit_process(run_node(BehaviourNode, args=args))
 
 
 if __name__ == "__main__":

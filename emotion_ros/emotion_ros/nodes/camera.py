@@ -28,7 +28,7 @@ from sensor_msgs.msg import Image
 
 from emotion_ros.core.sources import SourceError, VideoSource
 from emotion_ros.ros.convert import numpy_to_image
-from emotion_ros.ros.lifecycle import request_stop, run_node
+from emotion_ros.ros.lifecycle import exit_process, request_stop, run_node
 from emotion_ros.ros.node_utils import (Diagnostics, RateLimitedLogger, declare_parameters, reliable_qos, sensor_qos,
                                         wait_for_subscribers)
 
@@ -192,8 +192,8 @@ class CameraNode(Node):
         super().destroy_node()
 
 
-def main(args: Optional[list] = None) -> int:
-    return run_node(CameraNode, args=args)
+def main(args: Optional[list] = None) -> None:
+    exit_process(run_node(CameraNode, args=args))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import array
 import os
-import sys
 import threading
 import time
 from typing import List, Optional
@@ -40,7 +39,7 @@ from emotion_ros.core.face.pipeline import FacePipeline, FaceResult, build_pipel
 from emotion_ros.core.labels import LABELS
 from emotion_ros.core.modelio import ModelFileError
 from emotion_ros.ros.convert import image_to_numpy, numpy_to_image, stamp_to_sec
-from emotion_ros.ros.lifecycle import run_node
+from emotion_ros.ros.lifecycle import exit_process, run_node
 from emotion_ros.ros.node_utils import (Diagnostics, LatestSlot, RateLimitedLogger, declare_parameters,
                                         reliable_qos, sensor_qos)
 
@@ -314,7 +313,7 @@ class FaceNode(LifecycleNode):
 
 
 def main(args=None) -> None:
-    sys.exit(run_node(FaceNode, args=args))
+    exit_process(run_node(FaceNode, args=args))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from emotion_ros.core.fusion import FusedState, FusionModel, TemporalFusion
 from emotion_ros.core.labels import LABELS, NUM_LABELS, normalise
 from emotion_ros.core.modelio import ModelFileError
 from emotion_ros.ros.convert import sec_to_stamp, stamp_to_sec
-from emotion_ros.ros.lifecycle import run_node
+from emotion_ros.ros.lifecycle import exit_process, run_node
 from emotion_ros.ros.node_utils import Diagnostics, RateLimitedLogger, declare_parameters, reliable_qos
 
 NODE_NAME = "fusion_node"
@@ -376,8 +376,8 @@ class FusionNode(LifecycleNode):
         return msg
 
 
-def main(args=None) -> int:
-    return run_node(FusionNode, args=args)
+def main(args=None) -> None:
+    exit_process(run_node(FusionNode, args=args))
 
 
 if __name__ == "__main__":

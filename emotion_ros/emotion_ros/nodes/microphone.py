@@ -36,7 +36,7 @@ from rclpy.node import Node
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo
 from emotion_ros.core.sources import AudioFileSource, SourceError, open_input_stream
 from emotion_ros.ros.convert import float_to_pcm, ns_to_stamp, stamp_to_ns
-from emotion_ros.ros.lifecycle import request_stop, run_node
+from emotion_ros.ros.lifecycle import exit_process, request_stop, run_node
 from emotion_ros.ros.node_utils import (Diagnostics, RateLimitedLogger, declare_parameters, latched_qos, reliable_qos,
                                         wait_for_subscribers)
 
@@ -235,8 +235,8 @@ class MicrophoneNode(Node):
         super().destroy_node()
 
 
-def main(args: Optional[list] = None) -> int:
-    return run_node(MicrophoneNode, args=args)
+def main(args: Optional[list] = None) -> None:
+    exit_process(run_node(MicrophoneNode, args=args))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import threading
 from typing import Callable, Dict, List, Optional, Sequence
 
 from emotion_ros import paths
-from emotion_ros.ros.lifecycle import request_stop, run_node
+from emotion_ros.ros.lifecycle import exit_process, request_stop, run_node
 
 
 def parse_args(argv: Sequence[str]):
@@ -123,7 +123,7 @@ def run_pipeline(opts, ros_args: List[str], extra: Sequence[Callable[[], object]
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     opts, ros_args = parse_args(sys.argv[1:] if argv is None else argv)
-    sys.exit(run_pipeline(opts, ros_args))
+    exit_process(run_pipeline(opts, ros_args))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import array
 import collections
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -64,7 +63,7 @@ from emotion_ros.core.voice.pipeline import MAX_RATE, MIN_RATE, VoicePipeline, V
 from emotion_ros.core.voice.segment import PARAM_TO_KWARG, Segmenter, segmenter_kwargs
 from emotion_ros.ros.convert import (PCM_FORMATS, pcm_frame_remainder, pcm_nonfinite_mask, pcm_to_float,
                                      sec_to_stamp, stamp_to_sec)
-from emotion_ros.ros.lifecycle import run_node
+from emotion_ros.ros.lifecycle import exit_process, run_node
 from emotion_ros.ros.node_utils import Diagnostics, RateLimitedLogger, declare_parameters, latched_qos, reliable_qos
 
 NODE_NAME = "voice_node"
@@ -557,7 +556,7 @@ class VoiceNode(LifecycleNode):
 
 
 def main(args=None) -> None:
-    sys.exit(run_node(VoiceNode, args=args))
+    exit_process(run_node(VoiceNode, args=args))
 
 
 if __name__ == "__main__":

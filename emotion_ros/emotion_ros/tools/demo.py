@@ -139,7 +139,7 @@ def make_monitor(counts: Dict[str, int], seen: Dict[str, collections.Counter], l
     return DemoMonitor
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="emotion-demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=25.0, help="seconds to run the graph")
@@ -181,7 +181,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "decisions": decisions[:5],
     }
     print(json.dumps(summary), flush=True)
-    return 0 if rc == 0 and summary["counts"]["emotion/state"] > 0 else 1
+    code = 0 if rc == 0 and summary["counts"]["emotion/state"] > 0 else 1
+    from emotion_ros.ros.lifecycle import exit_process
+    exit_process(code)  # no interpreter teardown after rclpy's shutdown: it can abort (see exit_process)
 
 
 if __name__ == "__main__":
