@@ -276,7 +276,7 @@ def test_diagnostics_report_device_and_model(running, ckpt, hopper):
 def test_lifecycle_deactivate_stops_and_activate_resumes(running, hopper):
     g, proc, _ = running
     cli = g.node.create_client(ChangeState, "/face_node/change_state")
-    assert cli.wait_for_service(timeout_sec=10.0)
+    assert cli.wait_for_service(timeout_sec=30.0)
 
     def change(tid):
         fut = cli.call_async(ChangeState.Request(transition=Transition(id=tid)))

@@ -78,12 +78,9 @@ def evaluate_arrays(net, images: np.ndarray, labels: np.ndarray, batch: int = 51
 
 
 def load_teacher(path: str, device: torch.device) -> FaceCNN:
-    from ..core.modelio import load_checkpoint
-    ck = load_checkpoint(path, "face")
-    cfg = ck.get("config", {}).get("model", {})
-    t = FaceCNN(widths=tuple(cfg.get("widths", (32, 64, 128, 256))), embed_dim=int(cfg.get("embed_dim", 256)))
-    t.load_state_dict(ck["state_dict"])
-    return t.to(device).eval()
+    """The network of a trained face model file (checked like the node checks it), in eval mode."""
+    from ..core.face.model import FaceModel
+    return FaceModel(path, device=str(device), flip_tta=False, fast=False).net.eval()
 
 
 def one_cycle(opt, args, epochs: int, steps_per_epoch: int):
@@ -91,14 +88,18 @@ def one_cycle(opt, args, epochs: int, steps_per_epoch: int):
                                                steps_per_epoch=steps_per_epoch, pct_start=args.pct_start)
 
 
-def export(args, net, config, x_dev, y_dev, val, history, path=None) -> dict:
+def save_model(args, net, config, metrics, history) -> None:
+    save_checkpoint(args.out, kind="face", arch=ARCH, model=net, input_spec=dict(DEFAULT_INPUT),
+                    config=config, metrics=metrics, extra={"history": history})
+
+
+def export(args, net, config, x_dev, y_dev, val, history) -> dict:
     dev_metrics = evaluate_arrays(net, x_dev, y_dev)
     metrics = {"dev": {k: dev_metrics[k] for k in ("accuracy", "macro_f1", "n", "per_class_recall")}}
     if val is not None:
         vm = evaluate_arrays(net, val.images, val.labels)
         metrics["val"] = {k: vm[k] for k in ("accuracy", "macro_f1", "n", "per_class_recall")}
-    save_checkpoint(path or args.out, kind="face", arch=ARCH, model=net, input_spec=dict(DEFAULT_INPUT),
-                    config=config, metrics=metrics, extra={"history": history})
+    save_model(args, net, config, metrics, history)
     return metrics
 
 
@@ -229,9 +230,7 @@ def run(args) -> dict:
         print(json.dumps(rec), flush=True)
         ckpt.save(epoch + 1, net, opt, sched, history)
         if measure and args.snapshot and epoch + 1 < epochs:  # a usable model file even if the run is cut off
-            save_checkpoint(args.out, kind="face", arch=ARCH, model=net, input_spec=dict(DEFAULT_INPUT),
-                            config=config, metrics={"snapshot_epoch": epoch + 1, "dev": {"accuracy": rec["dev_acc"]}},
-                            extra={"history": history})
+            save_model(args, net, config, {"snapshot_epoch": epoch + 1, "dev": {"accuracy": rec["dev_acc"]}}, history)
         epoch += 1
     metrics = export(args, net, config, x_dev, y_dev, val, history)
     write_json(os.path.join(args.run_dir, "metrics.json"), metrics)
