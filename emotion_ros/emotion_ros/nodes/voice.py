@@ -531,8 +531,7 @@ class VoiceNode(LifecycleNode):
             if pipeline is not None:
                 diag.set_value("utterances", pipeline.segmenter.utterances)
                 diag.set_value("noise_floor_db", f"{pipeline.segmenter.noise_floor_db:.1f}")
-                diag.set_value("nonfinite_samples", self.nonfinite_samples + pipeline.nonfinite_samples)
-                diag.set_value("clipped_chunks", self.clipped_chunks)
+                self._diag_input_counters()
                 diag.set_value("stream_gaps", pipeline.gaps + self.idle_gaps)
         return out
 

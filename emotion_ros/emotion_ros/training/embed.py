@@ -9,7 +9,7 @@ through ``VoicePipeline.push``: its downmix and streaming resampler).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Tuple, Union
+from typing import Iterable, Optional, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -35,24 +35,24 @@ def face_outputs(model, crops: np.ndarray, batch: int = 256, progress: bool = Fa
     return Outputs(np.concatenate(probs), np.concatenate(embs))
 
 
-def _weighted(results) -> Tuple[np.ndarray, np.ndarray]:
+def _summarise(model, results, wave16: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, bool]:
+    """Duration-weighted (probs, embedding) of the utterance results, and True; with none, the model on the
+    trimmed whole recording (16 kHz mono ``wave16``, needed only then), and False."""
+    if not results:
+        p, e = model.predict(trim_silence(wave16))
+        return np.asarray(p, np.float32), np.asarray(e, np.float32), False
     w = np.array([max(r.duration, 1e-3) for r in results], np.float64)
     w /= w.sum()
     probs = (w @ np.stack([r.probs for r in results])).astype(np.float32)
     emb = (w @ np.stack([r.embedding for r in results])).astype(np.float32)
-    return probs, emb
+    return probs, emb, True
 
 
 def voice_output(pipeline, wave: np.ndarray) -> Tuple[np.ndarray, np.ndarray, bool]:
     """One recording -> duration-weighted (probs, embedding) over the utterances the voice node's
     segmenter finds (each trimmed, as the node does), and whether any was found.  With none, the
     trimmed whole recording is used."""
-    results = pipeline.classify_segments(pipeline.segment_wave(wave))
-    if not results:
-        p, e = pipeline.model.predict(trim_silence(wave))
-        return np.asarray(p, np.float32), np.asarray(e, np.float32), False
-    probs, emb = _weighted(results)
-    return probs, emb, True
+    return _summarise(pipeline.model, pipeline.classify_segments(pipeline.segment_wave(wave)), wave)
 
 
 def voice_output_stream(pipeline, pcm: np.ndarray, rate: int,
@@ -72,11 +72,8 @@ def voice_output_stream(pipeline, pcm: np.ndarray, rate: int,
     for i in range(0, x.shape[0], block):
         results += stream.push(x[i:i + block], rate, i / rate)
     results = [r for r in results + stream.flush() if not r.partial]
-    if not results:
-        p, e = pipeline.model.predict(trim_silence(to_mono_16k(x, rate)))
-        return np.asarray(p, np.float32), np.asarray(e, np.float32), False
-    probs, emb = _weighted(results)
-    return probs, emb, True
+    fallback = to_mono_16k(x, rate) if not results else None  # only needed when no utterance was found
+    return _summarise(pipeline.model, results, fallback)
 
 
 Wave = Union[np.ndarray, Tuple[np.ndarray, int]]

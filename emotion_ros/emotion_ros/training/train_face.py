@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..core.face.model import ARCH, DEFAULT_INPUT, FaceCNN
 from ..core.labels import LABELS
-from ..core.modelio import save_checkpoint
+from ..core.modelio import resolve_device, save_checkpoint
 from .augment import augment_faces
 from .common import (Checkpointer, args_config, metrics_from_predictions, seed_everything, stratified_holdout,
                      write_json)
@@ -104,7 +104,6 @@ def export(args, net, config, x_dev, y_dev, val, history) -> dict:
 
 
 def run(args) -> dict:
-    from ..core.modelio import resolve_device
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
