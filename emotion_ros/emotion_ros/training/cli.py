@@ -17,7 +17,13 @@ def train_main(argv=None):
         mod.add_args(sp)
         sp.set_defaults(func=mod.run)
     args = p.parse_args(argv)
-    args.func(args)
+    from ..core.errors import DataError
+    from ..core.modelio import ModelFileError
+    try:
+        args.func(args)
+    except (DataError, ModelFileError, FileNotFoundError) as exc:
+        print(f"emotion-train {args.what}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -238,10 +238,11 @@ def main(argv: Optional[list] = None) -> int:
     common(sp)
     sp.set_defaults(func=eval_fused)
     args = p.parse_args(argv)
+    from ..core.errors import DataError
     from ..core.modelio import ModelFileError
     try:
         args.func(args)
-    except (ModelFileError, FileNotFoundError) as exc:
+    except (DataError, ModelFileError, FileNotFoundError) as exc:
         print(f"emotion-eval: {exc}", file=sys.stderr)
         return 2
     return 0
