@@ -134,6 +134,12 @@ def test_evaluate_raw_bag(raw_bag, tmp_path, capsys):
     for s in rep["spans"]:
         assert s["delay_s"] is None or 0.0 <= s["delay_s"] < s["end"] - s["start"]
     assert rep["flips_per_min"] >= 0.0
+    # the labels' own change rate: happy -> sad -> neutral = 2 changes over the labelled 0-3.98 s (clipped to the bag)
+    assert rep["n_label_changes"] == 2 and rep["labelled_s"] == pytest.approx(3.98)
+    assert rep["label_changes_per_min"] == round(2 / (3.98 / 60), 3) == last["label_changes_per_min"]
+    assert rep["flips_to_label_changes"] == round(rep["flips_per_min"] / rep["label_changes_per_min"], 3)
+    assert last["flips_to_label_changes"] == rep["flips_to_label_changes"]
+    assert "extend beyond the bag" in se  # 3-4 s neutral: the bag ends at 3.98 s
     # the core really ran over every message
     c = rep["counts"]
     assert c["frames"] == c["frames_processed"] == raw_bag["frames"]
@@ -244,7 +250,7 @@ def write_recorded_bag(path):
         return T["emotion_msgs/msg/VoiceEmotion"](
             header=hdr(ms), start=hdr(ms - 500).stamp, end=hdr(ms).stamp, voice_activity=active, speech_ratio=0.5,
             partial=False, emotion=emotion, confidence=0.7, labels=[], probabilities=np.zeros(0, np.float32),
-            embedding=np.zeros(0, np.float32))
+            embedding=np.zeros(0, np.float32), unsure=False)
 
     msgs = []
     for ms in STATE_MS:
@@ -342,6 +348,11 @@ def test_evaluate_recorded_outputs_exact(tmp_path, capsys):
     assert rep["n_undetected"] == want["n_undetected"]
     assert rep["span_accuracy"] == want["span_accuracy"]
     assert rep["flips_per_min"] == want["flips_per_min"]
+    # labels: primary person happy -> sad -> angry over 0-6 s (2 changes), p2 scared over 4-6 s (none): 2 changes
+    # in 8 labelled seconds
+    assert rep["n_label_changes"] == 2 and rep["labelled_s"] == 8.0
+    assert rep["label_changes_per_min"] == 15.0 == last["label_changes_per_min"]
+    assert rep["flips_to_label_changes"] == round(want["flips_per_min"] / 15.0, 3) == last["flips_to_label_changes"]
     f1s = []
     for c in sorted(set(want["truth"])):  # macro-F1 over the labelled classes
         tp = sum(t == c and p == c for t, p in zip(want["truth"], want["pred"]))
@@ -416,3 +427,74 @@ def test_evaluate_errors(tmp_path, capsys):
     rc, err = _err(capsys, ["evaluate", str(tmp_path / "other"), "--labels", str(labels), "--json", str(keep),
                             "--timeline", str(keep), "--force"])
     assert rc == 2 and "different files" in err and keep.read_bytes() == b"old"
+
+
+def test_label_changes_definition():
+    """Consecutive spans of a person with different labels, gaps ignored; labelled time = union, clipped."""
+    from emotion_ros.tools.bag_evaluate import Span, label_changes
+
+    spans = [Span(0, 2, "happy"), Span(2, 4, "happy"), Span(5, 7, "sad"),   # gap 4-5 s: still one change
+             Span(6, 8, "angry"),                                           # overlaps: union 5-8
+             Span(9, 12, "neutral"),                                        # clipped to the bag end, 10 s
+             Span(11, 13, "sad"),                                           # outside the bag: dropped
+             Span(1, 3, "scared", "p2"), Span(3, 4, "scared", "p2")]       # another person: no change
+    assert label_changes(spans, 10.0) == (3, 4 + 3 + 1 + 3)
+    assert label_changes([Span(0, 5, "happy")], 10.0) == (0, 5.0)
+
+
+def test_evaluate_labels_outside_the_bag(tmp_path, capsys):
+    bag = tmp_path / "live"
+    write_recorded_bag(bag)  # 0-6 s
+    labels = tmp_path / "l.csv"
+    labels.write_text("start,end,label\n10,12,happy\n20,30,sad\n")  # seconds after the bag's end
+    rc, err = _err(capsys, ["evaluate", str(bag), "--labels", str(labels)])
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "none of its 2 span(s) overlaps the bag" in err and "bag 0..6.01 s" in err
+    labels.write_text(f"{T0 - 100},{T0 - 50},happy\n")  # absolute stamps before the bag
+    rc, err = _err(capsys, ["evaluate", str(bag), "--labels", str(labels)])
+    assert rc == 2 and "none of its 1 span(s)" in err
+    # partly outside: evaluated, with a warning naming the lines
+    labels.write_text("start,end,label\n0,2,happy\n10,12,sad\n5,8,angry\n")
+    out_json = tmp_path / "r.json"
+    rc, err = _err(capsys, ["evaluate", str(bag), "--labels", str(labels), "--json", str(out_json)])
+    assert rc == 0
+    assert "1 of 3 labelled spans lie outside the bag" in err and "lines 3" in err
+    assert "1 labelled span(s) extend beyond the bag" in err and "lines 4" in err
+    rep = json.loads(out_json.read_text())
+    assert rep["n_spans_without_samples"] == 1 and len(rep["warnings"]) == 2
+
+
+def test_evaluate_no_face_warning_and_progress(tmp_path, capsys):
+    """A raw bag whose frames hold no face: evaluated, with a warning; progress lines on stderr."""
+    T = typestore().types
+    models = make_models(tmp_path)
+    with BagWriter(str(tmp_path / "blank")) as w:
+        for i in range(12):  # 2.2 s of grey 160x120 frames at 5 fps
+            ns = (T0 + i * 0.2) * 10**9
+            ns = int(round(ns))
+            hdr = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9),
+                                           frame_id="camera")
+            img = T["sensor_msgs/msg/Image"](header=hdr, height=120, width=160, encoding="bgr8", is_bigendian=0,
+                                             step=480, data=np.full(120 * 480, 90, np.uint8))
+            w.write_msg("image_raw", "sensor_msgs/msg/Image", ns, img)
+    labels = tmp_path / "l.csv"
+    labels.write_text("0,2.2,happy\n")
+    out_json = tmp_path / "r.json"
+    rc, err = _err(capsys, ["evaluate", str(tmp_path / "blank"), "--labels", str(labels), "--json", str(out_json),
+                            "--face-model", models["face"], "--fusion-model", "none", "--progress", "1e-6"])
+    assert rc == 0, err
+    assert "warning: no face found in any of the 12 frames on /image_raw" in err
+    rep = json.loads(out_json.read_text())
+    assert rep["counts"]["face_results"] == 0 and rep["accuracy"] == 0.0 and rep["coverage"] == 0.0
+    assert any("no face found" in x for x in rep["warnings"])
+    prog = [line for line in err.splitlines() if line.startswith("emotion-bag evaluate: raw ")]
+    assert len(prog) >= 2, err  # every message at this interval, and the closing 100 %
+    done = [float(line.split()[3]) for line in prog]
+    assert done == sorted(done) and done[-1] == 2.2 and "(100 %)" in prog[-1]
+    assert all(" / 2.2 s of bag" in line for line in prog)
+    # --progress 0: none; a negative interval is refused
+    rc, err = _err(capsys, ["evaluate", str(tmp_path / "blank"), "--labels", str(labels), "--face-model",
+                            models["face"], "--fusion-model", "none", "--progress", "0"])
+    assert rc == 0 and "s of bag" not in err
+    rc, err = _err(capsys, ["evaluate", str(tmp_path / "blank"), "--labels", str(labels), "--progress", "-1"])
+    assert rc == 2 and "--progress" in err

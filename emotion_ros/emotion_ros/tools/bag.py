@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the face node's cpu_threads, 1; 0 = torch's default)")
     e.add_argument("--force", action="store_true", help="replace existing output files")
+    e.add_argument("--progress", type=float, default=5.0, metavar="S",
+                   help="print progress (bag time done / total) to stderr every S s of processing (default 5; "
+                        "0 = never)")
 
     i = sub.add_parser("info", help="print a bag's topics, types, counts and duration")
     i.add_argument("bag")

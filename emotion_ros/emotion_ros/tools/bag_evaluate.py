@@ -21,7 +21,9 @@ Figures (per sample = one fusion step inside a labelled span; "none" = no estima
 accuracy / macro-F1 / per-class recall / confusion (``training.common.metrics_from_predictions``), per-span
 majority accuracy, detection delay (median over spans of the time from span start until the fused top emotion
 first equals the label; spans where it never does are counted in ``n_undetected``), flips per minute (changes of the
-reported top emotion over the whole stepped timeline), face-only and voice-only accuracy (the face / voice evidence
+reported top emotion over the whole stepped timeline), the labels' own change rate (``label_changes_per_min``:
+changes between consecutive spans of a person with different labels per minute of labelled time) and the ratio of
+the two rates (``flips_to_label_changes``), face-only and voice-only accuracy (the face / voice evidence
 the fusion used at that step), and speed (seconds of bag per second of processing).
 """
 
@@ -216,6 +218,39 @@ class _Decoder:
         return (x[: n * channels].astype(np.float32) / 32768.0).reshape(n, channels)
 
 
+class _Progress:
+    """Progress on stderr, at most every ``every_s`` seconds of processing (0: never): bag time done / total."""
+
+    def __init__(self, bf: BagFile, every_s: float, what: str):
+        import sys
+
+        self.start_ns, self.total_s = bf.start_ns, bf.duration_s
+        self.every_s, self.what, self.stream = float(every_s or 0.0), what, sys.stderr
+        self.t0 = self.last = time.perf_counter()
+        self.printed = False
+
+    def __call__(self, t_ns: int) -> None:
+        if self.every_s <= 0:
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self._print((t_ns - self.start_ns) * 1e-9, now)
+
+    def _print(self, done_s: float, now: float) -> None:
+        done_s = min(max(done_s, 0.0), self.total_s)
+        pct = 100.0 * done_s / self.total_s if self.total_s > 0 else 100.0
+        speed = done_s / (now - self.t0) if now > self.t0 else 0.0
+        eta = f", ~{(self.total_s - done_s) / speed:.0f} s left" if speed > 0 and done_s < self.total_s else ""
+        print(f"emotion-bag evaluate: {self.what} {done_s:.1f} / {self.total_s:.1f} s of bag ({pct:.0f} %), "
+              f"{now - self.t0:.1f} s elapsed{eta}", file=self.stream, flush=True)
+        self.printed = True
+
+    def done(self) -> None:
+        if self.printed:  # close a run that reported progress with its 100 %
+            self._print(self.total_s, time.perf_counter())
+
+
 def _topic_type(bf: BagFile, topic: str, expected: Sequence[str]) -> Optional[str]:
     return bf.check_topic_type(topic, expected)
 
@@ -323,7 +358,9 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
     topics += [audio_topic, info_topic] if voice_pipe else []
     conns = bf.connections_for(topics)
     wall0, cpu0 = time.perf_counter(), time.process_time()  # processing only, model loading excluded
+    progress = _Progress(bf, opts.get("progress", 0.0), "raw")
     for conn, t_ns, raw in bf.messages(conns):
+        progress(t_ns)
         t_recv = t_ns * 1e-9
         step_until(t_ns)
         msg = bf.deserialize(raw, conn.msgtype, conn.topic)
@@ -391,10 +428,19 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
         add_voice_results(voice_pipe.flush())
         counts["voice_s"] += time.perf_counter() - c0
     step_until(bf.end_ns)
+    progress.done()
     info["processing_s"], info["cpu_s"] = time.perf_counter() - wall0, time.process_time() - cpu0
     if face_pipe is not None and counts["frames"] and counts["frames_processed"] == 0:
         raise BagError(f"bag {bf.path!r}: none of the {counts['frames']} images on {normalise_topic(image_topic)} "
                        "could be decoded")
+    if face_pipe is not None and counts["frames_processed"] and counts["face_results"] == 0:
+        warn.append(f"no face found in any of the {counts['frames_processed']} frames on "
+                    f"{normalise_topic(image_topic)}: the face figures (and the fused ones, where the face should "
+                    "have counted) are those of no face output; check that the video shows faces the detector "
+                    "finds (frontal, at least ~40 px)")
+    if voice_pipe is not None and counts["audio_chunks"] and counts["voice_results"] == 0:
+        warn.append(f"no voice result from any of the {counts['audio_chunks']} chunks on "
+                    f"{normalise_topic(audio_topic)}: no speech was segmented (silence, or too quiet)")
     info["counts"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in counts.items()}
     return tl, info
 
@@ -444,7 +490,10 @@ def run_recorded(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple
             k_step += 1
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
+    progress = _Progress(bf, opts.get("progress", 0.0), "recorded")
+    n_faces_seen = 0
     for conn, t_ns, raw in bf.messages(bf.connections_for(topics)):
+        progress(t_ns)
         t = t_ns
         step_until(t_ns, inclusive=False)  # a message received exactly at a step counts for that step
         msg = bf.deserialize(raw, conn.msgtype, conn.topic)
@@ -459,13 +508,18 @@ def run_recorded(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple
         elif conn.topic == s_faces:
             counts["faces"] += 1
             big = max(msg.faces, key=lambda f: int(f.width) * int(f.height)) if len(msg.faces) else None
+            n_faces_seen += big is not None
             latest["face"] = (t, idx(big.emotion) if big is not None else NONE)  # no face in that frame: none
         elif conn.topic == s_voice:
             counts["voice"] += 1
             if msg.voice_activity:
                 latest["voice"] = (t, idx(msg.emotion))
     step_until(bf.end_ns)
+    progress.done()
     info["processing_s"], info["cpu_s"] = time.perf_counter() - wall0, time.process_time() - cpu0
+    if counts["faces"] and n_faces_seen == 0:
+        info["warnings"].append(f"no face in any of the {counts['faces']} {s_faces} messages: the face node found "
+                                "none in the recorded session")
     info["counts"] = counts
     return tl, info
 
@@ -480,7 +534,54 @@ def _pred_for(tl: Timeline, i: int, span: Span, seq: List[int]) -> int:
     return seq[i]
 
 
-def score(tl: Timeline, spans: List[Span], step: float) -> Dict[str, Any]:
+def check_label_overlap(spans: List[Span], duration: float, bag_start: float, labels: str) -> List[str]:
+    """BagError when no span overlaps the bag [0, duration]; warnings for the spans that lie (partly) outside."""
+    outside = [sp for sp in spans if sp.start >= duration or sp.end <= 0]
+    if len(outside) == len(spans):
+        lo, hi = min(sp.start for sp in spans), max(sp.end for sp in spans)
+        raise BagError(f"labels file {labels!r}: none of its {len(spans)} span(s) overlaps the bag (spans "
+                       f"{lo:.2f}..{hi:.2f} s, bag 0..{duration:.2f} s from its start at {bag_start:.3f}); label "
+                       "times are seconds from the bag start, or absolute stamps when > 1e9")
+    warns = []
+    if outside:
+        warns.append(f"{len(outside)} of {len(spans)} labelled spans lie outside the bag (0-{duration:.2f} s): "
+                     f"labels lines {', '.join(str(sp.line) for sp in outside[:10])}"
+                     f"{' ...' if len(outside) > 10 else ''}; they are scored as spans without samples")
+    partial = [sp for sp in spans if sp not in outside and (sp.start < 0 or sp.end > duration)]
+    if partial:
+        warns.append(f"{len(partial)} labelled span(s) extend beyond the bag (0-{duration:.2f} s): labels lines "
+                     f"{', '.join(str(sp.line) for sp in partial[:10])}{' ...' if len(partial) > 10 else ''}")
+    return warns
+
+
+def label_changes(spans: List[Span], duration: float) -> Tuple[int, float]:
+    """The labels' own changes and labelled seconds (see docs/BAGS.md, ``label_changes_per_min``).
+
+    Spans are grouped by person (blank = the primary person) and clipped to the bag [0, duration]; spans entirely
+    outside are dropped. Within a group, in order of start time, every pair of consecutive spans with different
+    labels is one change (a gap between them does not matter, as steps without an estimate do not break a flip).
+    Labelled seconds: the length of the union of a group's clipped spans, summed over the groups."""
+    groups: Dict[str, List[Tuple[float, float, str]]] = {}
+    for sp in spans:
+        a, b = max(sp.start, 0.0), min(sp.end, duration)
+        if b > a:
+            groups.setdefault(sp.person, []).append((a, b, sp.label))
+    n_changes, labelled = 0, 0.0
+    for rows in groups.values():
+        rows.sort(key=lambda r: (r[0], r[1]))
+        n_changes += sum(1 for p, q in zip(rows, rows[1:]) if p[2] != q[2])
+        cur_a, cur_b = rows[0][0], rows[0][1]
+        for a, b, _ in rows[1:]:
+            if a > cur_b:
+                labelled += cur_b - cur_a
+                cur_a, cur_b = a, b
+            else:
+                cur_b = max(cur_b, b)
+        labelled += cur_b - cur_a
+    return n_changes, labelled
+
+
+def score(tl: Timeline, spans: List[Span], step: float, duration: Optional[float] = None) -> Dict[str, Any]:
     from emotion_ros.training.common import metrics_from_predictions
 
     t = np.asarray(tl.t, np.float64)
@@ -539,6 +640,9 @@ def score(tl: Timeline, spans: List[Span], step: float) -> Dict[str, Any]:
     reported = [p for p in tl.fused if p != NONE]
     flips = sum(1 for a, b in zip(reported, reported[1:]) if a != b)
     minutes = len(tl.t) * step / 60.0
+    flips_per_min = round(flips / minutes, 3) if minutes > 0 else 0.0
+    n_changes, labelled_s = label_changes(spans, tl.t[-1] if duration is None and tl.t else duration or 0.0)
+    changes_per_min = round(n_changes / (labelled_s / 60.0), 3) if labelled_s > 0 else None
     return {
         "accuracy": m["accuracy"],
         "macro_f1": m["macro_f1"],
@@ -546,7 +650,12 @@ def score(tl: Timeline, spans: List[Span], step: float) -> Dict[str, Any]:
         "detection_delay_s": round(float(np.median(delays)), 3) if delays else None,
         "n_detected": len(delays),
         "n_undetected": n_undetected,
-        "flips_per_min": round(flips / minutes, 3) if minutes > 0 else 0.0,
+        "flips_per_min": flips_per_min,
+        "n_flips": flips,
+        "label_changes_per_min": changes_per_min,
+        "n_label_changes": n_changes,
+        "labelled_s": round(labelled_s, 3),
+        "flips_to_label_changes": (round(flips_per_min / changes_per_min, 3) if changes_per_min else None),
         "span_accuracy": round(n_span_correct / len(spans), 4) if spans else 0.0,
         "n_samples": n,
         "coverage": coverage(y_fused),
@@ -605,6 +714,10 @@ def plot_confusion(report: Dict[str, Any], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
+def _fmt(x, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
 def _runs(t: np.ndarray, seq: Sequence[int], step: float):
     """Contiguous runs of the same value -> [(start, width, value)]."""
     out = []
@@ -650,7 +763,8 @@ def plot_timeline(tl: Timeline, spans: List[Span], report: Dict[str, Any], path:
                  f"fused accuracy {report['accuracy']:.2f} (macro-F1 {report['macro_f1']:.2f}), face "
                  f"{report['face']['accuracy']:.2f}, voice {report['voice']['accuracy']:.2f}\n"
                  f"median detection delay {'n/a' if delay is None else f'{delay:.2f} s'}, "
-                 f"{report['flips_per_min']:.1f} flips/min; rows show the top emotion at each "
+                 f"{report['flips_per_min']:.1f} flips/min (labels: "
+                 f"{_fmt(report.get('label_changes_per_min'), '.1f')} changes/min); rows show the top emotion at each "
                  f"{report.get('step_s', 0):g} s step, blank = no estimate", fontsize=9, loc="left")
     handles = [Patch(facecolor=COLOURS[n], edgecolor="black", label=n) for n in LABELS]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
@@ -668,7 +782,7 @@ DEFAULTS = {
     "face_model": None, "voice_model": None, "fusion_model": None,
     "image_topic": "image_raw", "audio_topic": "audio", "audio_info_topic": "audio_info",
     "state_topic": "emotion/state", "states_topic": "emotion/states", "faces_topic": "emotion/faces",
-    "voice_topic": "emotion/voice",
+    "voice_topic": "emotion/voice", "progress": 5.0,
 }
 
 
@@ -685,6 +799,8 @@ def evaluate(bag: str, labels: str, json_out: Optional[str] = None, confusion: O
         opts["step"] = 1.0 / rate if rate > 0 else 0.1
     if not (opts["step"] > 0 and math.isfinite(opts["step"])):
         raise BagError(f"--step must be > 0 seconds, got {opts['step']}")
+    if not (opts["progress"] >= 0 and math.isfinite(opts["progress"])):
+        raise BagError(f"--progress must be >= 0 seconds (0 = no progress), got {opts['progress']}")
     if opts["max_fps"] is not None and not opts["max_fps"] > 0:
         raise BagError(f"--max-fps must be > 0, got {opts['max_fps']}")
     outs = [(json_out, "JSON report"), (confusion, "confusion PNG"), (timeline, "timeline PNG")]
@@ -713,6 +829,9 @@ def evaluate(bag: str, labels: str, json_out: Optional[str] = None, confusion: O
                     if mode == "recorded" else "image_raw / audio or emotion/state / emotion/faces / emotion/voice")
             raise BagError(f"bag {bag!r} has none of the topics to evaluate ({need}); "
                            f"it has: {', '.join(sorted(topics)) or 'no topics'}")
+        duration = bf.duration_s
+        bag_start = bf.start_ns * 1e-9
+        label_warnings = check_label_overlap(spans, duration, bag_start, labels)  # before the (long) run
         wall0 = time.perf_counter()
         if mode == "raw":
             tl, info = run_raw(bf, opts, want_persons)
@@ -720,16 +839,13 @@ def evaluate(bag: str, labels: str, json_out: Optional[str] = None, confusion: O
             tl, info = run_recorded(bf, opts, want_persons)
         total_s = time.perf_counter() - wall0
         processing_s, cpu_s = info["processing_s"], info["cpu_s"]
-        duration = bf.duration_s
-        bag_start = bf.start_ns * 1e-9
-    for sp in spans:
-        if sp.start >= duration or sp.end <= 0:
-            info["warnings"].append(f"labels line {sp.line}: span {sp.start:.2f}-{sp.end:.2f} s lies outside the "
-                                    f"bag (0-{duration:.2f} s)")
-    rep = score(tl, spans, opts["step"])
+    info["warnings"][:0] = label_warnings
+    rep = score(tl, spans, opts["step"], duration)
     report: Dict[str, Any] = {
         "accuracy": rep.pop("accuracy"), "macro_f1": rep.pop("macro_f1"), "n_spans": rep.pop("n_spans"),
         "detection_delay_s": rep.pop("detection_delay_s"), "flips_per_min": rep.pop("flips_per_min"),
+        "label_changes_per_min": rep.pop("label_changes_per_min"),
+        "flips_to_label_changes": rep.pop("flips_to_label_changes"),
         "mode": info["mode"], "bag": bag, "labels": labels, "bag_start": bag_start,
         "bag_duration_s": round(duration, 3), "step_s": opts["step"],
         "processing_s": round(processing_s, 3), "setup_s": round(total_s - processing_s, 3),
@@ -750,6 +866,7 @@ def evaluate(bag: str, labels: str, json_out: Optional[str] = None, confusion: O
 
 
 SUMMARY_KEYS = ("accuracy", "macro_f1", "n_spans", "detection_delay_s", "n_undetected", "flips_per_min",
+                "label_changes_per_min", "flips_to_label_changes",
                 "span_accuracy", "n_samples", "coverage", "mode", "bag_duration_s", "processing_s", "speed_x", "cpu_s",
                 "speed_x_cpu")
 
@@ -772,7 +889,8 @@ def evaluate_cli(args) -> Dict[str, Any]:
                       face_model=args.face_model, voice_model=args.voice_model, fusion_model=args.fusion_model,
                       hold=getattr(args, "hold", None), threads=getattr(args, "threads", None),
                       image_topic=getattr(args, "image_topic", None), audio_topic=getattr(args, "audio_topic", None),
-                      audio_info_topic=getattr(args, "audio_info_topic", None))
+                      audio_info_topic=getattr(args, "audio_info_topic", None),
+                      progress=getattr(args, "progress", None))
     for w in report["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     for s in report["labels_skipped"]:
