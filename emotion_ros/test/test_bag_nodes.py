@@ -120,3 +120,102 @@ def test_play_nodes_record_evaluate(tmp_path):
     assert 0.0 <= rep["accuracy"] <= 1.0 and rep["voice"]["coverage"] == 0.0
     assert np.array(rep["confusion"]["counts"]).sum() == rep["n_samples"] > 0
 
+
+
+def test_restamper_moves_every_time_field():
+    """Header stamps, VoiceEmotion start/end, nested sequences; zero stays zero; the map follows --rate."""
+    from builtin_interfaces.msg import Time
+
+    from emotion_msgs.msg import FaceEmotion, FaceEmotionArray, VoiceEmotion
+    from emotion_ros.tools.bag_play import Restamper
+
+    r = Restamper(rate=2.0)
+    r.start(now0_ns=5_000_000_000_000, first_ns=T0 * 10**9)
+    v = VoiceEmotion()
+    v.header.stamp = Time(sec=T0 + 3, nanosec=0)
+    v.start, v.end = Time(sec=T0 + 1, nanosec=500_000_000), Time(sec=0, nanosec=0)
+    r.apply(v)
+    assert (v.header.stamp.sec, v.header.stamp.nanosec) == (5000 + 1, 500_000_000)  # 3 s of bag at rate 2
+    assert (v.start.sec, v.start.nanosec) == (5000, 750_000_000)
+    assert (v.end.sec, v.end.nanosec) == (0, 0)  # "not filled" stays not filled
+    a = FaceEmotionArray(faces=[FaceEmotion(id="f1"), FaceEmotion(id="f2")])
+    a.header.stamp = Time(sec=T0, nanosec=10)
+    r.apply(a)
+    assert (a.header.stamp.sec, a.header.stamp.nanosec) == (5000, 5)
+    assert [f.id for f in a.faces] == ["f1", "f2"]
+
+
+def test_play_restamps_into_running_nodes(tmp_path):
+    """`emotion-bag play BAG` into face_node + fusion_node on the wall clock (no --clock, no use_sim_time): a bag
+    recorded long ago (T0 = 2023) yields EmotionState stamped now. With --no-restamp the same bag yields none, and
+    play says why."""
+    import threading
+
+    import rclpy
+    from emotion_msgs.msg import EmotionState
+    from emotion_ros.ros.node_utils import reliable_qos
+
+    models = make_models(tmp_path)
+    make_video(tmp_path / "v.avi")
+    raw = tmp_path / "raw"
+    assert bag_main(["from-media", "--video", str(tmp_path / "v.avi"), "--out", str(raw),
+                     "--start-time", str(T0)]) == 0
+    env = _env(tmp_path)
+    py = sys.executable
+    procs = {}
+    os.environ["ROS_DOMAIN_ID"] = env["ROS_DOMAIN_ID"]
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=int(env["ROS_DOMAIN_ID"]))
+    node = rclpy.create_node("play_restamp_probe", context=ctx)
+    states = []
+    node.create_subscription(EmotionState, "emotion/state",
+                             lambda m: states.append((time.time_ns(), stamp_ns(m.header.stamp), m)), reliable_qos(100))
+    from rclpy.executors import SingleThreadedExecutor
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    try:
+        procs["face"] = subprocess.Popen(
+            [py, "-m", "emotion_ros.nodes.face", "--ros-args", "-p", f"model_path:={models['face']}",
+             "-p", "device:=cpu", "-p", "debug_image:=false"], env=env, cwd=PKG_ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs["fusion"] = subprocess.Popen(
+            [py, "-m", "emotion_ros.nodes.fusion", "--ros-args", "-p", f"model_path:={models['fusion']}",
+             "-p", "device:=cpu"], env=env, cwd=PKG_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ok = _wait_graph(env, [("/image_raw", 0, 1), ("/emotion/faces", 1, 1), ("/emotion/state", 1, 1)])
+        assert ok is True, (ok, {k: p.poll() for k, p in procs.items()})
+
+        # the recorded stamps: 2023, stale for the nodes; play warns, nothing comes out
+        old = subprocess.run([py, "-m", "emotion_ros.tools.bag", "play", str(raw), "--no-restamp", "--rate", "4",
+                              "--wait-for-subscribers", "30"], env=env, cwd=PKG_ROOT, capture_output=True, text=True,
+                             timeout=120)
+        assert old.returncode == 0, old.stderr
+        assert "treat this data as stale" in old.stderr and "--clock" in old.stderr
+        assert json.loads(old.stdout.strip().splitlines()[-1])["time"] == "recorded"
+        time.sleep(1.5)
+        assert states == []
+
+        # the default: restamped onto the current time
+        t_play = time.time_ns()
+        play = subprocess.run([py, "-m", "emotion_ros.tools.bag", "play", str(raw), "--wait-for-subscribers", "30"],
+                              env=env, cwd=PKG_ROOT, capture_output=True, text=True, timeout=120)
+        assert play.returncode == 0, play.stderr
+        summary = json.loads(play.stdout.strip().splitlines()[-1])
+        assert summary["time"] == "restamped" and summary["messages"]["/image_raw"] == 32
+        deadline = time.time() + 30
+        while not states and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        for name in ("fusion", "face"):
+            p = procs.get(name)
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        outs = {name: p.communicate(timeout=30) for name, p in procs.items()}
+        ex.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)
+    assert states, outs
+    for recv_ns, st_ns, m in states:  # stamped on the wall clock of this replay, not in 2023
+        assert t_play - 10**9 <= st_ns <= recv_ns + 10**9
+        assert m.emotion in m.labels and m.face_weight > 0

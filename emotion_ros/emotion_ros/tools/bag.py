@@ -6,7 +6,8 @@ Subcommands (``emotion-bag <cmd> -h`` for all options):
   writer thread) -> rosbag2 version 9 with message definitions, readable by ``ros2 bag`` of Jazzy / Kilted.
 - ``from-media [--video FILE] [--audio FILE] --out BAG [--fps F] [--chunk-ms 20] [--start-time T]``: media files ->
   image_raw / audio / audio_info bag on one time base (no ROS graph needed).
-- ``play BAG [--rate R] [--loop] [--topics ...] [--clock]``: publish the serialized messages at recorded timing.
+- ``play BAG [--rate R] [--loop] [--topics ...] [--clock | --no-restamp]``: publish the messages at recorded timing,
+  stamps moved onto the current time (``--clock``: recorded stamps, /clock published, for ``use_sim_time`` nodes).
 - ``evaluate BAG --labels CSV [--json F] [--confusion F.png] [--timeline F.png] [--step S] ...``: run the face /
   voice / fusion core over the bag offline (or score the recorded emotion/* outputs) against labelled spans.
 - ``info BAG``: topics, types, counts, duration as JSON.
@@ -64,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1.0, help="speed factor (default 1)")
     p.add_argument("--loop", action="store_true")
     p.add_argument("--topics", nargs="+", default=None, help="only these topics (default: all)")
-    p.add_argument("--clock", action="store_true", help="publish rosgraph_msgs/Clock on /clock (sim time)")
+    p.add_argument("--clock", action="store_true",
+                   help="publish rosgraph_msgs/Clock on /clock and keep the recorded stamps (for nodes started with "
+                        "-p use_sim_time:=true)")
+    p.add_argument("--restamp", action=argparse.BooleanOptionalAction, default=None,
+                   help="move the messages' stamps onto the current time, so nodes on the wall clock use them "
+                        "(default: on, off with --clock)")
     p.add_argument("--clock-hz", type=float, default=40.0, help="/clock rate (default 40 Hz)")
     p.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds until every topic has a subscriber before starting")
@@ -134,7 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .bag_play import play
             out = play(args.bag, rate=args.rate, loop=args.loop, topics=args.topics, clock=args.clock,
                        clock_hz=args.clock_hz, wait_for_subscribers=args.wait_for_subscribers, delay=args.delay,
-                       ros_args=ros_args)
+                       ros_args=ros_args, restamp=args.restamp)
         elif args.cmd == "evaluate":
             from .bag_evaluate import evaluate_cli
             out = evaluate_cli(args)
