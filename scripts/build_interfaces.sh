@@ -3,8 +3,9 @@
 # ROS 2 PyPI wheels (ros-rclpy, rosidl/ament build wheels). Idempotent: a package whose sources did not
 # change since its last install (stamp under <venv>/share/<pkg>/) and that imports is skipped.
 #
-# usage: scripts/build_interfaces.sh [VENV]      (default: <repo>/.venv)
+# usage: scripts/build_interfaces.sh [VENV [PKG_DIR...]]   (default: <repo>/.venv; emotion_msgs audio_common_msgs)
 #        FORCE=1 scripts/build_interfaces.sh     rebuild regardless of stamps
+# PKG_DIR: source folder of another interface package to build the same way (e.g. ros-tools' composition_interfaces).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,7 +13,7 @@ VENV="$(cd "${1:-${VENV:-$ROOT/.venv}}" && pwd)"
 PY="$VENV/bin/python"
 BUILD="${BUILD_DIR:-$ROOT/build}"
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
-PKGS=(emotion_msgs audio_common_msgs)
+PKG_DIRS=("$ROOT/emotion_msgs" "$ROOT/audio_common_msgs" "${@:2}")
 mkdir -p "$BUILD"
 
 [ -x "$PY" ] || { echo "build_interfaces: no python at $PY (run scripts/setup.sh first)" >&2; exit 1; }
@@ -59,28 +60,37 @@ PYEOF
 
 # 2. Build + install each interface package unless its stamp matches.
 stamp_of() {  # hash of the package sources + interpreter + numpy include (a numpy change needs a rebuild check)
-  local pkg="$1"
-  { cd "$ROOT/$pkg" && find . -type f \( -name '*.msg' -o -name '*.srv' -o -name '*.action' -o -name CMakeLists.txt -o -name package.xml \) \
+  local dir="$1"
+  { cd "$dir" && find . -type f \( -name '*.msg' -o -name '*.srv' -o -name '*.action' -o -name CMakeLists.txt -o -name package.xml \) \
       -print0 | sort -z | xargs -0 sha256sum; "$PY" -c 'import sys,numpy;print(sys.version,numpy.get_include())'; } \
     | sha256sum | cut -d' ' -f1
 }
-for pkg in "${PKGS[@]}"; do
+imports() {  # imports PKG: its generated Python modules (msg and/or srv) import
+  "$PY" -c 'import importlib, importlib.util, sys
+p = sys.argv[1]
+subs = [s for s in ("msg", "srv", "action") if importlib.util.find_spec(p + "." + s) is not None]
+assert subs, "no msg/srv/action module in " + p
+for s in subs:
+    importlib.import_module(p + "." + s)' "$1"
+}
+for dir in "${PKG_DIRS[@]}"; do
+  pkg="$(basename "$dir")"
   stamp_file="$VENV/share/$pkg/.emotion_ros_build_stamp"
-  want="$(stamp_of "$pkg")"
+  want="$(stamp_of "$dir")"
   if [ "${FORCE:-0}" != 1 ] && [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$want" ] \
-      && "$PY" -c "import $pkg.msg" 2>/dev/null; then
+      && imports "$pkg" 2>/dev/null; then
     echo "build_interfaces: $pkg up to date"
     continue
   fi
   echo "build_interfaces: building $pkg"
   t0=$SECONDS
-  cmake -S "$ROOT/$pkg" -B "$BUILD/$pkg" -DCMAKE_INSTALL_PREFIX="$VENV" -DBUILD_TESTING=OFF \
+  cmake -S "$dir" -B "$BUILD/$pkg" -DCMAKE_INSTALL_PREFIX="$VENV" -DBUILD_TESTING=OFF \
         -DPython3_EXECUTABLE="$PY" -DCMAKE_BUILD_TYPE=Release >"$BUILD/$pkg.cmake.log" 2>&1 \
     || { tail -40 "$BUILD/$pkg.cmake.log" >&2; echo "build_interfaces: cmake configure of $pkg failed (log: $BUILD/$pkg.cmake.log)" >&2; exit 1; }
   cmake --build "$BUILD/$pkg" -j "$JOBS" >>"$BUILD/$pkg.cmake.log" 2>&1 \
     && cmake --install "$BUILD/$pkg" >>"$BUILD/$pkg.cmake.log" 2>&1 \
     || { tail -40 "$BUILD/$pkg.cmake.log" >&2; echo "build_interfaces: build of $pkg failed (log: $BUILD/$pkg.cmake.log)" >&2; exit 1; }
-  "$PY" -c "import $pkg.msg" || { echo "build_interfaces: $pkg built but does not import" >&2; exit 1; }
+  imports "$pkg" || { echo "build_interfaces: $pkg built but does not import" >&2; exit 1; }
   echo "$want" >"$stamp_file"
   echo "build_interfaces: $pkg installed into $VENV ($((SECONDS - t0)) s)"
 done

@@ -4,16 +4,22 @@
 #      cmake + g++ + make (interface builds)    [apt-get, as root; warns and carries on otherwise]
 #   2. venv <repo>/.venv with python3.11         [kept if it exists: never recreated]
 #   3. pinned Python dependencies (requirements.txt + scripts/constraints.txt; torch from /opt/wheels if present)
+#      + the ROS tooling's PyPI dependencies and colcon (scripts/requirements-ros-tools.txt)
 #   4. emotion_msgs + audio_common_msgs built into the venv (scripts/build_interfaces.sh)
-#   5. emotion_ros installed into the venv (scripts/install_package.sh)
+#   5. ROS 2 CLI/launch tooling (ros2, ros2 launch, launch_testing) from $ROS_TOOLS_DIR, default ../shared/ros-tools
+#      (scripts/install_ros_tools.sh; one line and nothing else when the folder is absent)
+#   6. emotion_ros installed into the venv (scripts/install_package.sh)
 # Idempotent: a stamp in the venv records the inputs; an unchanged setup returns in about a second.
-# FORCE=1 redoes every step. Variables: EMOTION_ROS_VENV (default <repo>/.venv), PYTHON (interpreter for the venv).
+# FORCE=1 redoes every step. Variables: EMOTION_ROS_VENV (default <repo>/.venv), PYTHON (interpreter for the venv),
+# ROS_TOOLS_DIR (ROS tooling wheels + composition_interfaces source, default <repo>/../shared/ros-tools).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${EMOTION_ROS_VENV:-$ROOT/.venv}"
 STAMP="$VENV/.emotion_ros_setup_stamp"
+ROS_TOOLS_DIR="${ROS_TOOLS_DIR:-$ROOT/../shared/ros-tools}"
+export ROS_TOOLS_DIR
 PIP_VERSION=26.3
 t_start=$SECONDS
 
@@ -22,8 +28,19 @@ warn() { echo "setup: WARNING: $*" >&2; }
 
 inputs_hash() {
   {
-    cat requirements.txt scripts/constraints.txt scripts/setup.sh scripts/build_interfaces.sh \
-        scripts/install_package.sh emotion_ros/setup.py emotion_ros/package.xml
+    cat requirements.txt scripts/constraints.txt scripts/requirements-ros-tools.txt scripts/setup.sh \
+        scripts/build_interfaces.sh scripts/install_ros_tools.sh scripts/install_package.sh emotion_ros/setup.py \
+        emotion_ros/setup.cfg emotion_ros/package.xml
+    # the files linked into share/emotion_ros (a new one needs a re-install)
+    (cd emotion_ros && find launch config models -type f 2>/dev/null | sort)
+    # the ROS tooling (wheel names carry their versions)
+    if [ -d "$ROS_TOOLS_DIR/wheels" ]; then
+      echo "ros-tools $(cd "$ROS_TOOLS_DIR" && pwd)"; ls "$ROS_TOOLS_DIR/wheels"
+      find "$ROS_TOOLS_DIR/src" -type f \( -name '*.srv' -o -name '*.msg' -o -name CMakeLists.txt -o -name package.xml \) \
+        -print0 2>/dev/null | sort -z | xargs -0 -r cat
+    else
+      echo "no ros-tools"
+    fi
     find emotion_msgs audio_common_msgs -type f \( -name '*.msg' -o -name CMakeLists.txt -o -name package.xml \) \
       -print0 | sort -z | xargs -0 cat
     echo "$VENV"
@@ -32,7 +49,8 @@ inputs_hash() {
 
 want="$(inputs_hash)"
 if [ "${FORCE:-0}" != 1 ] && [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
-    && [ -x "$VENV/bin/camera_node" ] && [ -e "$VENV/share/emotion_ros/package.xml" ]; then
+    && [ -x "$VENV/bin/camera_node" ] && [ -x "$VENV/lib/emotion_ros/face_node" ] \
+    && [ -e "$VENV/share/emotion_ros/package.xml" ]; then
   say "up to date ($VENV)"
   exit 0
 fi
@@ -98,8 +116,9 @@ if [ "$("$VENV/bin/python" -m pip --version | cut -d' ' -f2)" != "$PIP_VERSION" 
   "$VENV/bin/python" -m pip install "${pip_args[@]}" "pip==$PIP_VERSION" >"$pip_log" 2>&1 \
     || { cat "$pip_log" >&2; echo "setup: upgrading pip failed" >&2; exit 1; }
 fi
-say "pip install -r requirements.txt"
-if ! "$VENV/bin/python" -m pip install "${pip_args[@]}" -r requirements.txt -c scripts/constraints.txt >"$pip_log" 2>&1; then
+say "pip install -r requirements.txt -r scripts/requirements-ros-tools.txt"
+if ! "$VENV/bin/python" -m pip install "${pip_args[@]}" -r requirements.txt -r scripts/requirements-ros-tools.txt \
+    -c scripts/constraints.txt >"$pip_log" 2>&1; then
   cat "$pip_log" >&2; rm -f "$pip_log"
   echo "setup: pip install failed" >&2; exit 1
 fi
@@ -107,8 +126,9 @@ grep -i "error" "$pip_log" >&2 || true
 rm -f "$pip_log"
 say "python dependencies ready ($((SECONDS - t0)) s)"
 
-# --- 4. interfaces, 5. package ------------------------------------------------------------------------------------
+# --- 4. interfaces, 5. ROS tooling, 6. package -------------------------------------------------------------------
 "$ROOT/scripts/build_interfaces.sh" "$VENV"
+"$ROOT/scripts/install_ros_tools.sh" "$VENV"
 "$ROOT/scripts/install_package.sh" "$VENV"
 
 # --- check --------------------------------------------------------------------------------------------------------
