@@ -8,7 +8,11 @@ behaviour) in one process on real DDS, with the trained models under ``models/``
 EmotionState stream is printed as it goes; the last line is one JSON object summarising
 what was published.
 
-    emotion-demo [--duration 25] [--device auto] [--workdir DIR] [--video FILE] [--audio FILE]
+    emotion-demo [--duration 25] [--device auto] [--workdir DIR | --keep-input] [--video FILE] [--audio FILE]
+
+The run always ends: ``--duration`` must be more than 0 seconds (for an open-ended run use the launch file or
+``pipeline``, which stop on Ctrl-C).  The generated input goes to a temporary folder that is removed when the demo
+ends (``--keep-input`` keeps it and prints where); with ``--workdir DIR`` it is written to DIR and kept.
 """
 from __future__ import annotations
 
@@ -139,21 +143,67 @@ def make_monitor(counts: Dict[str, int], seen: Dict[str, collections.Counter], l
     return DemoMonitor
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emotion-demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=25.0, help="seconds to run the graph")
+    p.add_argument("--duration", type=float, default=25.0, help="seconds to run the graph (> 0; default 25)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the params file's)")
-    p.add_argument("--workdir", default=None, help="where to write the generated input (default: a temp dir)")
+    p.add_argument("--workdir", default=None,
+                   help="write the generated input here and keep it (default: a temporary folder, removed at the end)")
+    p.add_argument("--keep-input", action="store_true",
+                   help="keep the temporary folder with the generated input (its path is printed)")
     p.add_argument("--video", default=None, help="use this video instead of the generated one")
     p.add_argument("--audio", default=None, help="use this audio file instead of the generated speech")
-    args = p.parse_args(argv)
+    return p
+
+
+def check_args(args) -> Optional[str]:
+    """The problem with the arguments in one line, or None."""
+    import math
+
+    if not (math.isfinite(args.duration) and args.duration > 0):
+        return (f"--duration must be more than 0 seconds, got {args.duration:g} (the demo always ends; for an "
+                "open-ended run: ros2 launch emotion_ros emotion.launch.py, or pipeline without --duration)")
+    for opt, path in (("--video", args.video), ("--audio", args.audio)):
+        if path and not os.path.isfile(path):
+            return f"{opt} {path!r} does not exist"
+    if args.workdir and args.keep_input:
+        return "--keep-input is for the temporary folder; --workdir DIR is always kept"
+    return None
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    problem = check_args(args)
+    if problem:
+        print(f"emotion-demo: error: {problem}", file=sys.stderr)
+        sys.exit(2)
 
     from emotion_ros.env import ensure_ros_env
     from emotion_ros.nodes import pipeline
 
     ensure_ros_env()
+    temp = args.workdir is None
     work = args.workdir or tempfile.mkdtemp(prefix="emotion_demo_")
+    try:
+        code = _run(args, work, pipeline)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:  # making the input: espeak-ng, files
+        print(f"emotion-demo: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("emotion-demo: interrupted", file=sys.stderr)
+        code = 130
+    finally:
+        if temp and not args.keep_input:
+            shutil.rmtree(work, ignore_errors=True)
+        elif temp:
+            print(f"demo input kept in {work}", flush=True)
+    from emotion_ros.ros.lifecycle import exit_process
+    exit_process(code)  # no interpreter teardown after rclpy's shutdown: it can abort (see exit_process)
+
+
+def _run(args, work: str, pipeline) -> int:
+    """Make the input in ``work``, run the graph, print the summary; the exit code."""
     os.makedirs(work, exist_ok=True)
     t0 = time.monotonic()
     video = args.video or make_face_video(os.path.join(work, "face.avi"))
@@ -172,6 +222,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "exit_code": rc,
         "duration_s": args.duration,
         "input": {"video": video, "audio": audio},
+        "input_kept": not (args.workdir is None and not args.keep_input),
         "counts": {k: counts.get(k, 0) for k in ("emotion/state", "emotion/states", "emotion/faces",
                                                  "emotion/voice", "emotion/decision", "emotion/say")},
         "frames_with_faces": counts.get("frames_with_faces", 0),
@@ -181,9 +232,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "decisions": decisions[:5],
     }
     print(json.dumps(summary), flush=True)
-    code = 0 if rc == 0 and summary["counts"]["emotion/state"] > 0 else 1
-    from emotion_ros.ros.lifecycle import exit_process
-    exit_process(code)  # no interpreter teardown after rclpy's shutdown: it can abort (see exit_process)
+    return 0 if rc == 0 and summary["counts"]["emotion/state"] > 0 else 1
 
 
 if __name__ == "__main__":
