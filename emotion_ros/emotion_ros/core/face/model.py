@@ -6,6 +6,7 @@ the fusion model and the class logits.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -75,10 +76,13 @@ def inference_copy(net: FaceCNN) -> FaceCNN:
 class FaceModel:
     """A loaded face model: numpy crops in, probabilities and embeddings out.
 
+    ``calibrated`` (default): the logits are divided by the checkpoint's ``calibration["temperature"]`` (fitted on
+    held-out faces) before the softmax, so that the top probability means what it says; false = raw softmax.
     ``fast`` (default): on the CPU, predictions run on :func:`inference_copy` of ``net`` (made at load time; call
     :meth:`refresh` after changing ``net``'s weights); on other devices ``net`` itself runs."""
 
-    def __init__(self, path: str, device: str = "auto", flip_tta: bool = True, fast: bool = True):
+    def __init__(self, path: str, device: str = "auto", flip_tta: bool = True, fast: bool = True,
+                 calibrated: bool = True):
         ckpt = load_checkpoint(path, "face")
         if ckpt.get("arch") != ARCH:
             raise ModelFileError(f"face model file {path!r}: unknown architecture {ckpt.get('arch')!r}")
@@ -100,6 +104,17 @@ class FaceModel:
         self.net.to(self.device).eval()
         self.flip_tta = flip_tta
         self.metrics = ckpt.get("metrics", {})
+        # temperature scaling fitted on held-out faces (``emotion-train calibrate-face``; 1 = uncalibrated file)
+        self.calibration = dict(ckpt.get("calibration") or {})
+        self.temperature = 1.0
+        if calibrated:
+            try:
+                t = float(self.calibration.get("temperature", 1.0))
+            except (TypeError, ValueError):
+                t = float("nan")
+            if not (math.isfinite(t) and t > 0):
+                raise ModelFileError(f"face model file {path!r}: calibration temperature {t} is not > 0")
+            self.temperature = t
         self.embed_dim = self.net.embed_dim
         self.fast = bool(fast)
         self._fast_net = None
@@ -130,11 +145,12 @@ class FaceModel:
             logits, emb = self._fast_net(x.contiguous(memory_format=torch.channels_last), return_embedding=True)
         else:
             logits, emb = self.net(x, return_embedding=True)
-        probs = torch.softmax(logits.float(), dim=1)
+        probs = torch.softmax(logits.float() / self.temperature, dim=1)
         if self.flip_tta:
             probs = 0.5 * (probs[:n] + probs[n:])
             emb = 0.5 * (emb[:n] + emb[n:])
         return probs.cpu().numpy().astype(np.float32), emb.float().cpu().numpy().astype(np.float32)
 
     def info(self) -> Dict[str, object]:
-        return {"path": self.path, "arch": ARCH, "device": str(self.device), "input_size": self.input_size}
+        return {"path": self.path, "arch": ARCH, "device": str(self.device), "input_size": self.input_size,
+                "temperature": self.temperature}
