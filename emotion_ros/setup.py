@@ -45,6 +45,7 @@ setup(
             "emotion-bag = emotion_ros.tools.bag:main",
             "emotion-bench = emotion_ros.tools.bench:main",
             "emotion-demo = emotion_ros.tools.demo:main",
+            "emotion-view = emotion_ros.tools.view:main",
         ],
     },
 )
