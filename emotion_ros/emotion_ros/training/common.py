@@ -46,6 +46,9 @@ def metrics_from_predictions(y_true: Sequence[int], y_pred: Sequence[int],
         p = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
         f1s.append(0.0 if (p + r) == 0 else 2 * p * r / (p + r))
         recall[name] = round(float(r), 4)
+    pred_share = cm.sum(0) / n if n else np.zeros(k)
+    true_share = cm.sum(1) / n if n else np.zeros(k)
+    top = int(np.argmax(pred_share)) if n else 0
     return {
         "accuracy": round(acc, 4),
         "macro_f1": round(float(np.mean(f1s)) if f1s else 0.0, 4),
@@ -53,6 +56,13 @@ def metrics_from_predictions(y_true: Sequence[int], y_pred: Sequence[int],
         "per_class_recall": recall,
         "confusion": cm.tolist(),
         "labels": list(labels),
+        # Collapse check: each class's share of the predictions beside its true share; collapse_ratio is the
+        # most-predicted class's share over its true share (None when that class never occurs in the data).
+        "prediction_share": {name: {"predicted": round(float(pred_share[i]), 4),
+                                    "true": round(float(true_share[i]), 4)} for i, name in enumerate(labels)},
+        "most_predicted": labels[top] if n else None,
+        "collapse_ratio": (round(float(pred_share[top] / true_share[top]), 3) if n and true_share[top] > 0
+                           else None),
     }
 
 

@@ -1,57 +1,93 @@
 """Train the CNN + BiLSTM speech-emotion model (``emotion-train voice``).
 
-Splits by speaker (never by file), augments waveforms (speed/pitch/tempo, noise,
-gain, time shifts) and spectrograms (SpecAugment).
+One or more corpora (``--data`` repeated: RAVDESS-named files or one folder per label), split by speaker
+(never by file).  What it does for voices, rooms and microphones it never heard:
+
+- **corpus balance**: each batch draws every corpus equally often, and within a corpus every label equally
+  often, so the larger corpus or label does not set the prior;
+- **partial labels**: a corpus that covers only some labels (TurEV-DB: angry, calm, happy, sad) is trained with
+  a softmax over *its* labels only, so it never teaches that the others do not occur;
+- **input that forgets the recording**: per-utterance loudness normalisation (as before) and per-utterance
+  mean normalisation of each mel band (``FeatureSpec.utterance_cmn``);
+- **augmentation** (``--augment room``, precomputed copies): speed and pitch, generated room impulse
+  responses, telephone / laptop / far-field / tilted microphones, noise at 0-20 dB SNR, gain over +-20 dB with
+  clipping; SpecAugment and within-corpus mixup during training;
+- **calibration**: a temperature fitted on the dev speakers (held out of training) by log-likelihood, stored in
+  the checkpoint and applied by :class:`~emotion_ros.core.voice.model.VoiceModel`; the expected calibration error
+  before and after is saved with it.
+
+The last epoch of a fixed schedule is saved (no selection on held-out speakers); the test speakers are only
+reported.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import pickle
 import sys
 import time
-from typing import List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..core.labels import LABELS
+from ..core.errors import DataError
+from ..core.labels import LABELS, NUM_LABELS
 from ..core.modelio import save_checkpoint
 from ..core.voice.features import FeatureSpec, load_audio, trim_silence, utterance_features
 from ..core.voice.model import ARCH, SpeechCNNBiLSTM
-from .augment import add_noise, spec_augment
-from .common import args_config, Checkpointer, metrics_from_predictions, seed_everything, write_json
-from .voice_data import list_voice_data, parse_speakers, split_by_speaker
+from .augment import add_noise, augment_voice, spec_augment
+from .common import Checkpointer, args_config, metrics_from_predictions, seed_everything, write_json
+from .voice_data import VoiceItem, load_corpora, parse_speakers
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="RAVDESS-style folder, or one folder per class")
+    p.add_argument("--data", required=True, action="append",
+                   help="a corpus folder (RAVDESS-style names, or one folder per label); repeat for several")
     p.add_argument("--out", required=True)
     p.add_argument("--run-dir", default="runs/voice")
-    p.add_argument("--test-speakers", default="17-20", help="held out entirely (reported only)")
-    p.add_argument("--dev-speakers", default="15-16", help="held out for fusion training and monitoring")
+    p.add_argument("--test-speakers", default="17-20",
+                   help="held out entirely, reported only (RAVDESS actor numbers/ranges, or speaker ids as in "
+                        "file names, e.g. '17-20,1358,7895')")
+    p.add_argument("--dev-speakers", default="15-16",
+                   help="held out: calibration temperature, monitoring and fusion training")
     p.add_argument("--speaker-regex", default=None, help="speaker id from file names (non-RAVDESS data)")
-    p.add_argument("--epochs", type=int, default=45)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-3)
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--augment-copies", type=int, default=5, help="augmented copies of each training utterance")
+    p.add_argument("--augment", choices=("room", "basic", "none"), default="room",
+                   help="room: rooms, microphones, noise 0-20 dB, gain +-20 dB, speed/pitch; basic: the "
+                        "earlier speed/pitch/noise/gain set")
+    p.add_argument("--augment-copies", type=int, default=4, help="augmented copies of each training utterance")
     p.add_argument("--pitch-prob", type=float, default=0.3, help="probability of a pitch shift per copy")
+    p.add_argument("--mixup", type=float, default=0.2, help="mixup Beta(a, a) within a corpus; 0 disables")
+    p.add_argument("--no-utterance-cmn", dest="utterance_cmn", action="store_false",
+                   help="keep each utterance's mean log-mel spectrum (no per-utterance band normalisation)")
+    p.add_argument("--no-balance", dest="balance", action="store_false",
+                   help="sample files uniformly instead of balancing corpora and labels")
+    p.add_argument("--no-partial-labels", dest="partial_labels", action="store_false",
+                   help="softmax over all labels for every corpus")
+    p.add_argument("--conv-channels", default="64,128,128")
+    p.add_argument("--lstm-hidden", type=int, default=96)
     p.add_argument("--crop-frames", type=int, default=300)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--cache-dir", default=None,
+                   help="keep computed features here (default: RUN_DIR/cache); reused when inputs match")
     p.add_argument("--resume", action="store_true")
 
 
-def _augment_wave(w: np.ndarray, sr: int, rng: np.random.Generator, pitch_prob: float) -> np.ndarray:
+def _augment_basic(w: np.ndarray, sr: int, rng: np.random.Generator, pitch_prob: float) -> np.ndarray:
     import soxr
     out = w
     if rng.random() < 0.8:                       # speed perturbation (tempo + pitch)
-        f = rng.uniform(0.88, 1.12)
-        out = soxr.resample(out, sr, int(sr / f)).astype(np.float32)
+        out = soxr.resample(out, sr, int(sr / rng.uniform(0.88, 1.12))).astype(np.float32)
     if rng.random() < pitch_prob:                # pitch only
         import librosa
         out = librosa.effects.pitch_shift(out, sr=sr, n_steps=float(rng.uniform(-2.5, 2.5))).astype(np.float32)
@@ -61,7 +97,7 @@ def _augment_wave(w: np.ndarray, sr: int, rng: np.random.Generator, pitch_prob: 
     return np.clip(out, -1, 1).astype(np.float32)
 
 
-def _batchify(feats: List[np.ndarray], crop: int, rng: np.random.Generator, train: bool):
+def _batchify(feats: List[np.ndarray], crop: int, rng, train: bool):
     lens = [min(len(f), crop) if crop else len(f) for f in feats]
     t = max(lens)
     x = np.zeros((len(feats), t, feats[0].shape[1]), np.float32)
@@ -73,19 +109,131 @@ def _batchify(feats: List[np.ndarray], crop: int, rng: np.random.Generator, trai
     return torch.from_numpy(x), torch.tensor(lens)
 
 
-def predict_feats(net, feats: List[np.ndarray], batch: int = 32) -> np.ndarray:
+def predict_logits(net, feats: List[np.ndarray], batch: int = 32) -> np.ndarray:
     net.eval()
-    probs = []
+    out = np.zeros((len(feats), NUM_LABELS), np.float32)
     order = np.argsort([len(f) for f in feats])
     with torch.inference_mode():
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
             x, lens = _batchify([feats[j] for j in idx], 0, None, False)
-            probs.append((idx, torch.softmax(net(x, lens), 1).numpy()))
-    out = np.zeros((len(feats), len(LABELS)), np.float32)
-    for idx, p in probs:
-        out[idx] = p
+            out[idx] = net(x, lens).float().numpy()
     return out
+
+
+def predict_feats(net, feats: List[np.ndarray], batch: int = 32) -> np.ndarray:
+    """Softmax probabilities (uncalibrated) of a list of normalised feature sequences."""
+    return torch.softmax(torch.from_numpy(predict_logits(net, feats, batch)), 1).numpy()
+
+
+# ---------------------------------------------------------------- calibration
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """ECE of the top-1 confidence, equal-width bins."""
+    probs = np.asarray(probs, np.float64)
+    if len(probs) == 0:
+        return 0.0
+    conf, pred = probs.max(1), probs.argmax(1)
+    correct = (pred == np.asarray(y)).astype(np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature minimising the negative log-likelihood of ``y`` (grid over log T, then a finer grid)."""
+    lg = torch.from_numpy(np.asarray(logits, np.float32))
+    yt = torch.from_numpy(np.asarray(y, np.int64))
+
+    def nll(t: float) -> float:
+        return float(F.cross_entropy(lg / t, yt))
+
+    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 61))
+    best = min(grid, key=nll)
+    fine = best * np.exp(np.linspace(-0.06, 0.06, 25))
+    return float(min(fine, key=nll))
+
+
+def calibration_report(logits: np.ndarray, y: np.ndarray, t: float) -> Dict[str, float]:
+    lg = torch.from_numpy(np.asarray(logits, np.float32))
+    yt = torch.from_numpy(np.asarray(y, np.int64))
+    p1, pt = torch.softmax(lg, 1).numpy(), torch.softmax(lg / t, 1).numpy()
+    return {"ece_before": round(expected_calibration_error(p1, y), 4),
+            "ece_after": round(expected_calibration_error(pt, y), 4),
+            "nll_before": round(float(F.cross_entropy(lg, yt)), 4),
+            "nll_after": round(float(F.cross_entropy(lg / t, yt)), 4),
+            "n": int(len(y))}
+
+
+# ---------------------------------------------------------------- data
+
+def _load_waves(items: List[VoiceItem], what: str) -> Tuple[List[np.ndarray], List[VoiceItem], List[str]]:
+    waves, kept, bad = [], [], []
+    for it in tqdm(items, desc=f"load {what}", mininterval=10, file=sys.stdout):
+        try:
+            w = trim_silence(load_audio(it.path))
+        except ValueError as exc:              # InputError: unreadable, empty, all NaN
+            bad.append(f"{it.path}: {exc}")
+            continue
+        if w.size < 1600:
+            bad.append(f"{it.path}: shorter than 0.1 s")
+            continue
+        waves.append(w)
+        kept.append(it)
+    return waves, kept, bad
+
+
+def _cache_key(args, items: List[VoiceItem], spec: FeatureSpec) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"spec": spec.to_dict(), "augment": args.augment, "copies": args.augment_copies,
+                         "pitch": args.pitch_prob, "seed": args.seed, "v": 2}, sort_keys=True).encode())
+    for it in items:
+        st = os.stat(it.path)
+        h.update(f"{it.path}|{st.st_size}|{int(st.st_mtime)}|{it.label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _features(args, spec: FeatureSpec, waves, items, rng, augment: bool, what: str) -> List[List[np.ndarray]]:
+    """[copy][item] log-mel features (copy 0 clean), cached in the run's cache folder."""
+    cache_dir = args.cache_dir or os.path.join(args.run_dir, "cache")
+    path = os.path.join(cache_dir, f"{what}-{_cache_key(args, items, spec)}.pkl")
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            out = pickle.load(f)
+        print(f"features for {what} from {path}", flush=True)
+        return [[a.astype(np.float32) for a in copy] for copy in out]
+    copies = [[utterance_features(w, spec) for w in waves]]
+    n_aug = args.augment_copies if (augment and args.augment != "none") else 0
+    for k in range(n_aug):
+        feats = []
+        for w in tqdm(waves, desc=f"augment {what} {k + 1}/{n_aug}", mininterval=15, file=sys.stdout):
+            aw = augment_voice(w, spec.sample_rate, rng, p_pitch=args.pitch_prob) if args.augment == "room" \
+                else _augment_basic(w, spec.sample_rate, rng, args.pitch_prob)
+            feats.append(utterance_features(aw, spec))
+        copies.append(feats)
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        pickle.dump([[a.astype(np.float16) for a in copy] for copy in copies], f, protocol=4)
+    os.replace(path + ".tmp", path)
+    return copies
+
+
+def _sample_weights(corpus_of: np.ndarray, y: np.ndarray, balance: bool) -> np.ndarray:
+    if not balance:
+        return np.full(len(y), 1.0 / len(y))
+    w = np.zeros(len(y))
+    corpora = np.unique(corpus_of)
+    for c in corpora:
+        in_c = corpus_of == c
+        labels = np.unique(y[in_c])
+        for lab in labels:
+            m = in_c & (y == lab)
+            w[m] = 1.0 / (len(corpora) * len(labels) * m.sum())
+    return w / w.sum()
 
 
 def run(args) -> dict:
@@ -93,52 +241,90 @@ def run(args) -> dict:
         torch.set_num_threads(args.threads)
     gen = seed_everything(args.seed)
     rng = np.random.default_rng(args.seed)
-    spec = FeatureSpec()
-    kw = {"speaker_re": args.speaker_regex} if args.speaker_regex else {}
-    data = list_voice_data(args.data, **kw)
+    spec = FeatureSpec(utterance_cmn=bool(args.utterance_cmn))
+    corpora = load_corpora(args.data, args.speaker_regex)
     test_spk, dev_spk = parse_speakers(args.test_speakers), parse_speakers(args.dev_speakers)
-    rest, test = split_by_speaker(data.items, test_spk)
-    train, dev = split_by_speaker(rest, dev_spk)
-    speakers = sorted({i.speaker for i in train})
-    print(f"train {len(train)} utts / {len(speakers)} speakers, dev {len(dev)}, test {len(test)}", flush=True)
+    all_speakers = {i.speaker for c in corpora for i in c.items}
+    for name, spk in (("--test-speakers", test_spk), ("--dev-speakers", dev_spk)):
+        missing = [s for s in spk if s not in all_speakers]
+        if missing:
+            print(f"note: {name}: no files of speaker(s) {', '.join(missing)} in the data", file=sys.stderr)
+    parts: Dict[str, List[Tuple[VoiceItem, int]]] = {"train": [], "dev": [], "test": []}
+    for ci, c in enumerate(corpora):
+        for it in c.items:
+            part = "test" if it.speaker in test_spk else "dev" if it.speaker in dev_spk else "train"
+            parts[part].append((it, ci))
+        for name, n in c.skipped_classes.items():
+            print(f"corpus {c.name}: skipping {name!r} ({n} files): not a label of the model", file=sys.stderr)
+    if not parts["train"]:
+        raise DataError("no training files left after holding out the dev and test speakers")
+    train_labels = {it.label for it, _ in parts["train"]}
+    if len(train_labels) < 2:
+        raise DataError("the training speakers' files hold one label only: a classifier needs at least two")
+    for c in corpora:
+        print(f"corpus {c.name}: {len(c.items)} files, {len({i.speaker for i in c.items})} speakers, labels "
+              f"{[LABELS[i] for i in c.labels]}", flush=True)
+    print(f"train {len(parts['train'])} files, dev {len(parts['dev'])}, test {len(parts['test'])}", flush=True)
+
     t0 = time.time()
+    loaded, unreadable = {}, []
+    for part in ("train", "dev", "test"):
+        items = [it for it, _ in parts[part]]
+        waves, kept, bad = _load_waves(items, part)
+        unreadable += bad
+        ci_of = {id(it): ci for it, ci in parts[part]}
+        loaded[part] = (waves, kept, np.array([ci_of[id(it)] for it in kept], np.int64))
+    for line in unreadable[:20]:
+        print(f"skipped unreadable file {line}", file=sys.stderr)
+    if unreadable:
+        print(f"skipped {len(unreadable)} unreadable file(s)", file=sys.stderr)
+    if not loaded["train"][1]:
+        raise DataError("none of the training files could be read")
 
-    def waves(items):
-        return [trim_silence(load_audio(i.path)) for i in tqdm(items, desc="load", mininterval=10, file=sys.stdout)]
-
-    w_train, w_dev, w_test = waves(train), waves(dev), waves(test)
-    y_train = np.array([i.label for i in train])
-    f_train = [utterance_features(w, spec) for w in w_train]
-    mean = np.mean(np.concatenate(f_train), 0).astype(np.float32)
-    std = (np.std(np.concatenate(f_train), 0) + 1e-3).astype(np.float32)
+    w_train, it_train, c_train = loaded["train"]
+    y_train = np.array([i.label for i in it_train], np.int64)
+    copies = _features(args, spec, w_train, it_train, rng, True, "train")
+    clean = copies[0]
+    cat = np.concatenate(clean)
+    mean = cat.mean(0).astype(np.float32)
+    std = (cat.std(0) + 1e-3).astype(np.float32)
 
     def norm(fs):
         return [((f - mean) / std).astype(np.float32) for f in fs]
 
-    aug_feats, aug_y = [], []
-    for k in range(args.augment_copies):
-        for w, y in zip(tqdm(w_train, desc=f"augment {k + 1}/{args.augment_copies}", mininterval=10,
-                             file=sys.stdout), y_train):
-            aug_feats.append(utterance_features(_augment_wave(w, spec.sample_rate, rng, args.pitch_prob), spec))
-            aug_y.append(y)
-    X = norm(f_train) + norm(aug_feats)
-    Y = np.concatenate([y_train, np.array(aug_y, dtype=np.int64)]) if aug_y else y_train
-    X_dev = norm([utterance_features(w, spec) for w in w_dev])
-    X_test = norm([utterance_features(w, spec) for w in w_test])
-    y_dev = np.array([i.label for i in dev])
-    y_test = np.array([i.label for i in test])
+    X = [x for copy in copies for x in norm(copy)]
+    Y = np.tile(y_train, len(copies))
+    C = np.tile(c_train, len(copies))
+    weights = _sample_weights(C, Y, args.balance)
+    masks = np.zeros((len(corpora), NUM_LABELS), bool)
+    for ci, c in enumerate(corpora):
+        masks[ci, c.labels] = True
+    if not args.partial_labels:
+        masks[:] = True
+    masks_t = torch.from_numpy(masks)
+
+    evalsets = {}
+    for part in ("dev", "test"):
+        waves, items, cis = loaded[part]
+        if items:
+            evalsets[part] = (norm(_features(args, spec, waves, items, rng, False, part)[0]),
+                              np.array([i.label for i in items], np.int64), cis)
     print(f"features ready in {time.time() - t0:.0f}s: {len(X)} training sequences", flush=True)
 
-    model_cfg = {"conv_channels": [64, 128, 128], "lstm_hidden": 96, "embed_dim": 128}
-    net = SpeechCNNBiLSTM(n_mels=spec.n_mels, conv_channels=tuple(model_cfg["conv_channels"]),
-                          lstm_hidden=model_cfg["lstm_hidden"], embed_dim=model_cfg["embed_dim"])
+    conv = [int(c) for c in str(args.conv_channels).split(",")]
+    model_cfg = {"conv_channels": conv, "lstm_hidden": args.lstm_hidden, "embed_dim": 128}
+    net = SpeechCNNBiLSTM(n_mels=spec.n_mels, conv_channels=tuple(conv), lstm_hidden=args.lstm_hidden,
+                          embed_dim=model_cfg["embed_dim"])
     steps = max(1, len(X) // args.batch_size)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps,
                                                 pct_start=0.15)
     config = {"args": args_config(args), "model": model_cfg, "features": spec.to_dict(), "labels": list(LABELS),
-              "train_speakers": speakers, "dev_speakers": dev_spk, "test_speakers": test_spk,
-              "n_train": len(train), "n_train_augmented": len(X)}
+              "corpora": [{"name": c.name, "files": len(c.items), "labels": [LABELS[i] for i in c.labels],
+                           "speakers": sorted({i.speaker for i in c.items})} for c in corpora],
+              "train_speakers": sorted({i.speaker for i in it_train}), "dev_speakers": dev_spk,
+              "test_speakers": test_spk, "n_train": len(it_train), "n_train_augmented": len(X),
+              "unreadable": len(unreadable)}
     ckpt = Checkpointer(args.run_dir)
     write_json(os.path.join(args.run_dir, "config.json"), config)
     start, history = 0, []
@@ -147,20 +333,35 @@ def run(args) -> dict:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, history = state["epoch"], state["history"]
-        gen.manual_seed(args.seed + start)
-        rng = np.random.default_rng(args.seed + start)
         print(f"resumed at epoch {start}", flush=True)
     for epoch in range(start, args.epochs):
         net.train()
-        perm = torch.randperm(len(X), generator=gen).numpy()
+        erng = np.random.default_rng(args.seed * 1000 + epoch)
+        g = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        draw = erng.choice(len(X), size=steps * args.batch_size, replace=True, p=weights)
         tot, correct, seen = 0.0, 0, 0
-        for b in tqdm(range(steps), desc=f"voice {epoch + 1}/{args.epochs}", mininterval=20, file=sys.stdout):
-            idx = perm[b * args.batch_size:(b + 1) * args.batch_size]
-            x, lens = _batchify([X[i] for i in idx], args.crop_frames, rng, True)
-            x = spec_augment(x, gen)
+        for b in tqdm(range(steps), desc=f"voice {epoch + 1}/{args.epochs}", mininterval=30, file=sys.stdout):
+            idx = draw[b * args.batch_size:(b + 1) * args.batch_size]
+            x, lens = _batchify([X[i] for i in idx], args.crop_frames, erng, True)
+            x = spec_augment(x, g)
             y = torch.from_numpy(Y[idx])
+            ci = torch.from_numpy(C[idx])
+            target = F.one_hot(y, NUM_LABELS).float()
+            mask = masks_t[ci]
+            if args.label_smoothing:
+                k = mask.sum(1, keepdim=True).float()
+                target = target * (1 - args.label_smoothing) + mask.float() * args.label_smoothing / k
+            if args.mixup > 0:
+                perm = torch.from_numpy(erng.permutation(len(idx)))
+                lam = torch.from_numpy(erng.beta(args.mixup, args.mixup, len(idx)).astype(np.float32))
+                lam = torch.maximum(lam, 1 - lam)
+                lam = torch.where(ci == ci[perm], lam, torch.ones_like(lam))    # mix within a corpus only
+                lens = torch.maximum(lens, lens[perm])
+                x = lam.view(-1, 1, 1) * x + (1 - lam.view(-1, 1, 1)) * x[perm]
+                target = lam.view(-1, 1) * target + (1 - lam.view(-1, 1)) * target[perm]
             logits = net(x, lens)
-            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            logp = torch.log_softmax(logits.masked_fill(~mask, -1e4), 1)
+            loss = -(target * logp.masked_fill(~mask, 0)).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -169,25 +370,39 @@ def run(args) -> dict:
             tot += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
-        rec = {"epoch": epoch + 1, "train_loss": round(tot / seen, 4), "train_acc": round(correct / seen, 4),
-               "dev_acc": metrics_from_predictions(y_dev, predict_feats(net, X_dev).argmax(1))["accuracy"]
-               if len(X_dev) else None,
-               "test_acc": metrics_from_predictions(y_test, predict_feats(net, X_test).argmax(1))["accuracy"]
-               if len(X_test) else None}
+        rec = {"epoch": epoch + 1, "train_loss": round(tot / seen, 4), "train_acc": round(correct / seen, 4)}
+        if "dev" in evalsets:
+            xd, yd, _ = evalsets["dev"]
+            rec["dev_acc"] = metrics_from_predictions(yd, predict_feats(net, xd).argmax(1))["accuracy"]
         history.append(rec)
         print(json.dumps(rec), flush=True)
         ckpt.save(epoch + 1, net, opt, sched, history)
+
+    calibration = {"temperature": 1.0, "fitted_on": None}
+    if "dev" in evalsets:
+        xd, yd, _ = evalsets["dev"]
+        lg = predict_logits(net, xd)
+        t = fit_temperature(lg, yd)
+        calibration = {"temperature": round(t, 4), "fitted_on": f"dev speakers {', '.join(dev_spk)}",
+                       "dev": calibration_report(lg, yd, t)}
+    temp = calibration["temperature"]
     metrics = {}
-    for name, xs, ys in (("dev", X_dev, y_dev), ("test", X_test, y_test)):
-        if len(xs):
-            m = metrics_from_predictions(ys, predict_feats(net, xs).argmax(1))
-            metrics[name] = {k: m[k] for k in ("accuracy", "macro_f1", "n", "per_class_recall")}
+    for name, (xs, ys, cis) in evalsets.items():
+        lg = predict_logits(net, xs)
+        m = metrics_from_predictions(ys, lg.argmax(1))
+        metrics[name] = {k: m[k] for k in ("accuracy", "macro_f1", "n", "per_class_recall", "prediction_share",
+                                           "collapse_ratio") if k in m}
+        metrics[name]["calibration"] = calibration_report(lg, ys, temp)
+        for ci, c in enumerate(corpora):
+            sel = cis == ci
+            if sel.any() and len(corpora) > 1:
+                metrics[name][c.name] = metrics_from_predictions(ys[sel], lg[sel].argmax(1))["accuracy"]
     input_spec = {"features": spec.to_dict(), "mean": mean.tolist(), "std": std.tolist(), "min_seconds": 0.3,
                   "trim_top_db": 35.0}
     save_checkpoint(args.out, kind="voice", arch=ARCH, model=net, input_spec=input_spec, config=config,
-                    metrics=metrics, extra={"history": history})
-    write_json(os.path.join(args.run_dir, "metrics.json"), metrics)
-    print(json.dumps({"out": args.out, **metrics}), flush=True)
+                    metrics=metrics, extra={"history": history, "calibration": calibration})
+    write_json(os.path.join(args.run_dir, "metrics.json"), {"metrics": metrics, "calibration": calibration})
+    print(json.dumps({"out": args.out, "calibration": calibration, **metrics}), flush=True)
     return metrics
 
 

@@ -80,14 +80,53 @@ def split_by_speaker(items: List[VoiceItem], test_speakers: List[str]) -> Tuple[
 
 
 def parse_speakers(spec: str) -> List[str]:
-    """'17-20' or '17,18' or 'Actor_17' -> speaker names (numbers become RAVDESS 'Actor_NN')."""
+    """'17-20' or '17,18' or 'Actor_17' -> speaker names: one- and two-digit numbers and ranges of them are
+    RAVDESS actors ('Actor_NN'); anything else is a speaker id as taken from file names (TurEV-DB's '1358')."""
     out: List[str] = []
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        m = re.fullmatch(r"(\d+)-(\d+)", part)
+    for part in [p.strip() for p in (spec or "").split(",") if p.strip()]:
+        m = re.fullmatch(r"(\d{1,2})-(\d{1,2})", part)
         if m:
             out += [f"Actor_{i:02d}" for i in range(int(m.group(1)), int(m.group(2)) + 1)]
-        elif part.isdigit():
+        elif part.isdigit() and len(part) <= 2:
             out.append(f"Actor_{int(part):02d}")
         else:
             out.append(part)
+    return out
+
+
+@dataclass
+class Corpus:
+    """One training corpus: its name (the folder's), items and the labels it covers (a corpus that covers only
+    some labels teaches only among those: see train_voice's masked loss)."""
+
+    name: str
+    items: List[VoiceItem]
+    labels: List[int]
+    skipped_classes: Dict[str, int] = field(default_factory=dict)
+
+
+def load_corpora(roots: List[str], speaker_re: Optional[str] = None) -> List[Corpus]:
+    """Each folder a corpus; DataError (one line) for a missing or empty folder, one with no recognisable labels,
+    or data of one label only."""
+    from ..core.errors import DataError
+
+    out: List[Corpus] = []
+    names = set()
+    for root in roots:
+        if not os.path.isdir(root):
+            raise DataError(f"data folder not found: {root}")
+        kw = {"speaker_re": speaker_re} if speaker_re else {}
+        vl = list_voice_data(root, **kw)
+        if not vl.items:
+            what = ", ".join(f"{k} ({v} files)" for k, v in vl.skipped_classes.items()) or "no audio files"
+            raise DataError(f"no labelled audio under {root}: {what}; expected one folder per label "
+                            f"(neutral, happy, sad, angry, surprised, disgusted, scared or an alias) or "
+                            f"RAVDESS-named files")
+        name = os.path.basename(os.path.normpath(root)) or root
+        while name in names:
+            name += "_"
+        names.add(name)
+        out.append(Corpus(name, vl.items, sorted({i.label for i in vl.items}), vl.skipped_classes))
+    if len({lab for c in out for lab in c.labels}) < 2:
+        raise DataError(f"the data holds one label only ({', '.join(roots)}): a classifier needs at least two")
     return out

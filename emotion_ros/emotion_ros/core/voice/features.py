@@ -26,6 +26,10 @@ class FeatureSpec:
     fmax: float = 8000.0
     target_dbfs: float = -23.0
     max_gain_db: float = 40.0
+    # Per-utterance mean normalisation of each mel band (cepstral-mean-style): removes a fixed channel
+    # (microphone, room colouration, EQ) from the log-mel. Needs no running statistics: each segment the
+    # node classifies is normalised by itself. Off in checkpoints from before it existed.
+    utterance_cmn: bool = False
 
     def to_dict(self) -> Dict[str, float]:
         return asdict(self)
@@ -156,7 +160,20 @@ def utterance_features(x: np.ndarray, spec: FeatureSpec = FeatureSpec(),
     """16 kHz mono utterance -> loudness-normalised log-mel (T, n_mels)."""
     if normalise:
         x = loudness_normalise(x, spec)
-    return logmel(x, spec)
+    f = logmel(x, spec)
+    if spec.utterance_cmn and f.shape[0] > 1:
+        f = utterance_mean_normalise(f)
+    return f
+
+
+def utterance_mean_normalise(f: np.ndarray) -> np.ndarray:
+    """Subtract each mel band's mean over the utterance's speech frames (frames within 40 dB of the loudest;
+    silence would otherwise pull the mean towards the noise floor)."""
+    energy = np.log(np.exp(f).sum(1) + 1e-6)
+    speech = energy > energy.max() - np.log(10 ** 4.0)
+    if speech.sum() < 2:
+        speech = np.ones_like(speech)
+    return (f - f[speech].mean(0, keepdims=True)).astype(np.float32)
 
 
 def load_audio(path: str, target: int = SAMPLE_RATE) -> np.ndarray:

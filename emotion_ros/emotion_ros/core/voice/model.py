@@ -105,6 +105,16 @@ class VoiceModel:
         self.min_samples = int(spec.get("min_seconds", 0.3) * self.spec.sample_rate)
         self.metrics = ckpt.get("metrics", {})
         self.embed_dim = self.net.embed_dim
+        # Temperature fitted on held-out speakers (emotion-train voice); 1.0 for older checkpoints.
+        cal = ckpt.get("calibration") or {}
+        try:
+            self.temperature = float(cal.get("temperature", 1.0))
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"voice model file {path!r}: bad calibration temperature ({exc})") from exc
+        if not (0.05 <= self.temperature <= 20.0):
+            raise ModelFileError(f"voice model file {path!r}: calibration temperature {self.temperature} "
+                                 "outside [0.05, 20]")
+        self.calibration = cal
 
     def features(self, wave: np.ndarray) -> np.ndarray:
         f = utterance_features(wave, self.spec)
@@ -114,7 +124,7 @@ class VoiceModel:
     def predict_features(self, feats: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).unsqueeze(0).to(self.device)
         logits, emb = self.net(x, return_embedding=True)
-        p = torch.softmax(logits.float(), 1)[0].cpu().numpy().astype(np.float32)
+        p = torch.softmax(logits.float() / self.temperature, 1)[0].cpu().numpy().astype(np.float32)
         return p, emb[0].float().cpu().numpy().astype(np.float32)
 
     def predict(self, wave: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -125,4 +135,4 @@ class VoiceModel:
         return self.predict_features(self.features(wave))
 
     def info(self) -> Dict[str, object]:
-        return {"path": self.path, "arch": ARCH, "device": str(self.device)}
+        return {"path": self.path, "arch": ARCH, "device": str(self.device), "temperature": self.temperature}
