@@ -1,36 +1,49 @@
-"""Time-aligned fusion of face and voice emotion evidence (pure Python, no rclpy).
+"""Time-aligned, reliability-weighted fusion of face and voice emotion evidence (pure Python, no rclpy).
 
 :class:`TemporalFusion` keeps bounded, time-stamped buffers of the face results (per person / track id) and of the
 voice segments, and turns them into one :class:`FusedState` per person on request (``estimate(now)``).
 
-Alignment (all times are float seconds of the message stamps; ``now`` is the caller's clock, e.g. the node clock,
-so replayed bags work with ``use_sim_time``):
+Alignment (float seconds of the message stamps; ``now`` is the caller's clock, e.g. the node clock, so replayed bags
+work with ``use_sim_time``), with a separate staleness per modality:
 
-* face: the newest observation of a person whose age ``now - t`` is at most ``min(window_s, stale_s)``;
-* voice: every voice-active segment whose ``[t_start, t_end]`` overlaps ``[now - window_s, now]`` and whose end is
-  at most ``stale_s`` old, combined with weights proportional to the overlap;
-* a modality with no such evidence is *stale*: weight 0, masked out of the fusion model.
+* face: the person's observations of age ``now - t`` at most ``face_stale_s``, averaged with their recency weights
+  (a face frame says little 0.3-0.5 s later);
+* voice: every voice-active segment whose end is at most ``voice_stale_s`` old (a voice result arrives ~0.4 s after
+  the words and speaks for the seconds that follow), averaged with weights recency x duration;
+* recency of one piece of evidence: 1 up to ``*_hold_s`` of age, then linear down to 0 at ``*_stale_s``;
+* a modality with no such evidence is *stale*: weight 0, masked out.
 
-Fusion of one person:
+Reliability weight of a modality (``face_weight``/``voice_weight`` of every state, normalised to sum 1):
 
-* both modalities with embeddings that fit the model -> model-level fusion (:class:`FusionModel`, the default);
-* one modality alone -> the fusion model with the other masked; a modality whose message carried no embedding (or
-  one of the wrong size) contributes its own probabilities instead;
-* ``model=None`` -> probability-level weighted average, weights as below.  This is a fallback for running without
-  a trained fusion model, not the default.
+    w = recency x confidence_term x ood_term x unsure_term
 
-Voice has no speaker id: it is attached to the primary person (the largest fresh face) only, or to every person
-with ``voice_to="all"``.  With no fresh face, fresh voice gives one voice-only state (``person_id=""``).
+* ``confidence_term = ((c - 1/K) / (1 - 1/K)) ** conf_power`` with ``c`` the top *calibrated* probability (the face
+  and voice models carry temperatures fitted on held-out data): evidence at chance weighs nothing;
+* ``ood_term``: the maximum-softmax score ``c`` is also the (cheap) out-of-distribution score: below
+  ``ood_min_conf`` the input does not look like what the model was trained on and the weight is multiplied by
+  ``ood_weight``;
+* ``unsure_term`` (voice): ``unsure_weight`` for segments the voice node marks ``unsure`` (best calibrated
+  probability under its threshold; without that flag, ``voice_unsure_threshold`` decides here).
 
-Weights (reported in every state; used for averaging only in the probability-level paths): per modality
-``freshness x confidence`` with ``freshness = 1 - age / horizon`` (clipped to [0.05, 1]) and ``confidence`` the
-modality's own top probability; normalised to sum 1; 0 for a stale modality.
+Fusion (``fusion_mode``): ``average`` = the reliability-weighted average of the two probability vectors (the shipped
+default, see models/fusion.md); ``model`` = the learned fusion of the embeddings (:class:`FusionModel`), with a
+modality whose weight share is below ``model_min_weight`` masked out; ``auto`` = ``model`` when a model is given.
+A modality without a usable embedding contributes its probabilities at its weight.
 
-The fused probabilities of each person are smoothed exponentially, ``p += (1 - exp(-dt / tau)) (raw - p)`` with
-``dt`` the time since that person's previous estimate (``tau = 0`` disables smoothing).  When the primary switches
-between a face and voice alone, the new stream's smoothing starts from the old one's state (same person, presumably,
-looking away), so the primary's probabilities and ``changed`` stay continuous.  Persons not seen for ``forget_s``
-are dropped.
+Steady output: each person's fused probabilities are smoothed exponentially (time constant ``smoothing_tau_s``),
+and the reported emotion changes only on evidence (hysteresis): a new top emotion must lead the current one by
+``switch_margin`` for ``min_dwell_s`` without interruption. ``probs`` stay the smoothed probabilities; ``emotion``
+is the held one.
+
+Voice has no speaker id: it is attached to the primary person (the largest fresh face) only, or to every person with
+``voice_to="all"``. With no fresh face, fresh voice gives one voice-only state (``person_id=""``); when the primary
+switches between a face and voice alone, the new stream starts from the old one's smoothing and held emotion (the
+same person, presumably, looking away). Persons not seen for ``forget_s`` are dropped.
+
+Legacy settings (the core's defaults, as before this scheme): without ``face_stale_s``, the face evidence is the
+newest observation within ``min(window_s, stale_s)`` and the confidence term is the top probability itself; without
+``voice_stale_s``, voice segments overlapping ``[now - window_s, now]`` and ending within ``stale_s`` count, weighted
+by that overlap. The nodes and tools set the new parameters (config/emotion.yaml).
 """
 from __future__ import annotations
 
@@ -66,6 +79,7 @@ class VoiceObs:
     probs: np.ndarray
     embedding: Optional[np.ndarray]
     voice_activity: bool
+    unsure: bool = False
 
 
 @dataclass
@@ -76,19 +90,20 @@ class FusedState:
     person_id: str                # "" for a voice-only state
     primary: bool
     probs: np.ndarray             # smoothed fused probabilities (7,) in LABELS order
-    emotion: str
-    confidence: float
+    emotion: str                  # the held top emotion (hysteresis); usually argmax(probs)
+    confidence: float             # probs[emotion]
     valence: float
     arousal: float
     face_weight: float
     voice_weight: float
-    changed: bool                 # top emotion differs from this person's previous estimate (True for a new person)
+    changed: bool                 # emotion differs from this person's previous estimate (True for a new person)
     mode: str = ""                # "model", "model+probs", "probs" (how the raw estimate was made)
     raw_probs: Optional[np.ndarray] = None    # before smoothing
-    face_probs: Optional[np.ndarray] = None   # the face evidence used (None when stale)
+    face_probs: Optional[np.ndarray] = None   # the newest face observation used (None when stale)
     voice_probs: Optional[np.ndarray] = None  # the voice evidence used (None when stale)
     face_age: Optional[float] = None          # now - face stamp
     voice_age: Optional[float] = None         # now - newest voice segment end
+    voice_unsure: bool = False                # the voice evidence is (mostly) marked unsure
     labels: Sequence[str] = field(default_factory=lambda: LABELS)
 
 
@@ -98,6 +113,18 @@ class _Smoother:
     t: float
     emotion: str
     last_seen: float
+    candidate: Optional[str] = None
+    candidate_since: float = 0.0
+
+
+@dataclass
+class _Evidence:
+    probs: np.ndarray             # averaged evidence of the modality
+    newest: np.ndarray            # probabilities of the newest observation / segment
+    embedding: Optional[np.ndarray]
+    t: float                      # newest stamp (face frame / segment end)
+    recency: float                # recency weight of the newest piece
+    unsure: float = 0.0           # weighted share of unsure segments (voice)
 
 
 def _finite(name: str, value: float) -> float:
@@ -135,27 +162,73 @@ def _embedding(name: str, emb) -> Optional[np.ndarray]:
     return e
 
 
+def _mean_embedding(pairs) -> Optional[np.ndarray]:
+    with_emb = [(w, e) for w, e in pairs if e is not None]
+    if not with_emb or len({e.shape[0] for _, e in with_emb}) != 1:
+        return None
+    ww = np.asarray([w for w, _ in with_emb], np.float64)
+    ww = ww / ww.sum() if ww.sum() > 0 else np.full(len(ww), 1.0 / len(ww))
+    return (ww[:, None] * np.stack([e for _, e in with_emb])).sum(0).astype(np.float32)
+
+
+FUSION_MODES = ("auto", "average", "model")
+
+
 class TemporalFusion:
-    """Time-aligned, smoothed face + voice fusion.  Not thread-safe: call from one thread (or under a lock)."""
+    """Time-aligned, reliability-weighted, smoothed face + voice fusion.  Not thread-safe: call from one thread."""
 
     def __init__(self, model: Optional[FusionModel] = None, window_s: float = 1.0, stale_s: float = 1.0,
                  smoothing_tau_s: float = 0.5, forget_s: float = 5.0, buffer_len: int = 32,
-                 max_persons: int = 32, voice_to: str = "primary"):
+                 max_persons: int = 32, voice_to: str = "primary",
+                 face_stale_s: Optional[float] = None, voice_stale_s: Optional[float] = None,
+                 face_hold_s: float = 0.0, voice_hold_s: float = 0.0, fusion_mode: str = "auto",
+                 conf_power: float = 1.0, ood_min_conf: float = 0.0, ood_weight: float = 1.0,
+                 unsure_weight: float = 1.0, voice_unsure_threshold: float = 0.0, model_min_weight: float = 0.0,
+                 switch_margin: float = 0.0, min_dwell_s: float = 0.0):
         for name, v in (("window_s", window_s), ("stale_s", stale_s)):
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v}")
-        if not (math.isfinite(smoothing_tau_s) and smoothing_tau_s >= 0):
-            raise ValueError(f"smoothing_tau_s must be >= 0, got {smoothing_tau_s}")
+        for name, v in (("face_stale_s", face_stale_s), ("voice_stale_s", voice_stale_s)):
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be > 0, got {v}")
+        for name, v in (("smoothing_tau_s", smoothing_tau_s), ("face_hold_s", face_hold_s),
+                        ("voice_hold_s", voice_hold_s), ("conf_power", conf_power), ("switch_margin", switch_margin),
+                        ("min_dwell_s", min_dwell_s)):
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        for name, v in (("ood_min_conf", ood_min_conf), ("ood_weight", ood_weight), ("unsure_weight", unsure_weight),
+                        ("voice_unsure_threshold", voice_unsure_threshold), ("model_min_weight", model_min_weight)):
+            if not (math.isfinite(v) and 0 <= v <= 1):
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
         if voice_to not in ("primary", "all"):
             raise ValueError(f"voice_to must be 'primary' or 'all', got {voice_to!r}")
-        self.model = model
+        if fusion_mode not in FUSION_MODES:
+            raise ValueError(f"fusion_mode must be one of {', '.join(FUSION_MODES)}, got {fusion_mode!r}")
+        if fusion_mode == "model" and model is None:
+            raise ValueError("fusion_mode 'model' needs a fusion model")
+        self.model = model if fusion_mode != "average" else None
+        self.fusion_mode = "model" if self.model is not None else "average"
         self.window_s = float(window_s)
         self.stale_s = float(stale_s)
+        self.face_stale_s = float(face_stale_s) if face_stale_s is not None else min(self.window_s, self.stale_s)
+        self.voice_stale_s = float(voice_stale_s) if voice_stale_s is not None else self.stale_s
+        self.face_hold_s = min(float(face_hold_s), self.face_stale_s)
+        self.voice_hold_s = min(float(voice_hold_s), self.voice_stale_s)
+        self._legacy_voice = voice_stale_s is None  # overlap with [now - window_s, now] as before
+        self._legacy_face = face_stale_s is None    # newest face only, weight term = top probability, as before
         self.smoothing_tau_s = float(smoothing_tau_s)
-        self.forget_s = max(float(forget_s), self.stale_s)
+        self.forget_s = max(float(forget_s), self.face_stale_s, self.voice_stale_s)
         self.buffer_len = max(1, int(buffer_len))
         self.max_persons = max(1, int(max_persons))
         self.voice_to = voice_to
+        self.conf_power = float(conf_power)
+        self.ood_min_conf = float(ood_min_conf)
+        self.ood_weight = float(ood_weight)
+        self.unsure_weight = float(unsure_weight)
+        self.voice_unsure_threshold = float(voice_unsure_threshold)
+        self.model_min_weight = float(model_min_weight)
+        self.switch_margin = float(switch_margin)
+        self.min_dwell_s = float(min_dwell_s)
         self._faces: Dict[str, Deque[FaceObs]] = {}
         self._voice: Deque[VoiceObs] = collections.deque(maxlen=self.buffer_len)
         self._smooth: Dict[str, _Smoother] = {}
@@ -165,7 +238,11 @@ class TemporalFusion:
     # -- input ----------------------------------------------------------------------------------------------------
     @property
     def face_horizon(self) -> float:
-        return min(self.window_s, self.stale_s)
+        return self.face_stale_s
+
+    @property
+    def keep_s(self) -> float:
+        return max(self.window_s, self.face_stale_s, self.voice_stale_s)
 
     def _check_dim(self, modality: str, emb: Optional[np.ndarray]) -> Optional[str]:
         if emb is None or self.model is None:
@@ -201,10 +278,11 @@ class TemporalFusion:
         return warning
 
     def add_voice(self, t_start: float, t_end: float, probs, embedding=None,
-                  voice_activity: bool = True) -> Optional[str]:
+                  voice_activity: bool = True, unsure: Optional[bool] = None) -> Optional[str]:
         """Add one voice segment.  Returns a warning (embedding size mismatch) or None.
 
-        Segments without voice activity carry no emotion evidence and are ignored by ``estimate``."""
+        Segments without voice activity carry no emotion evidence and are ignored by ``estimate``.  ``unsure``: the
+        voice node's flag (None: top probability below ``voice_unsure_threshold``)."""
         t0 = _finite("voice start", t_start)
         t1 = _finite("voice end", t_end)
         if t1 < t0:
@@ -214,7 +292,9 @@ class TemporalFusion:
         warning = self._check_dim("voice", e)
         if warning:
             e = None
-        self._voice.append(VoiceObs(t0, t1, p, e, bool(voice_activity)))
+        if unsure is None:
+            unsure = float(p.max()) < self.voice_unsure_threshold
+        self._voice.append(VoiceObs(t0, t1, p, e, bool(voice_activity), bool(unsure)))
         return warning
 
     def reset(self) -> None:
@@ -229,42 +309,56 @@ class TemporalFusion:
         return list(self._faces)
 
     # -- alignment ------------------------------------------------------------------------------------------------
-    def _fresh_face(self, pid: str, now: float) -> Optional[FaceObs]:
-        best = None
-        for obs in self._faces.get(pid, ()):
-            age = now - obs.t
-            if -self.window_s <= age <= self.face_horizon and (best is None or obs.t > best.t):
-                best = obs
-        return best
+    def _recency(self, age: float, hold: float, stale: float) -> float:
+        age = max(age, 0.0)
+        if age <= hold:
+            return 1.0
+        return float(np.clip(1.0 - (age - hold) / max(stale - hold, 1e-6), _MIN_FRESHNESS, 1.0))
 
-    def _fresh_voice(self, now: float):
-        """Overlap-weighted voice evidence: (probs, embedding | None, newest end) or None."""
+    def _fresh_face(self, pid: str, now: float) -> Optional[_Evidence]:
+        """Recency-weighted average of the person's face observations within ``face_stale_s``."""
+        obs = [o for o in self._faces.get(pid, ()) if -self.window_s <= now - o.t <= self.face_stale_s]
+        if not obs:
+            return None
+        newest = max(obs, key=lambda o: o.t)
+        if self._legacy_face:
+            obs = [newest]
+        w = np.asarray([self._recency(now - o.t, self.face_hold_s, self.face_stale_s) for o in obs])
+        p = (w[:, None] * np.stack([o.probs for o in obs])).sum(0) / w.sum()
+        emb = newest.embedding if newest.embedding is not None else _mean_embedding(zip(w, (o.embedding for o in obs)))
+        return _Evidence(p.astype(np.float32), newest.probs, emb, newest.t,
+                         self._recency(now - newest.t, self.face_hold_s, self.face_stale_s))
+
+    def _fresh_voice(self, now: float) -> Optional[_Evidence]:
+        """Voice evidence: segments ending within ``voice_stale_s``, weighted by recency x duration (legacy: by
+        their overlap with [now - window_s, now])."""
         lo = now - self.window_s
-        weights, probs, embs, ends = [], [], [], []
+        weights, segs = [], []
         for seg in self._voice:
-            if not seg.voice_activity or now - seg.t_end > self.stale_s:
+            age = now - seg.t_end
+            if not seg.voice_activity or age > self.voice_stale_s or seg.t_start > now:
                 continue
-            overlap = min(seg.t_end, now) - max(seg.t_start, lo)
-            if overlap < 0 or seg.t_start > now:
-                continue
-            weights.append(max(overlap, 1e-3))  # a zero-length segment inside the window still counts a little
-            probs.append(seg.probs)
-            embs.append(seg.embedding)
-            ends.append(seg.t_end)
+            if self._legacy_voice:
+                overlap = min(seg.t_end, now) - max(seg.t_start, lo)
+                if overlap < 0:
+                    continue
+                weights.append(max(overlap, 1e-3))
+            else:
+                weights.append(self._recency(age, self.voice_hold_s, self.voice_stale_s)
+                               * max(seg.t_end - seg.t_start, 0.1))
+            segs.append(seg)
         if not weights:
             return None
         w = np.asarray(weights, dtype=np.float64)
         w /= w.sum()
-        p = (w[:, None] * np.stack(probs)).sum(0).astype(np.float32)
-        with_emb = [(wi, e) for wi, e in zip(w, embs) if e is not None]
-        emb = None
-        if with_emb and len({e.shape[0] for _, e in with_emb}) == 1:
-            ww = np.asarray([wi for wi, _ in with_emb])
-            emb = ((ww / ww.sum())[:, None] * np.stack([e for _, e in with_emb])).sum(0).astype(np.float32)
-        return p, emb, max(ends)
+        p = (w[:, None] * np.stack([s.probs for s in segs])).sum(0).astype(np.float32)
+        newest = max(segs, key=lambda s: s.t_end)
+        unsure = float(sum(wi for wi, s in zip(w, segs) if s.unsure))
+        return _Evidence(p, newest.probs, _mean_embedding(zip(w, (s.embedding for s in segs))), newest.t_end,
+                         self._recency(now - newest.t_end, self.voice_hold_s, self.voice_stale_s), unsure)
 
     def _prune(self, now: float) -> None:
-        keep = max(self.window_s, self.stale_s)
+        keep = self.keep_s
         while self._voice and now - self._voice[0].t_end > keep:
             # segments are appended in arrival order; drop old heads only
             self._voice.popleft()
@@ -289,48 +383,56 @@ class TemporalFusion:
         self._smooth.clear()
 
     # -- fusion ---------------------------------------------------------------------------------------------------
-    def _freshness(self, age: float, horizon: float) -> float:
-        return float(np.clip(1.0 - max(age, 0.0) / horizon, _MIN_FRESHNESS, 1.0))
+    def reliability(self, probs: np.ndarray, recency: float, unsure: float = 0.0) -> float:
+        """Weight of one modality's evidence before normalisation (see the module docstring)."""
+        c = float(np.max(probs))
+        chance = 0.0 if self._legacy_face else 1.0 / NUM_LABELS
+        term = max(c - chance, 0.0) / (1.0 - chance)
+        w = recency * (term ** self.conf_power if self.conf_power > 0 else 1.0)
+        if c < self.ood_min_conf:
+            w *= self.ood_weight
+        return w * (1.0 - unsure * (1.0 - self.unsure_weight))
 
-    def _fuse(self, face: Optional[FaceObs], voice, now: float):
+    def _fuse(self, face: Optional[_Evidence], voice: Optional[_Evidence]):
         """-> raw probs, face_weight, voice_weight, mode."""
-        fw = vw = 0.0
-        if face is not None:
-            fw = self._freshness(now - face.t, self.face_horizon) * float(face.probs.max())
-        if voice is not None:
-            vw = self._freshness(now - voice[2], self.stale_s) * float(voice[0].max())
+        fw = self.reliability(face.probs, face.recency) if face is not None else 0.0
+        vw = self.reliability(voice.probs, voice.recency, voice.unsure) if voice is not None else 0.0
         total = fw + vw
-        if total > 0:
+        if total > 1e-9:
             fw, vw = fw / total, vw / total
-        else:  # cannot happen with positive probabilities; keep the weights well defined anyway
+        else:  # both at chance (or weighted to nothing): equal shares of what is there
             fw, vw = float(face is not None), float(voice is not None)
             s = fw + vw
             fw, vw = fw / s, vw / s
 
         face_emb = face.embedding if face is not None else None
-        voice_emb = voice[1] if voice is not None else None
-        if self.model is not None and (face_emb is not None or voice_emb is not None):
-            p_model = self.model.predict(face_emb, voice_emb)
-            # modalities present but without a usable embedding are mixed in at probability level
-            rest = []
-            if face is not None and face_emb is None:
-                rest.append((fw, face.probs))
-            if voice is not None and voice_emb is None:
-                rest.append((vw, voice[0]))
-            if not rest:
-                return p_model.astype(np.float32), fw, vw, "model"
-            w_model = 1.0 - sum(w for w, _ in rest)
-            p = w_model * p_model + sum(w * q for w, q in rest)
-            return (p / p.sum()).astype(np.float32), fw, vw, "model+probs"
+        voice_emb = voice.embedding if voice is not None else None
+        if self.model is not None:
+            use_f = face_emb is not None and (fw >= self.model_min_weight or voice is None)
+            use_v = voice_emb is not None and (vw >= self.model_min_weight or face is None)
+            if use_f or use_v:
+                p_model = self.model.predict(face_emb if use_f else None, voice_emb if use_v else None)
+                # modalities present but without a usable embedding are mixed in at probability level
+                rest = []
+                if face is not None and face_emb is None:
+                    rest.append((fw, face.probs))
+                if voice is not None and voice_emb is None:
+                    rest.append((vw, voice.probs))
+                if not rest:
+                    return p_model.astype(np.float32), fw, vw, "model"
+                w_model = 1.0 - sum(w for w, _ in rest)
+                p = w_model * p_model + sum(w * q for w, q in rest)
+                return (p / p.sum()).astype(np.float32), fw, vw, "model+probs"
         parts = []
         if face is not None:
             parts.append((fw, face.probs))
         if voice is not None:
-            parts.append((vw, voice[0]))
+            parts.append((vw, voice.probs))
         p = sum(w * q for w, q in parts)
         return (p / p.sum()).astype(np.float32), fw, vw, "probs"
 
-    def _smooth_probs(self, key: str, raw: np.ndarray, now: float) -> Tuple[np.ndarray, bool]:
+    def _smooth_probs(self, key: str, raw: np.ndarray, now: float) -> Tuple[np.ndarray, str, bool]:
+        """Exponential smoothing, then the hysteresis on the reported emotion -> (probs, emotion, changed)."""
         s = self._smooth.get(key)
         if s is None or self.smoothing_tau_s <= 0:
             p = raw.copy()
@@ -341,10 +443,23 @@ class TemporalFusion:
             else:
                 a = 1.0 - math.exp(-dt / self.smoothing_tau_s)
                 p = (s.probs + a * (raw - s.probs)).astype(np.float32)
-        emotion = LABELS[int(np.argmax(p))]
-        changed = s is None or s.emotion != emotion
-        self._smooth[key] = _Smoother(p, now, emotion, now)
-        return p, changed
+        top = LABELS[int(np.argmax(p))]
+        if s is None:
+            self._smooth[key] = _Smoother(p, now, top, now)
+            return p, top, True
+        emotion, cand, since = s.emotion, s.candidate, s.candidate_since
+        if top == emotion:
+            cand = None
+        elif p[LABELS.index(top)] - p[LABELS.index(emotion)] >= self.switch_margin:
+            if cand != top:
+                cand, since = top, now
+            if now - since >= self.min_dwell_s - 1e-9:
+                emotion, cand = top, None
+        else:
+            cand = None
+        changed = emotion != s.emotion
+        self._smooth[key] = _Smoother(p, now, emotion, now, cand, since)
+        return p, emotion, changed
 
     def _hand_over(self, pid: str) -> None:
         """Keep the primary stream continuous across face <-> voice-only switches (the same person, presumably, who
@@ -355,24 +470,29 @@ class TemporalFusion:
         src = self._smooth.get(prev)
         dst = self._smooth.get(pid)
         if src is not None and (dst is None or dst.t < src.t):
-            self._smooth[pid] = _Smoother(src.probs.copy(), src.t, src.emotion, src.last_seen)
+            self._smooth[pid] = _Smoother(src.probs.copy(), src.t, src.emotion, src.last_seen, src.candidate,
+                                          src.candidate_since)
 
     def estimate(self, now: float) -> List[FusedState]:
         """Fused states at time ``now``: one per person with fresh face evidence (primary first), or a single
         voice-only state when no face is fresh but voice is; [] when nothing is fresh."""
         now = _finite("now", now)
-        if self._last_now is not None and now < self._last_now - max(self.window_s, self.stale_s):
+        if self._last_now is not None and now < self._last_now - self.keep_s:
             self._jumped_back(now)
         self._last_now = now
         self._prune(now)
 
-        faces = [f for f in (self._fresh_face(pid, now) for pid in self._faces) if f is not None]
-        faces.sort(key=lambda f: (-f.box_area, f.person_id))
+        faces = []
+        for pid in self._faces:
+            ev = self._fresh_face(pid, now)
+            if ev is not None:
+                faces.append((pid, ev, self._faces[pid][-1].box_area))
+        faces.sort(key=lambda f: (-f[2], f[0]))
         voice = self._fresh_voice(now)
         out: List[FusedState] = []
         if faces:
-            jobs = [(f.person_id, f, voice if (i == 0 or self.voice_to == "all") else None, i == 0)
-                    for i, f in enumerate(faces)]
+            jobs = [(pid, f, voice if (i == 0 or self.voice_to == "all") else None, i == 0)
+                    for i, (pid, f, _) in enumerate(faces)]
         elif voice is not None:
             jobs = [("", None, voice, True)]
         else:
@@ -380,15 +500,15 @@ class TemporalFusion:
         for pid, face, v, primary in jobs:
             if primary:
                 self._hand_over(pid)
-            raw, fw, vw, mode = self._fuse(face, v, now)
-            p, changed = self._smooth_probs(pid, raw, now)
-            k = int(np.argmax(p))
+            raw, fw, vw, mode = self._fuse(face, v)
+            p, emotion, changed = self._smooth_probs(pid, raw, now)
             val, aro = valence_arousal(p)
-            stamps = ([face.t] if face is not None else []) + ([v[2]] if v is not None else [])
+            stamps = ([face.t] if face is not None else []) + ([v.t] if v is not None else [])
             out.append(FusedState(
-                stamp=max(stamps), person_id=pid, primary=primary, probs=p, emotion=LABELS[k],
-                confidence=float(p[k]), valence=val, arousal=aro, face_weight=float(fw), voice_weight=float(vw),
-                changed=changed, mode=mode, raw_probs=raw,
-                face_probs=None if face is None else face.probs, voice_probs=None if v is None else v[0],
-                face_age=None if face is None else now - face.t, voice_age=None if v is None else now - v[2]))
+                stamp=max(stamps), person_id=pid, primary=primary, probs=p, emotion=emotion,
+                confidence=float(p[LABELS.index(emotion)]), valence=val, arousal=aro, face_weight=float(fw),
+                voice_weight=float(vw), changed=changed, mode=mode, raw_probs=raw,
+                face_probs=None if face is None else face.newest, voice_probs=None if v is None else v.probs,
+                face_age=None if face is None else now - face.t, voice_age=None if v is None else now - v.t,
+                voice_unsure=bool(v is not None and v.unsure >= 0.5)))
         return out

@@ -317,8 +317,9 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
         raise BagError(f"cannot build the pipelines from the package's config: {exc}") from None
     from emotion_ros.core.fusion import TemporalFusion
 
-    fusion = TemporalFusion(fusion_model, **_accepts(TemporalFusion.__init__, {
-        k: v for k, v in uparams.items() if k in ("window_s", "stale_s", "smoothing_tau_s", "forget_s", "voice_to")}))
+    # every fusion_node parameter TemporalFusion takes (staleness per modality, weighting, hysteresis, mode)
+    fusion = TemporalFusion(fusion_model, **_accepts(TemporalFusion.__init__,
+                                                     {k: v for k, v in uparams.items() if k != "model"}))
     info["models"] = {"face": face_path, "voice": voice_path,
                       "fusion": fusion_path if fusion_model is not None else None}
 
@@ -347,8 +348,8 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
             states = fusion.estimate(now)
             counts["fusion_s"] += time.perf_counter() - c0
             primary = states[0] if states else None
-            persons = {s.person_id: _argmax(s.probs) for s in states} if want_persons else None
-            tl.add(k_step * step, _argmax(primary.probs) if primary else NONE,
+            persons = {s.person_id: INDEX[s.emotion] for s in states} if want_persons else None
+            tl.add(k_step * step, INDEX[primary.emotion] if primary else NONE,  # the held (reported) emotion
                    _argmax(primary.face_probs) if primary else NONE,
                    _argmax(primary.voice_probs) if primary else NONE,
                    float(primary.confidence) if primary else 0.0, persons)

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Choose the fusion node's weighting and smoothing settings on the **dev** clips, then measure them on the test clips.
+
+    .venv/bin/python scripts/tune_fusion.py --clips /work/eval_clips [--face-model M] [--voice-model M]
+        [--fusion-model models/fusion.pt] [--json out.json]
+
+The face and voice pipelines run once per clip (cached in ``CLIP/cache-<models>.npz``, keyed on the model files);
+fusion settings are then replayed in seconds (``training/fusion_replay.py``, scored like ``emotion-bag evaluate``).
+A small grid over the staleness, weighting and hysteresis settings is searched on the ``dev_*`` clips only (objective:
+mean fused accuracy minus a penalty for flips above 1.2x the labels' change rate and for median delays above 0.9 s);
+the test clips are only measured. With ``--fusion-model``, the learned fusion is compared with the reliability-weighted
+average on the dev clips, in the same way. The last line is one JSON object: the chosen settings, the dev and test
+figures, and which fusion wins on dev.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import itertools
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "emotion_ros"))
+
+BASE = {"window_s": 1.0, "stale_s": 1.0, "forget_s": 5.0, "voice_to": "primary", "face_hold_s": 0.15,
+        "voice_unsure_threshold": 0.0, "unsure_weight": 0.5, "fusion_mode": "average"}
+GRID = {
+    "face_stale_s": [0.4],
+    "voice_stale_s": [3.0, 4.0],
+    "voice_hold_s": [0.5, 1.5],
+    "conf_power": [1.0, 2.0],
+    "ood_min_conf": [0.0, 0.35],
+    "ood_weight": [0.3],
+    "smoothing_tau_s": [0.3, 0.6],
+    "switch_margin": [0.05, 0.15],
+    "min_dwell_s": [0.3, 0.6],
+}
+
+
+def model_key(*paths) -> str:
+    h = hashlib.sha1()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.abspath(p)}|{st.st_size}|{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:10]
+
+
+def load_clips(root: str, face_model: str, voice_model: str):
+    from emotion_ros.tools.bag_common import BagFile
+    from emotion_ros.tools.bag_evaluate import read_labels
+    from emotion_ros.training.fusion_replay import ClipCache, collect
+
+    out = {}
+    key = model_key(face_model, voice_model)
+    for d in sorted(glob.glob(os.path.join(root, "*", "bag"))):
+        clip = os.path.dirname(d)
+        name = os.path.basename(clip)
+        path = os.path.join(clip, f"cache-{key}.npz")
+        if os.path.isfile(path):
+            cache = ClipCache.load(path)
+        else:
+            print(f"tune_fusion: running the pipelines over {name} ...", file=sys.stderr, flush=True)
+            cache = collect(d, face_model, voice_model, name)
+            cache.save(path)
+        with BagFile(d) as bf:
+            spans, _ = read_labels(os.path.join(clip, "labels.csv"), bf.start_ns * 1e-9)
+        out[name] = (cache, spans)
+    return out
+
+
+def figures(rep) -> dict:
+    return {"fused": rep["accuracy"], "face": rep["face"]["accuracy"], "voice": rep["voice"]["accuracy"],
+            "flips_per_min": rep["flips_per_min"], "label_changes_per_min": rep.get("label_changes_per_min"),
+            "delay_s": rep["detection_delay_s"]}
+
+
+def label_rate(spans, duration_s: float) -> float:
+    changes = sum(1 for a, b in zip(spans, spans[1:]) if a.label != b.label)
+    return changes / (duration_s / 60.0)
+
+
+def run_set(clips, names, kw, model=None) -> dict:
+    from emotion_ros.training.fusion_replay import replay
+    res = {}
+    for n in names:
+        cache, spans = clips[n]
+        rep = replay(cache, spans, kw, model)
+        f = figures(rep)
+        f["label_changes_per_min"] = round(label_rate(spans, (cache.end_ns - cache.start_ns) * 1e-9), 3)
+        res[n] = f
+    return res
+
+
+def objective(res) -> float:
+    score = 0.0
+    for f in res.values():
+        s = f["fused"]
+        s -= 0.01 * max(0.0, f["flips_per_min"] - 1.2 * f["label_changes_per_min"])
+        s -= 0.2 * max(0.0, (f["delay_s"] or 3.0) - 0.9)
+        s -= 0.5 * max(0.0, max(f["face"], f["voice"]) - f["fused"])
+        score += s
+    return score / max(len(res), 1)
+
+
+def main(argv=None) -> int:
+    from emotion_ros import paths
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clips", default="/work/eval_clips")
+    p.add_argument("--face-model", default=paths.model_path("face.pt"))
+    p.add_argument("--voice-model", default=paths.model_path("voice.pt"))
+    p.add_argument("--fusion-model", default=None, help="also judge this learned fusion against the average")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    for f in (args.face_model, args.voice_model):
+        if not os.path.isfile(f):
+            print(f"tune_fusion: model file {f!r} not found", file=sys.stderr)
+            return 2
+    import torch
+    torch.set_num_threads(1)
+    clips = load_clips(args.clips, args.face_model, args.voice_model)
+    dev = [n for n in clips if n.startswith("dev")]
+    test = [n for n in clips if n.startswith("test")]
+    if not dev:
+        print(f"tune_fusion: no dev_* clips under {args.clips!r} (scripts/make_eval_clips.py)", file=sys.stderr)
+        return 2
+    keys = list(GRID)
+    best = None
+    for values in itertools.product(*(GRID[k] for k in keys)):
+        kw = {**BASE, **dict(zip(keys, values))}
+        res = run_set(clips, dev, kw)
+        o = objective(res)
+        if best is None or o > best[0]:
+            best = (o, kw, res)
+    o, kw, dev_res = best
+    out = {"settings": {k: kw[k] for k in keys}, "objective_dev": round(o, 4), "dev": dev_res,
+           "test": run_set(clips, test, kw)}
+    if args.fusion_model:
+        from emotion_ros.core.fusion import FusionModel
+        fm = FusionModel(args.fusion_model, "cpu")
+        best_m = None
+        for mw in (0.0, 0.15, 0.3):
+            kw_m = {**kw, "fusion_mode": "model", "model_min_weight": mw}
+            res = run_set(clips, dev, kw_m, fm)
+            if best_m is None or objective(res) > best_m[0]:
+                best_m = (objective(res), kw_m, res)
+        out["model"] = {"model_min_weight": best_m[1]["model_min_weight"], "objective_dev": round(best_m[0], 4),
+                        "dev": best_m[2], "test": run_set(clips, test, best_m[1], fm)}
+        out["winner_on_dev"] = "model" if best_m[0] > o else "average"
+    for part in ("dev", "test"):
+        r = out[part]
+        if r:
+            out[f"{part}_mean"] = {k: round(float(np.mean([f[k] for f in r.values()])), 4)
+                                   for k in ("fused", "face", "voice", "flips_per_min", "label_changes_per_min")}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
