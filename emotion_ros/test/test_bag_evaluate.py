@@ -440,6 +440,8 @@ def test_label_changes_definition():
              Span(1, 3, "scared", "p2"), Span(3, 4, "scared", "p2")]       # another person: no change
     assert label_changes(spans, 10.0) == (3, 4 + 3 + 1 + 3)
     assert label_changes([Span(0, 5, "happy")], 10.0) == (0, 5.0)
+    doc = [Span(0, 4, "happy"), Span(4, 8, "sad"), Span(10, 14, "sad"), Span(14, 18, "happy")]  # docs/BAGS.md
+    assert label_changes(doc, 18.0) == (2, 16.0)
 
 
 def test_evaluate_labels_outside_the_bag(tmp_path, capsys):
