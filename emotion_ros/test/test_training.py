@@ -161,3 +161,83 @@ def test_voice_training_splits_by_speaker_and_writes_a_loadable_model(ravdess_li
     from emotion_ros.core.voice.features import to_mono_16k
     probs, emb = model.predict(to_mono_16k(wave, sr))
     assert probs.shape == (len(LABELS),) and abs(float(probs.sum()) - 1) < 1e-5 and emb.shape == (128,)
+
+
+# ---------------------------------------------------------------- voice: several corpora, bad data, calibration
+
+@pytest.fixture(scope="module")
+def turev_like(tmp_path_factory):
+    """A second corpus in class folders with only two labels (as TurEV-DB covers four of seven): speakers
+    'k1' and 'k2' in file names, one unreadable file."""
+    root = tmp_path_factory.mktemp("turev")
+    sr = 16000
+    for k, label in enumerate(("angry", "calm")):
+        os.makedirs(root / label)
+        for spk in ("k1", "k2"):
+            for i in range(4):
+                t = np.arange(sr) / sr
+                wave = 0.3 * np.sin(2 * np.pi * (150 + 120 * k + 7 * i) * t) * np.sin(np.pi * t)
+                sf.write(str(root / label / f"{spk}_{i}.flac"), wave.astype(np.float32), sr)
+    (root / "angry" / "k1_broken.flac").write_bytes(b"not audio at all")
+    return str(root)
+
+
+def test_voice_training_two_corpora_partial_labels_calibration(ravdess_like, turev_like, tmp_path, capsys):
+    out = str(tmp_path / "voice.pt")
+    metrics = train_voice.main(["--data", ravdess_like, "--data", turev_like, "--out", out,
+                                "--run-dir", str(tmp_path / "run"), "--test-speakers", "4,k2",
+                                "--dev-speakers", "3", "--epochs", "1", "--augment-copies", "1",
+                                "--pitch-prob", "0", "--batch-size", "8", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert "k1_broken.flac" in err and "skipped 1 unreadable file(s)" in err
+    ckpt = torch.load(out, weights_only=True)
+    corpora = {c["name"]: c for c in ckpt["config"]["corpora"]}
+    assert set(corpora) == {os.path.basename(ravdess_like), os.path.basename(turev_like)}
+    assert corpora[os.path.basename(turev_like)]["labels"] == ["neutral", "angry"]      # calm -> neutral
+    assert ckpt["config"]["unreadable"] == 1
+    assert ckpt["config"]["features"]["utterance_cmn"] is True
+    assert metrics["test"]["n"] == 16 + 8                            # Actor_04 and speaker k2
+    cal = ckpt["calibration"]
+    assert cal["method"] == "temperature" and 0.05 <= cal["temperature"] <= 20 and "dev speakers" in cal["fitted_on"]
+    assert "ece_before" in metrics["test"]["calibration"] and "collapse_ratio" in metrics["test"]
+    model = VoiceModel(out, device="cpu")
+    assert model.temperature == pytest.approx(cal["temperature"])
+
+
+def test_voice_sampling_balances_corpora_and_labels():
+    corpus = np.array([0] * 90 + [1] * 10)
+    y = np.array([0] * 60 + [1] * 30 + [0] * 5 + [3] * 5)
+    w = train_voice._sample_weights(corpus, y, True)
+    assert w[corpus == 0].sum() == pytest.approx(0.5) and w[corpus == 1].sum() == pytest.approx(0.5)
+    assert w[:60].sum() == pytest.approx(w[60:90].sum())              # each label of a corpus equally often
+    assert np.allclose(train_voice._sample_weights(corpus, y, False), 0.01)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "unlabelled", "one_label"])
+def test_emotion_train_voice_bad_data_one_line_exit_2(case, tmp_path, capsys):
+    from emotion_ros.training.cli import train_main
+    root = tmp_path / "data"
+    if case != "missing":
+        os.makedirs(root)
+    if case == "unlabelled":
+        os.makedirs(root / "whatever")
+        sf.write(str(root / "whatever" / "a_1.wav"), np.zeros(16000, np.float32), 16000)
+    if case == "one_label":
+        os.makedirs(root / "happy")
+        for i in range(3):
+            sf.write(str(root / "happy" / f"s{i}_x.wav"), 0.1 * np.ones(16000, np.float32), 16000)
+    code = train_main(["voice", "--data", str(root), "--out", str(tmp_path / "v.pt"),
+                       "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("emotion-train voice: ")
+    assert {"missing": "not found", "empty": "no labelled audio", "unlabelled": "'whatever'",
+            "one_label": "one label"}[case] in err[0]
+
+
+def test_metrics_report_collapse_table():
+    from emotion_ros.training.common import metrics_from_predictions
+    m = metrics_from_predictions([0, 0, 1, 1, 2, 2], [3, 3, 3, 3, 2, 2])
+    assert m["most_predicted"] == "angry" and m["collapse_ratio"] is None      # angry never true
+    assert m["prediction_share"]["angry"] == {"predicted": pytest.approx(4 / 6, abs=1e-3), "true": 0.0}
+    m = metrics_from_predictions([0, 0, 1, 1], [0, 0, 0, 1])
+    assert m["most_predicted"] == "neutral" and m["collapse_ratio"] == pytest.approx(1.5)

@@ -41,6 +41,7 @@ from ..core.modelio import save_checkpoint
 from ..core.voice.features import FeatureSpec, load_audio, trim_silence, utterance_features
 from ..core.voice.model import ARCH, SpeechCNNBiLSTM
 from .augment import add_noise, augment_voice, spec_augment
+from .calibration import calibrate_report, ece, nll, softmax_t
 from .common import Checkpointer, args_config, metrics_from_predictions, seed_everything, write_json
 from .voice_data import VoiceItem, load_corpora, parse_speakers
 
@@ -128,45 +129,10 @@ def predict_feats(net, feats: List[np.ndarray], batch: int = 32) -> np.ndarray:
 
 # ---------------------------------------------------------------- calibration
 
-def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    """ECE of the top-1 confidence, equal-width bins."""
-    probs = np.asarray(probs, np.float64)
-    if len(probs) == 0:
-        return 0.0
-    conf, pred = probs.max(1), probs.argmax(1)
-    correct = (pred == np.asarray(y)).astype(np.float64)
-    edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """Temperature minimising the negative log-likelihood of ``y`` (grid over log T, then a finer grid)."""
-    lg = torch.from_numpy(np.asarray(logits, np.float32))
-    yt = torch.from_numpy(np.asarray(y, np.int64))
-
-    def nll(t: float) -> float:
-        return float(F.cross_entropy(lg / t, yt))
-
-    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 61))
-    best = min(grid, key=nll)
-    fine = best * np.exp(np.linspace(-0.06, 0.06, 25))
-    return float(min(fine, key=nll))
-
-
-def calibration_report(logits: np.ndarray, y: np.ndarray, t: float) -> Dict[str, float]:
-    lg = torch.from_numpy(np.asarray(logits, np.float32))
-    yt = torch.from_numpy(np.asarray(y, np.int64))
-    p1, pt = torch.softmax(lg, 1).numpy(), torch.softmax(lg / t, 1).numpy()
-    return {"ece_before": round(expected_calibration_error(p1, y), 4),
-            "ece_after": round(expected_calibration_error(pt, y), 4),
-            "nll_before": round(float(F.cross_entropy(lg, yt)), 4),
-            "nll_after": round(float(F.cross_entropy(lg / t, yt)), 4),
-            "n": int(len(y))}
+def _calibration_of(logits: np.ndarray, y: np.ndarray, t: float) -> Dict[str, float]:
+    p0, p1 = softmax_t(logits, 1.0), softmax_t(logits, t)
+    return {"n": int(len(y)), "ece_before": round(ece(p0, y), 4), "ece_after": round(ece(p1, y), 4),
+            "nll_before": round(nll(p0, y), 4), "nll_after": round(nll(p1, y), 4)}
 
 
 # ---------------------------------------------------------------- data
@@ -378,13 +344,11 @@ def run(args) -> dict:
         print(json.dumps(rec), flush=True)
         ckpt.save(epoch + 1, net, opt, sched, history)
 
-    calibration = {"temperature": 1.0, "fitted_on": None}
+    calibration = {"method": "none", "temperature": 1.0, "fitted_on": None}
     if "dev" in evalsets:
         xd, yd, _ = evalsets["dev"]
-        lg = predict_logits(net, xd)
-        t = fit_temperature(lg, yd)
-        calibration = {"temperature": round(t, 4), "fitted_on": f"dev speakers {', '.join(dev_spk)}",
-                       "dev": calibration_report(lg, yd, t)}
+        calibration = calibrate_report(predict_logits(net, xd), yd,
+                                       fitted_on=f"dev speakers {', '.join(dev_spk)} (held out of training)")
     temp = calibration["temperature"]
     metrics = {}
     for name, (xs, ys, cis) in evalsets.items():
@@ -392,7 +356,7 @@ def run(args) -> dict:
         m = metrics_from_predictions(ys, lg.argmax(1))
         metrics[name] = {k: m[k] for k in ("accuracy", "macro_f1", "n", "per_class_recall", "prediction_share",
                                            "collapse_ratio") if k in m}
-        metrics[name]["calibration"] = calibration_report(lg, ys, temp)
+        metrics[name]["calibration"] = _calibration_of(lg, ys, temp)
         for ci, c in enumerate(corpora):
             sel = cis == ci
             if sel.any() and len(corpora) > 1:

@@ -118,7 +118,10 @@ def load_corpora(roots: List[str], speaker_re: Optional[str] = None) -> List[Cor
         kw = {"speaker_re": speaker_re} if speaker_re else {}
         vl = list_voice_data(root, **kw)
         if not vl.items:
+            subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
             what = ", ".join(f"{k} ({v} files)" for k, v in vl.skipped_classes.items()) or "no audio files"
+            if subdirs:
+                what += "; folders " + ", ".join(repr(d) for d in subdirs[:8]) + (" ..." if len(subdirs) > 8 else "")
             raise DataError(f"no labelled audio under {root}: {what}; expected one folder per label "
                             f"(neutral, happy, sad, angry, surprised, disgusted, scared or an alias) or "
                             f"RAVDESS-named files")
