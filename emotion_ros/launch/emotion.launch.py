@@ -1,23 +1,50 @@
 """Start the emotion_ros graph.
 
   ros2 launch emotion_ros emotion.launch.py                       # camera 0 + default microphone
-  ros2 launch emotion_ros emotion.launch.py video:=clip.mp4 audio:=clip.wav
+  ros2 launch emotion_ros emotion.launch.py video:=clip.mp4 audio:=clip.wav loop:=true
   ros2 launch emotion_ros emotion.launch.py camera:=false microphone:=false   # use your own image_raw / audio
   ros2 launch emotion_ros emotion.launch.py device:=cuda params_file:=/path/my.yaml record:=true bag:=/tmp/session
+  ros2 launch emotion_ros emotion.launch.py --show-args           # every argument with its description
 
-Perception and fusion nodes are lifecycle nodes; ``autostart: true`` (set here) drives them
-through configure and activate at start-up.  Use ``ros2 lifecycle set /face_node deactivate``
-to pause one without killing it.
+The face, voice and fusion nodes are lifecycle nodes (launched as ``LifecycleNode``); ``autostart: true`` (set
+here) drives each through configure and activate at start-up, and a node whose start fails ends its process with
+exit code 1.  Any process of the graph that exits with a non-zero code (a failed start, e.g. ``device:=cuda``
+without a GPU; a missing model file; a crash) ends the whole launch with one line naming it, and ``ros2 launch``
+exits 1: never half a graph left running.  A source that reaches the end of its file exits 0 and the rest keeps
+running.  ``ros2 lifecycle set /face_node deactivate`` pauses a node without killing it.
 """
 import os
 import sys
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, SetEnvironmentVariable
+from launch.actions import (DeclareLaunchArgument, ExecuteProcess, OpaqueFunction, RegisterEventHandler,
+                            SetEnvironmentVariable)
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PythonExpression
-from launch_ros.actions import Node
+from launch.event_handlers import OnProcessExit
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+BAG_TOPICS = ["emotion/faces", "emotion/voice", "emotion/state", "emotion/states", "emotion/decision"]
+
+
+def _check_files(context):
+    """Refuse a params_file / rules_file that does not exist, before any node starts (rclpy would otherwise
+    fail in every node at once, or run on defaults)."""
+    for arg in ("params_file", "rules_file"):
+        path = LaunchConfiguration(arg).perform(context)
+        if path and not os.path.isfile(path):
+            raise RuntimeError(f"{arg} '{path}' does not exist (launch argument {arg}:=...)")
+    return []
+
+
+def _end_launch_on_failure(event, context):
+    """A process of the graph exited with a non-zero code: end the launch (exit code 1) with one line."""
+    if event.returncode == 0 or context.is_shutdown:
+        return None
+    raise RuntimeError(f"{event.action.name} exited with code {event.returncode} (its log above says why); "
+                       "ending the launch")
 
 
 def generate_launch_description():
@@ -25,23 +52,33 @@ def generate_launch_description():
     cfg = LaunchConfiguration
     args = [
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "emotion.yaml"),
-                              description="parameters of every node"),
+                              description="parameters of every node (ROS 2 YAML, one section per node)"),
         DeclareLaunchArgument("rules_file", default_value=os.path.join(share, "config", "behaviour_rules.yaml"),
-                              description="behaviour rule table"),
-        DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda"),
-        DeclareLaunchArgument("camera", default_value="true", description="start the camera source node"),
+                              description="behaviour rule table (YAML)"),
+        DeclareLaunchArgument("device", default_value="auto",
+                              description="torch device of the face, voice and fusion models: auto | cpu | cuda | cuda:N"),
+        DeclareLaunchArgument("camera", default_value="true",
+                              description="start the camera source node (true/false; false: bring your own image topic)"),
         DeclareLaunchArgument("video", default_value="0",
-                              description="camera source: device index, video file or GStreamer pipeline"),
-        DeclareLaunchArgument("microphone", default_value="true", description="start the microphone source node"),
+                              description="camera source: device index, video file, URL or GStreamer pipeline"),
+        DeclareLaunchArgument("microphone", default_value="true",
+                              description="start the microphone source node (true/false; false: bring your own audio topic)"),
         DeclareLaunchArgument("audio", default_value="",
-                              description="audio file played as if it were the microphone (empty: sound card)"),
-        DeclareLaunchArgument("image_topic", default_value="image_raw"),
-        DeclareLaunchArgument("audio_topic", default_value="audio"),
-        DeclareLaunchArgument("audio_info_topic", default_value="audio_info"),
-        DeclareLaunchArgument("record", default_value="false", description="record a rosbag of the session"),
-        DeclareLaunchArgument("bag", default_value="emotion_session", description="bag folder when record:=true"),
+                              description="audio file played as if it were the microphone (empty: the sound card)"),
+        DeclareLaunchArgument("loop", default_value="false",
+                              description="video/audio files: start again at the end (true/false)"),
+        DeclareLaunchArgument("image_topic", default_value="image_raw",
+                              description="sensor_msgs/Image topic the camera publishes and the face node reads"),
+        DeclareLaunchArgument("audio_topic", default_value="audio",
+                              description="audio_common_msgs/AudioDataStamped topic of the microphone and voice node"),
+        DeclareLaunchArgument("audio_info_topic", default_value="audio_info",
+                              description="audio_common_msgs/AudioInfo topic (latched) describing audio_topic"),
+        DeclareLaunchArgument("record", default_value="false",
+                              description="record a rosbag of the session (true/false)"),
+        DeclareLaunchArgument("bag", default_value="emotion_session",
+                              description="bag folder when record:=true (must not exist yet)"),
         DeclareLaunchArgument("shm_transport", default_value="true",
-                              description="Fast DDS shared-memory transport profile for large images"),
+                              description="Fast DDS shared-memory transport profile for large images (true/false)"),
     ]
     params = cfg("params_file")
     image_remap = [("image_raw", cfg("image_topic"))]
@@ -49,25 +86,31 @@ def generate_launch_description():
     shm = SetEnvironmentVariable(
         "FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(share, "config", "fastdds_shm.xml"),
         condition=IfCondition(cfg("shm_transport")))
-    nodes = [
+    # Typed, so that video:=0 stays the string the camera expects and loop:=1 / True / true are all booleans.
+    def text(arg):
+        return ParameterValue(cfg(arg), value_type=str)
+    loop = ParameterValue(cfg("loop"), value_type=bool)
+    perception = {"device": text("device"), "autostart": True}
+    processes = [
         Node(package="emotion_ros", executable="camera_node", name="camera_node", output="screen",
-             parameters=[params, {"source": cfg("video")}], remappings=image_remap,
+             parameters=[params, {"source": text("video"), "loop": loop}], remappings=image_remap,
              condition=IfCondition(cfg("camera"))),
         Node(package="emotion_ros", executable="microphone_node", name="microphone_node", output="screen",
-             parameters=[params, {"file": cfg("audio")}], remappings=audio_remap,
+             parameters=[params, {"file": text("audio"), "loop": loop}], remappings=audio_remap,
              condition=IfCondition(cfg("microphone"))),
-        Node(package="emotion_ros", executable="face_node", name="face_node", output="screen",
-             parameters=[params, {"device": cfg("device"), "autostart": True}], remappings=image_remap),
-        Node(package="emotion_ros", executable="voice_node", name="voice_node", output="screen",
-             parameters=[params, {"device": cfg("device"), "autostart": True}], remappings=audio_remap),
-        Node(package="emotion_ros", executable="fusion_node", name="fusion_node", output="screen",
-             parameters=[params, {"device": cfg("device"), "autostart": True}]),
+        LifecycleNode(package="emotion_ros", executable="face_node", name="face_node", namespace="",
+                      output="screen", parameters=[params, perception], remappings=image_remap),
+        LifecycleNode(package="emotion_ros", executable="voice_node", name="voice_node", namespace="",
+                      output="screen", parameters=[params, perception], remappings=audio_remap),
+        LifecycleNode(package="emotion_ros", executable="fusion_node", name="fusion_node", namespace="",
+                      output="screen", parameters=[params, perception]),
         Node(package="emotion_ros", executable="behaviour_node", name="behaviour_node", output="screen",
-             parameters=[params, {"rules_file": cfg("rules_file")}]),
+             parameters=[params, {"rules_file": text("rules_file")}]),
         ExecuteProcess(
+            name="bag_record",
             cmd=[sys.executable, "-m", "emotion_ros.tools.bag", "record", cfg("bag"),
-                 "--topics", cfg("image_topic"), cfg("audio_topic"), cfg("audio_info_topic"),
-                 "emotion/faces", "emotion/voice", "emotion/state", "emotion/states", "emotion/decision"],
-            output="screen", condition=IfCondition(PythonExpression(["'", cfg("record"), "' == 'true'"]))),
+                 "--topics", cfg("image_topic"), cfg("audio_topic"), cfg("audio_info_topic"), *BAG_TOPICS],
+            output="screen", condition=IfCondition(cfg("record"))),
     ]
-    return LaunchDescription(args + [shm] + nodes)
+    on_failure = RegisterEventHandler(OnProcessExit(on_exit=_end_launch_on_failure))
+    return LaunchDescription(args + [shm, on_failure, OpaqueFunction(function=_check_files)] + processes)

@@ -1,6 +1,7 @@
-"""The launch file, without ``launch`` (not installable here): it parses, its executables are console
-scripts of the package, the parameter files it names exist and hold a section for every node it starts,
-and every parameter in those sections is one the node declares."""
+"""The launch file: read as source (it parses, its executables are console scripts of the package, the parameter
+files it names exist and hold a section for every node it starts, every parameter in those sections is one the node
+declares), and built with ``launch`` where the ROS tooling is installed (every argument described; boolean
+arguments accept true/True/1 and false/False/0).  Running it: test_ros_launch.py."""
 from __future__ import annotations
 
 import ast
@@ -27,7 +28,7 @@ def _console_scripts():
 def _nodes(tree):
     out = []
     for call in ast.walk(tree):
-        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Node":
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) in ("Node", "LifecycleNode"):
             kw = {k.arg: k.value for k in call.keywords}
             out.append({k: v.value for k, v in kw.items() if isinstance(v, ast.Constant)})
     return out
@@ -82,3 +83,65 @@ def test_every_yaml_parameter_is_declared_by_its_node():
             src = f.read()
         for key in params[node]["ros__parameters"]:
             assert re.search(rf'["\']{re.escape(key)}["\']', src), f"{node}: {key} is not declared in {mod}.py"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Built with launch (STYLE.md: launch files tested by building them)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _description():
+    import pytest
+    pytest.importorskip("launch_ros", reason="ROS tooling not installed (make setup installs ../shared/ros-tools)")
+    from launch.launch_description_sources import get_launch_description_from_python_launch_file
+    return get_launch_description_from_python_launch_file(LAUNCH)
+
+
+def _context(**args):
+    from launch import LaunchContext
+    ctx = LaunchContext()
+    for a in _description().get_launch_arguments():
+        ctx.launch_configurations[a.name] = a.default_value[0].perform(ctx) if a.default_value else ""
+    ctx.launch_configurations.update(args)
+    return ctx
+
+
+def test_every_launch_argument_has_a_description():
+    args = _description().get_launch_arguments()
+    assert {"params_file", "rules_file", "device", "camera", "video", "microphone", "audio", "loop", "record",
+            "bag", "image_topic", "audio_topic", "audio_info_topic", "shm_transport"} <= {a.name for a in args}
+    for a in args:
+        assert a.description and a.description != "no description given", a.name
+
+
+def _process(desc, name):
+    from launch.actions import ExecuteProcess
+    for e in desc.entities:
+        if not isinstance(e, ExecuteProcess):
+            continue
+        label = getattr(e, "node_executable", None) or "".join(getattr(x, "text", "") for x in (e.name or []))
+        if label == name:
+            return e
+    raise AssertionError(f"no {name} in the launch description")
+
+
+def test_boolean_launch_arguments_accept_true_True_1_and_false_False_0():
+    desc = _description()
+    for arg, proc in (("record", "bag_record"), ("camera", "camera_node"), ("microphone", "microphone_node")):
+        action = _process(desc, proc)
+        for value, want in (("true", True), ("True", True), ("1", True), ("false", False), ("False", False),
+                            ("0", False)):
+            assert action.condition.evaluate(_context(**{arg: value})) is want, (arg, value)
+
+
+def test_source_parameters_keep_their_types():
+    """video:=0 stays the string the camera declares; loop:=1 is a boolean (launch_ros would otherwise hand the
+    node an int for both and the node would refuse it)."""
+    from launch_ros.utilities import evaluate_parameters
+    desc = _description()
+    ctx = _context(video="0", loop="1", audio="")
+    cam = evaluate_parameters(ctx, _process(desc, "camera_node")._Node__parameters)
+    values = {k: v for d in cam if isinstance(d, dict) for k, v in d.items()}
+    assert values["source"] == "0" and values["loop"] is True, values
+    mic = evaluate_parameters(ctx, _process(desc, "microphone_node")._Node__parameters)
+    values = {k: v for d in mic if isinstance(d, dict) for k, v in d.items()}
+    assert values["file"] == "" and values["loop"] is True, values
