@@ -213,7 +213,8 @@ def _run(args, work: str, pipeline) -> int:
     counts: Dict[str, int] = {}
     seen = {k: collections.Counter() for k in ("state", "face", "voice")}
     decisions: List[dict] = []
-    opts, ros_args = pipeline.parse_args(["--video", video, "--audio", audio, "--loop", "--duration", str(args.duration)]
+    opts, ros_args = pipeline.parse_args(["--video", video, "--audio", audio, "--loop",
+                                          "--duration", str(args.duration)]
                                          + (["--device", args.device] if args.device else []))
     monitor = make_monitor(counts, seen, decisions)
     rc = pipeline.run_pipeline(opts, ros_args, extra=[monitor])

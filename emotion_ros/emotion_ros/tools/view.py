@@ -6,10 +6,11 @@
 What it shows, for each state: the person (track id; ``-`` for voice alone), the top emotion and its confidence,
 valence and arousal, the weights of the face and the voice in this estimate, and every label's probability as a
 bar.  ``--format table`` (the default on a terminal) redraws one block per person at most ``--refresh`` times a
-second (with the age of its last state; a person without a state for 10 s leaves the table); ``lines`` (the default when stdout is not a terminal: a pipe, a file, a log) prints one line per state
-(``--every S``: at most one every S seconds per person, and always when the emotion changes); ``json`` prints each
-state as one JSON object.  It listens to ``emotion/state`` (the primary person) or, with ``--all``, to
-``emotion/states`` (every person); ``--topic`` names another topic.
+second (with the age of its last state; a person without a state for 10 s leaves the table); ``lines`` (the
+default when stdout is not a terminal: a pipe, a file, a log) prints one line per state (``--every S``: at most one
+every S seconds per person, and always when the emotion changes); ``json`` prints each state as one JSON object.
+It listens to ``emotion/state`` (the primary person) or, with ``--all``, to ``emotion/states`` (every person);
+``--topic`` names another topic.
 
 ``--save-debug FILE`` also subscribes to the face node's ``emotion/face_debug`` (boxes, ids and labels drawn on
 the frame; the face node builds it only while someone subscribes, and only with ``debug_image: true``) and writes
@@ -165,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="emotion-view", description=__doc__.split("\n\n")[0],
                                  epilog="ROS arguments go after --ros-args (e.g. --ros-args -r __ns:=/robot).",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--topic", default=None, help="EmotionState topic (default emotion/state; emotion/states with --all)")
+    ap.add_argument("--topic", default=None,
+                    help="EmotionState topic (default emotion/state; emotion/states with --all)")
     ap.add_argument("--all", action="store_true", help="every person (emotion/states), not only the primary one")
     ap.add_argument("--format", choices=("auto", "table", "lines", "json"), default="auto",
                     help="table (refreshing; default on a terminal), lines (one per state; default otherwise), json")
