@@ -28,7 +28,6 @@ setup(
     maintainer_email="emotion_ros@example.com",
     description="Face and voice emotion recognition, fusion and behaviour for social robots on ROS 2.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             # nodes (ros2 run emotion_ros <name>)
