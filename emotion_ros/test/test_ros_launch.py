@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from launch_helpers import (LIFECYCLE_NODES, NODES, cli_env, lifecycle_state, make_media, node_names, requires_ros2,
+from launch_helpers import (LIFECYCLE_NODES, NODES, lifecycle_state, make_media, node_names, requires_ros2,
                             ros2, ros2_launch, ros2_run, ros2_until, write_any_emotion_rules)
 from robust_helpers import Graph
 
@@ -194,3 +194,13 @@ def test_launch_node_failing_to_start_ends_the_launch(tmp_path):
     assert len(ended) == 1 and any(f"{n}-" in ended[0] for n in LIFECYCLE_NODES), out[-6000:]
     assert "cuda" in out.lower()
     assert launch.leftovers() == []
+
+
+def test_ros2_pkg_executables_lists_every_console_script():
+    """``ros2 run emotion_ros <name>`` finds every command of the package (<prefix>/lib/emotion_ros/)."""
+    import re
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")) as f:
+        scripts = set(re.findall(r'"([\w\-]+)\s*=\s*[\w\.]+:\w+"', f.read()))
+    res = ros2("pkg", "executables", "emotion_ros")
+    listed = {line.split()[1] for line in res.stdout.splitlines() if line.startswith("emotion_ros ")}
+    assert scripts and scripts <= listed, res.stdout
