@@ -249,3 +249,123 @@ def test_primary_stream_stays_continuous_when_the_face_turns_away():
     assert st2.person_id == "p1"
     b = 1 - math.exp(-0.05 / 0.5)
     np.testing.assert_allclose(st2.probs, (1 - b) * st.probs + b * st2.raw_probs, atol=1e-4)
+
+
+# -- reliability weighting, staleness per modality, hysteresis (issue 10) -----------------------------------------
+
+NEW = dict(face_stale_s=0.4, face_hold_s=0.15, voice_stale_s=3.5, voice_hold_s=1.5, smoothing_tau_s=0,
+           fusion_mode="average")
+
+
+def test_staleness_per_modality():
+    tf = TemporalFusion(None, **NEW)
+    tf.add_face(10.0, "p", 100, onehot("happy", 0.8))
+    tf.add_voice(8.0, 9.5, onehot("sad", 0.8), None)
+    (st,) = tf.estimate(10.3)  # face 0.3 s old: fresh; voice ended 0.8 s ago: fresh
+    assert st.face_weight > 0 and st.voice_weight > 0 and st.person_id == "p"
+    (st,) = tf.estimate(10.5)  # face 0.5 s old: stale (face_stale_s 0.4); the voice still speaks
+    assert st.person_id == "" and st.face_weight == 0 and st.voice_weight == 1.0
+    assert tf.estimate(13.1) == []  # voice ended 3.6 s ago: stale (voice_stale_s 3.5)
+
+
+def test_recency_decays_after_hold():
+    tf = TemporalFusion(None, **NEW)
+    assert tf._recency(1.0, 1.5, 3.5) == 1.0
+    assert tf._recency(2.5, 1.5, 3.5) == pytest.approx(0.5)
+    w_new = tf.reliability(onehot("sad", 0.8), tf._recency(0.5, 1.5, 3.5))
+    w_old = tf.reliability(onehot("sad", 0.8), tf._recency(3.0, 1.5, 3.5))
+    assert w_new > 3 * w_old
+
+
+def test_voice_near_chance_does_not_move_a_confident_face():
+    """The issue's failure: a voice the model does not understand pulled a correct face off its answer."""
+    tf = TemporalFusion(None, **NEW, ood_min_conf=0.35, ood_weight=0.3)
+    tf.add_face(1.0, "p", 100, onehot("happy", 0.55))
+    tf.add_voice(0.0, 1.0, onehot("sad", 0.3), None)  # barely above chance (1/7): out of its domain
+    (st,) = tf.estimate(1.0)
+    assert st.emotion == "happy" and st.face_weight > 0.85
+    # a confident voice does carry weight
+    tf2 = TemporalFusion(None, **NEW)
+    tf2.add_face(1.0, "p", 100, onehot("happy", 0.4))
+    tf2.add_voice(0.0, 1.0, onehot("sad", 0.9), None)
+    (st2,) = tf2.estimate(1.0)
+    assert st2.emotion == "sad" and st2.voice_weight > st2.face_weight
+
+
+def test_unsure_voice_weighs_less():
+    weights = []
+    for unsure in (False, True):
+        tf = TemporalFusion(None, **NEW, unsure_weight=0.25)
+        tf.add_face(1.0, "p", 100, onehot("happy", 0.6))
+        tf.add_voice(0.0, 1.0, onehot("sad", 0.6), None, unsure=unsure)
+        (st,) = tf.estimate(1.0)
+        weights.append(st.voice_weight)
+        assert st.voice_unsure == unsure
+    assert weights[0] == pytest.approx(0.5) and weights[1] == pytest.approx(0.25 / 1.25)
+    # without the flag, the fusion's own threshold decides
+    tf = TemporalFusion(None, **NEW, voice_unsure_threshold=0.7)
+    tf.add_voice(0.0, 1.0, onehot("sad", 0.6), None)
+    (st,) = tf.estimate(1.0)
+    assert st.voice_unsure
+
+
+def test_face_evidence_is_averaged_over_fresh_frames():
+    tf = TemporalFusion(None, **NEW)
+    for i, lab in enumerate(["happy", "happy", "sad", "happy"]):  # one odd frame
+        tf.add_face(10.0 + 0.04 * i, "p", 100, onehot(lab, 0.7))
+    (st,) = tf.estimate(10.12)
+    assert st.emotion == "happy"
+    np.testing.assert_allclose(st.face_probs, onehot("happy", 0.7))  # the newest frame, as reported per modality
+    assert st.raw_probs[INDEX["sad"]] > onehot("happy", 0.7)[INDEX["sad"]]  # the odd frame was averaged in
+
+
+def test_hysteresis_holds_against_noise_and_follows_evidence():
+    tf = TemporalFusion(None, **{**NEW, "smoothing_tau_s": 0.3}, switch_margin=0.1, min_dwell_s=0.3)
+    t, emotions = 0.0, []
+    for i in range(30):  # 3 s of happy with a single-frame "sad" blip every 0.5 s
+        t = 0.1 * i
+        tf.add_face(t, "p", 100, onehot("sad" if i % 5 == 4 else "happy", 0.8))
+        (st,) = tf.estimate(t)
+        emotions.append(st.emotion)
+    assert set(emotions) == {"happy"}
+    changes = []
+    for i in range(30, 50):  # then sad for 2 s: the reported emotion follows within a second
+        t = 0.1 * i
+        tf.add_face(t, "p", 100, onehot("sad", 0.8))
+        (st,) = tf.estimate(t)
+        if st.changed:
+            changes.append((t, st.emotion))
+    assert len(changes) == 1 and changes[0][1] == "sad" and changes[0][0] - 3.0 <= 1.0
+    assert st.emotion == "sad" and st.confidence == pytest.approx(st.probs[INDEX["sad"]])
+
+
+def test_hysteresis_off_follows_the_top_probability():
+    tf = TemporalFusion(None, **NEW)
+    tf.add_face(0.0, "p", 100, onehot("happy", 0.8))
+    assert tf.estimate(0.0)[0].emotion == "happy"
+    tf.add_face(0.1, "p", 100, onehot("sad", 0.9))
+    tf.add_face(0.12, "p", 100, onehot("sad", 0.9))
+    assert tf.estimate(0.12)[0].emotion == "sad"
+
+
+def test_fusion_mode_average_ignores_the_model_and_model_needs_one(model):
+    tf = TemporalFusion(model, **NEW)
+    assert tf.model is None and tf.fusion_mode == "average"
+    tf.add_face(1.0, "p", 100, onehot("happy"), FACE_EMB)
+    assert tf.estimate(1.0)[0].mode == "probs"
+    with pytest.raises(ValueError, match="needs a fusion model"):
+        TemporalFusion(None, fusion_mode="model")
+    with pytest.raises(ValueError, match="fusion_mode"):
+        TemporalFusion(None, fusion_mode="vote")
+    for bad in (dict(face_stale_s=0.0), dict(ood_weight=1.5), dict(min_dwell_s=-1.0)):
+        with pytest.raises(ValueError):
+            TemporalFusion(None, **bad)
+
+
+def test_model_mode_masks_an_unreliable_modality(model):
+    tf = TemporalFusion(model, **{**NEW, "fusion_mode": "model"}, model_min_weight=0.3)
+    tf.add_face(1.0, "p", 100, onehot("happy", 0.9), FACE_EMB)
+    tf.add_voice(0.0, 1.0, onehot("sad", 0.2), VOICE_EMB)  # near chance: weight share < 0.3 -> masked
+    (st,) = tf.estimate(1.0)
+    assert st.mode == "model" and st.voice_weight < 0.3
+    np.testing.assert_allclose(st.probs, model.predict(FACE_EMB, None), atol=1e-6)

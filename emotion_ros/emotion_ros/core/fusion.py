@@ -15,7 +15,7 @@ work with ``use_sim_time``), with a separate staleness per modality:
 
 Reliability weight of a modality (``face_weight``/``voice_weight`` of every state, normalised to sum 1):
 
-    w = recency x confidence_term x ood_term x unsure_term
+    w = recency x confidence_term x ood_term x unsure_term   (x voice_prior for the voice)
 
 * ``confidence_term = ((c - 1/K) / (1 - 1/K)) ** conf_power`` with ``c`` the top *calibrated* probability (the face
   and voice models carry temperatures fitted on held-out data): evidence at chance weighs nothing;
@@ -23,7 +23,9 @@ Reliability weight of a modality (``face_weight``/``voice_weight`` of every stat
   ``ood_min_conf`` the input does not look like what the model was trained on and the weight is multiplied by
   ``ood_weight``;
 * ``unsure_term`` (voice): ``unsure_weight`` for segments the voice node marks ``unsure`` (best calibrated
-  probability under its threshold; without that flag, ``voice_unsure_threshold`` decides here).
+  probability under its threshold; without that flag, ``voice_unsure_threshold`` decides here);
+* ``voice_prior``: how much a voice counts against a face of the same calibrated confidence (measured on held-out
+  recordings: voices of new speakers are wrong more often than their confidence says).
 
 Fusion (``fusion_mode``): ``average`` = the reliability-weighted average of the two probability vectors (the shipped
 default, see models/fusion.md); ``model`` = the learned fusion of the embeddings (:class:`FusionModel`), with a
@@ -184,6 +186,7 @@ class TemporalFusion:
                  face_hold_s: float = 0.0, voice_hold_s: float = 0.0, fusion_mode: str = "auto",
                  conf_power: float = 1.0, ood_min_conf: float = 0.0, ood_weight: float = 1.0,
                  unsure_weight: float = 1.0, voice_unsure_threshold: float = 0.0, model_min_weight: float = 0.0,
+                 voice_prior: float = 1.0,
                  switch_margin: float = 0.0, min_dwell_s: float = 0.0):
         for name, v in (("window_s", window_s), ("stale_s", stale_s)):
             if not (math.isfinite(v) and v > 0):
@@ -196,6 +199,8 @@ class TemporalFusion:
                         ("min_dwell_s", min_dwell_s)):
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be >= 0, got {v}")
+        if not (math.isfinite(voice_prior) and voice_prior >= 0):
+            raise ValueError(f"voice_prior must be >= 0, got {voice_prior}")
         for name, v in (("ood_min_conf", ood_min_conf), ("ood_weight", ood_weight), ("unsure_weight", unsure_weight),
                         ("voice_unsure_threshold", voice_unsure_threshold), ("model_min_weight", model_min_weight)):
             if not (math.isfinite(v) and 0 <= v <= 1):
@@ -227,6 +232,7 @@ class TemporalFusion:
         self.unsure_weight = float(unsure_weight)
         self.voice_unsure_threshold = float(voice_unsure_threshold)
         self.model_min_weight = float(model_min_weight)
+        self.voice_prior = float(voice_prior)
         self.switch_margin = float(switch_margin)
         self.min_dwell_s = float(min_dwell_s)
         self._faces: Dict[str, Deque[FaceObs]] = {}
@@ -396,7 +402,7 @@ class TemporalFusion:
     def _fuse(self, face: Optional[_Evidence], voice: Optional[_Evidence]):
         """-> raw probs, face_weight, voice_weight, mode."""
         fw = self.reliability(face.probs, face.recency) if face is not None else 0.0
-        vw = self.reliability(voice.probs, voice.recency, voice.unsure) if voice is not None else 0.0
+        vw = self.voice_prior * self.reliability(voice.probs, voice.recency, voice.unsure) if voice is not None else 0.0
         total = fw + vw
         if total > 1e-9:
             fw, vw = fw / total, vw / total

@@ -6,7 +6,10 @@ dev part of its training data, voices from the voice model's dev speakers (plus
 augmented copies).  Neither unimodal model saw these samples, so their embeddings
 are as confident as on new people.  Modality dropout teaches the network to work
 with one modality missing; an auxiliary classifier per modality keeps either from
-dominating (Haddad et al. 2023).
+dominating (Haddad et al. 2023).  Deliberately wrong or out-of-domain inputs for one modality (``--corrupt-face``,
+``--corrupt-voice``: embeddings of another label, heavy perturbations; the target stays the sound modality's label)
+teach it to ignore a modality that disagrees.  Whether the learned model is shipped is decided on held-out recordings
+(``scripts/tune_fusion.py --fusion-model``): the node's ``fusion_mode`` stays ``average`` unless it wins there.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from ..core.voice.model import VoiceModel
 from .common import args_config, metrics_from_predictions, seed_everything, stratified_holdout, write_json
 from .embed import Outputs, face_outputs, voice_outputs
 from .face_data import load_faces
-from .voice_data import list_voice_data, split_by_speaker
+from .voice_data import list_voice_data, parse_speakers, split_by_speaker
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -48,6 +51,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality-dropout", type=float, default=0.25, help="probability of dropping each modality")
     p.add_argument("--aux-weight", type=float, default=0.5)
     p.add_argument("--voice-augment-copies", type=int, default=4)
+    p.add_argument("--corrupt-face", type=float, default=0.1,
+                   help="share of face+voice pairs whose face is replaced by a wrong-label or heavily perturbed one")
+    p.add_argument("--corrupt-voice", type=float, default=0.3,
+                   help="the same for the voice (voices of new speakers are wrong far more often than faces)")
     p.add_argument("--test-pairs", type=int, default=3000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/emotion_ros"))
@@ -63,6 +70,30 @@ def draw_pairs(face_y: np.ndarray, voice_y: np.ndarray, n: int, rng: np.random.G
     return fs, vs
 
 
+def corrupt(batch: torch.Tensor, pool: torch.Tensor, pool_y: np.ndarray, batch_y: np.ndarray, prob: torch.Tensor,
+            gen: torch.Generator):
+    """Deliberately wrong or out-of-domain inputs for one modality, so that the fusion learns to ignore a modality
+    that disagrees: where ``rand < prob`` (per sample), half the time the embedding of a sample of *another* label
+    (a confident, wrong input: shuffled labels), half the time a heavily perturbed one (scaled by 0-3, plus noise of
+    twice the pool's spread: out of domain).  -> (inputs, corrupted mask (N,) float)."""
+    n = batch.shape[0]
+    bad = (torch.rand(n, generator=gen) < prob).float()
+    if not bad.any():
+        return batch, bad
+    out = batch.clone()
+    kind = torch.rand(n, generator=gen) < 0.5
+    std = pool.std(0, keepdim=True)
+    for i in torch.nonzero(bad > 0).flatten().tolist():
+        if kind[i]:
+            others = np.flatnonzero(pool_y != batch_y[i])
+            j = int(others[int(torch.randint(len(others), (1,), generator=gen))]) if len(others) else i
+            out[i] = pool[j]
+        else:
+            scale = float(torch.rand(1, generator=gen)) * 3.0
+            out[i] = batch[i] * scale + 2.0 * std[0] * torch.randn(batch.shape[1], generator=gen)
+    return out, bad
+
+
 def paired_report(fusion: FusionModel, face: Outputs, face_y, voice: Outputs, voice_y, n: int, seed: int):
     rng = np.random.default_rng(seed)
     fs, vs = draw_pairs(face_y, voice_y, n, rng)
@@ -71,6 +102,9 @@ def paired_report(fusion: FusionModel, face: Outputs, face_y, voice: Outputs, vo
     both = fusion.predict_batch(face.emb[fs], voice.emb[vs], ones, ones)["fused"]
     face_missing = fusion.predict_batch(None, voice.emb[vs], zeros, ones)["fused"]
     voice_missing = fusion.predict_batch(face.emb[fs], None, ones, zeros)["fused"]
+    # a voice of another label (a confidently wrong voice): fusion should stay near the face alone
+    wrong = np.array([rng.choice(np.flatnonzero(voice_y != voice_y[v])) for v in vs])
+    voice_wrong = fusion.predict_batch(face.emb[fs], voice.emb[wrong], ones, ones)["fused"]
     keep = ("accuracy", "macro_f1", "n", "per_class_recall")
 
     def m(pred):
@@ -84,6 +118,8 @@ def paired_report(fusion: FusionModel, face: Outputs, face_y, voice: Outputs, vo
         "fused_face_missing": m(face_missing.argmax(1)),
         "fused_voice_missing": m(voice_missing.argmax(1)),
         "late_fusion_mean_probs": m((face.probs[fs] + voice.probs[vs]).argmax(1)),
+        "fused_voice_wrong_label": m(voice_wrong.argmax(1)),
+        "late_fusion_voice_wrong_label": m((face.probs[fs] + voice.probs[wrong]).argmax(1)),
     }
     return report, y, both.argmax(1)
 
@@ -104,14 +140,15 @@ def run(args) -> dict:
     face_dev_y = faces.labels[dev_mask]
     # voice dev speakers (+ augmented copies)
     items = list_voice_data(args.voice_data).items
-    rest, test_items = split_by_speaker(items, vcfg["test_speakers"])
-    _, dev_items = split_by_speaker(rest, vcfg["dev_speakers"])
+    speakers = lambda v: parse_speakers(v) if isinstance(v, str) else list(v)  # noqa: E731  (old configs: "17-20")
+    rest, test_items = split_by_speaker(items, speakers(vcfg["test_speakers"]))
+    _, dev_items = split_by_speaker(rest, speakers(vcfg["dev_speakers"]))
     print(f"face dev {len(face_dev_y)}, voice dev {len(dev_items)} ({vcfg['dev_speakers']}), "
           f"voice test {len(test_items)}", flush=True)
-    from .train_voice import _augment_wave
+    from .augment import augment_voice
     waves = [load_audio(i.path) for i in dev_items]
     wy = [i.label for i in dev_items]
-    aug = [_augment_wave(w, 16000, rng, 0.3) for _ in range(args.voice_augment_copies) for w in waves]
+    aug = [augment_voice(w, 16000, rng) for _ in range(args.voice_augment_copies) for w in waves]
     voice_dev, _ = voice_outputs(vm, waves + aug, progress=True)
     voice_dev_y = np.array(wy * (1 + args.voice_augment_copies))
 
@@ -127,10 +164,14 @@ def run(args) -> dict:
         fmask = (r >= args.modality_dropout).float()                  # drop face
         vmask = ((r < args.modality_dropout) | (torch.rand(args.batch_size, generator=gen)
                                                  >= args.modality_dropout)).float()  # never both
-        fused, fa, va = net(fe[fs], ve[vs], fmask, vmask)
+        both = fmask * vmask  # a modality is corrupted only where the other one carries the label
+        f_in, f_bad = corrupt(fe[fs], fe, face_dev_y, face_dev_y[fs], args.corrupt_face * both, gen)
+        v_in, v_bad = corrupt(ve[vs], ve, voice_dev_y, voice_dev_y[vs], args.corrupt_voice * both * (1 - f_bad), gen)
+        fused, fa, va = net(f_in, v_in, fmask, vmask)
         loss = F.cross_entropy(fused, y, label_smoothing=0.05)
-        aux = (F.cross_entropy(fa, y, reduction="none") * fmask).sum() / fmask.sum().clamp(min=1) + \
-              (F.cross_entropy(va, y, reduction="none") * vmask).sum() / vmask.sum().clamp(min=1)
+        fa_m, va_m = fmask * (1 - f_bad), vmask * (1 - v_bad)  # aux heads learn only from sound inputs
+        aux = (F.cross_entropy(fa, y, reduction="none") * fa_m).sum() / fa_m.sum().clamp(min=1) + \
+              (F.cross_entropy(va, y, reduction="none") * va_m).sum() / va_m.sum().clamp(min=1)
         loss = loss + args.aux_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
