@@ -71,6 +71,32 @@ def lifecycle_state(node: str, env: Optional[Dict[str, str]] = None, want: str =
     return res.stdout.strip()
 
 
+def lifecycle_states(nodes: Sequence[str], env: Optional[Dict[str, str]] = None, want: str = "active",
+                     timeout: float = 90) -> Dict[str, str]:
+    """``ros2 lifecycle get`` of several nodes at once (each CLI start costs seconds on 2 cores); a node not in
+    ``want`` yet is asked again until ``timeout``. Returns {node: last answer}."""
+    env = env or cli_env()
+    deadline = time.monotonic() + timeout
+    answers: Dict[str, str] = {}
+    pending = list(nodes)
+    while pending:
+        procs = {n: subprocess.Popen([ROS2, "lifecycle", "get", n, "--no-daemon", "--spin-time", "3"], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True) for n in pending}
+        for n, p in procs.items():
+            try:
+                answers[n] = p.communicate(timeout=max(10.0, deadline - time.monotonic()))[0].strip()
+            except subprocess.TimeoutExpired:
+                p.kill()
+                answers[n] = p.communicate()[0].strip()
+        pending = [n for n in pending if answers[n].split(" [")[0] != want]
+        if pending and time.monotonic() > deadline:
+            break
+        if pending:
+            time.sleep(1.0)
+    return answers
+
+
 def node_names(env: Optional[Dict[str, str]] = None, want: Sequence[str] = (), timeout: float = 60) -> List[str]:
     res = ros2_until(["node", "list", "--no-daemon", "--spin-time", "3"],
                      lambda r: set(want) <= set(r.stdout.split()), timeout=timeout, env=env)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from launch_helpers import (LIFECYCLE_NODES, VENV_BIN, Background, cli_env, group_pids, lifecycle_state,
+from launch_helpers import (LIFECYCLE_NODES, VENV_BIN, Background, cli_env, group_pids, lifecycle_states,
                             requires_ros2)
 from robust_helpers import PKG_ROOT
 
@@ -77,9 +77,8 @@ def test_ros2_launch_from_the_colcon_install_space(workspace, tmp_path):
     launch = Background(["ros2", "launch", "emotion_ros", "emotion.launch.py", "camera:=false",
                          "microphone:=false", "device:=cpu"], str(tmp_path / "launch.log"), env=env, cwd=ws)
     try:
-        for node in LIFECYCLE_NODES:
-            state = lifecycle_state(f"/{node}", env=env, timeout=300)
-            assert state.startswith("active"), f"{node}: {state!r}\n{launch.tail()}"
+        states = lifecycle_states([f"/{n}" for n in LIFECYCLE_NODES], env=env, timeout=300)
+        assert all(s.startswith("active") for s in states.values()), f"{states}\n{launch.tail()}"
         # the processes are the install space's executables
         cmdlines = []
         for pid in group_pids(launch.pgid):

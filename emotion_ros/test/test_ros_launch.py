@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from launch_helpers import (LIFECYCLE_NODES, NODES, lifecycle_state, make_media, node_names, requires_ros2,
+from launch_helpers import (LIFECYCLE_NODES, NODES, lifecycle_states, make_media, node_names, requires_ros2,
                             ros2, ros2_launch, ros2_run, ros2_until, write_any_emotion_rules)
 from robust_helpers import Graph
 
@@ -96,9 +96,8 @@ def test_launch_behaviour_decision_when_a_rule_fires(launched, graph):
 
 
 def test_launch_lifecycle_nodes_are_active(launched):
-    for node in LIFECYCLE_NODES:
-        state = lifecycle_state(f"/{node}")
-        assert state.startswith("active"), f"{node}: {state!r}\n{launched.tail()}"
+    states = lifecycle_states([f"/{n}" for n in LIFECYCLE_NODES])
+    assert all(s.startswith("active") for s in states.values()), f"{states}\n{launched.tail()}"
 
 
 def test_launch_param_get_face_node_device(launched):
@@ -142,9 +141,8 @@ def test_launch_without_sources_runs_on_ros2_run_sources(tmp_path, media, graph)
         want = [f"/{n}" for n in NODES] + [f"/run_check/{n}" for n in NODES[2:]]
         names = node_names(want=want)
         assert set(want) <= set(names), names
-        for node in LIFECYCLE_NODES:
-            state = lifecycle_state(f"/run_check/{node}")
-            assert state.startswith("active"), f"ros2 run {node}: {state!r}"
+        states = lifecycle_states([f"/run_check/{n}" for n in LIFECYCLE_NODES])
+        assert all(s.startswith("active") for s in states.values()), f"ros2 run: {states}"
         for r in runs:
             assert r.alive(), f"{r.cmd}:\n{r.tail()}"
         out = launch.output()
