@@ -31,7 +31,7 @@ from emotion_ros import paths
 from emotion_ros.core.behaviour import HRI_EXPRESSIONS, BehaviourPolicy, Decision, RuleError, load_rules
 from emotion_ros.core.errors import InputError
 from emotion_ros.ros.convert import sec_to_stamp, stamp_to_sec
-from emotion_ros.ros.lifecycle import exit_process, run_node
+from emotion_ros.ros.lifecycle import command_line, exit_process, run_node
 from emotion_ros.ros.node_utils import Diagnostics, RateLimitedLogger, declare_parameters, reliable_qos
 
 NODE_NAME = "behaviour_node"
@@ -39,13 +39,17 @@ NODE_NAME = "behaviour_node"
 PARAMS = {
     "rules_file": ("", "Rule table (YAML); empty = the package's config/behaviour_rules.yaml "
                        "(installed share first, then the source tree)"),
-    "hysteresis": (0.1, "A fired rule stays active until its emotion's probability < min_confidence - hysteresis"),
-    "cooldown_s": (10.0, "A rule does not fire again within this many seconds (rules may set their own)"),
+    "hysteresis": (0.1, "A fired rule stays active until its emotion's probability < min_confidence - hysteresis",
+                        {"range": (0.0, 1.0)}),
+    "cooldown_s": (10.0, "A rule does not fire again within this many seconds (rules may set their own)",
+                         {"range": (0.0, 86400.0)}),
     "default_expression": ("neutral", "Expression sent when the active rule ends"),
-    "max_gap_s": (1.0, "A gap between two states longer than this (s, state stamps) restarts the dwell timers"),
+    "max_gap_s": (1.0, "A gap between two states longer than this (s, state stamps) restarts the dwell timers",
+                       {"range": (0.0, 86400.0)}),
     "min_say_interval_s": (5.0, "No speech within this many seconds (node clock) of the previous speech; the "
-                                "decision is still published, with say empty"),
-    "state_timeout_s": (3.0, "No state for this long (s, node clock) releases the active rule (0 = never)"),
+                                "decision is still published, with say empty", {"range": (0.0, 86400.0)}),
+    "state_timeout_s": (3.0, "No state for this long (s, node clock) releases the active rule (0 = never)",
+                             {"range": (0.0, 86400.0)}),
 }
 
 
@@ -160,7 +164,8 @@ class BehaviourNode(Node):
 
 
 def main(args=None) -> None:
-    exit_process(run_node(BehaviourNode, args=args))
+    code = command_line(NODE_NAME, PARAMS, __doc__, args)
+    exit_process(code if code is not None else run_node(BehaviourNode, args=args))
 
 
 if __name__ == "__main__":

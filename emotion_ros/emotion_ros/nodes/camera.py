@@ -1,16 +1,17 @@
 """camera_node: frames from a camera, a video file, a stream URL or a GStreamer pipeline -> ``image_raw``.
 
-Publishes ``image_raw`` (sensor_msgs/Image, bgr8, stamped with the ROS time at capture, ``frame_id``) at ``rate``
-Hz and ``/diagnostics``. A capture thread reads the source:
+Publishes ``image_raw`` (sensor_msgs/Image, bgr8, stamped with the ROS time at capture, ``frame_id``) and
+``/diagnostics``. A capture thread reads the source:
 
-- devices / streams deliver at their own pace; frames beyond ``rate`` are skipped (``rate`` 0: every frame);
-  a device that cannot be opened or stops delivering is retried with back-off (``retry_s`` doubling up to
-  ``retry_max_s``), with one clear log line per attempt;
-- files are played in real time at ``rate`` (0: the file's own frame rate), from the start again with ``loop``;
+- devices / streams deliver at their own pace; frames beyond ``rate`` Hz are skipped (``rate`` 0, the default: at
+  most ``LIVE_RATE_CAP`` = 30 Hz); a device that cannot be opened or stops delivering is retried with back-off
+  (``retry_s`` doubling up to ``retry_max_s``), with one clear log line per attempt;
+- files are played in real time at their own frame rate (``rate`` 0, the default; a 10 fps clip stays in step
+  with real-time audio), or at ``rate`` Hz when it is set; from the start again with ``loop``;
   at the end without ``loop`` the node stops the process (``exit_on_end``) or idles. A missing or unreadable file
   ends the process with exit code 1 and a message naming it.
 
-    camera_node --ros-args -p source:=0 -p width:=640 -p height:=480 -p rate:=30.0
+    camera_node --ros-args -p source:=0 -p width:=640 -p height:=480 -p rate:=15
     camera_node --ros-args -p source:=/path/clip.mp4 -p loop:=true
     camera_node --ros-args --params-file config/emotion.yaml
 """
@@ -28,33 +29,39 @@ from sensor_msgs.msg import Image
 
 from emotion_ros.core.sources import SourceError, VideoSource
 from emotion_ros.ros.convert import numpy_to_image
-from emotion_ros.ros.lifecycle import exit_process, request_stop, run_node
+from emotion_ros.ros.lifecycle import command_line, exit_process, request_stop, run_node
 from emotion_ros.ros.node_utils import (Diagnostics, RateLimitedLogger, declare_parameters, reliable_qos, sensor_qos,
                                         wait_for_subscribers)
 
 NODE_NAME = "camera_node"
+#: Live sources with ``rate`` 0 publish at most this many frames per second.
+LIVE_RATE_CAP = 30.0
+#: Files whose container tells no frame rate play at this rate (with ``rate`` 0).
+FILE_RATE_FALLBACK = 30.0
 
 PARAMS = {
     "source": ("0", "Camera index (0), device path (/dev/video2), video file, stream URL (rtsp://...), or "
                     "GStreamer pipeline (contains '!'; needs an OpenCV built with GStreamer)",
                {"dynamic_typing": True}),
     "api": ("auto", "OpenCV capture API: auto | v4l2 | ffmpeg | gstreamer | images"),
-    "rate": (30.0, "Publish rate in Hz; files are played at this rate (0: the file's own rate); live sources "
-                   "skip frames beyond it (0: publish every frame)"),
-    "width": (0, "Requested frame width from devices/streams (0: the source's default)"),
-    "height": (0, "Requested frame height from devices/streams (0: the source's default)"),
+    "rate": (0.0, "Publish rate in Hz. 0: files play at their own frame rate (30 when the file tells none), live "
+                  "sources publish every frame up to 30 Hz. > 0: files play at this rate, live sources skip frames "
+                  "beyond it", {"range": (0.0, 1000.0)}),
+    "width": (0, "Requested frame width from devices/streams (0: the source's default)", {"range": (0, 16384)}),
+    "height": (0, "Requested frame height from devices/streams (0: the source's default)", {"range": (0, 16384)}),
     "fourcc": ("", "Requested device pixel format, e.g. MJPG (empty: the device's default)"),
     "resize": (False, "Resize frames to width x height when the source delivers another size"),
     "flip_horizontal": (False, "Mirror frames left-right (selfie view)"),
     "frame_id": ("camera", "header.frame_id of the published images"),
     "loop": (False, "Files: start again at the end"),
     "wait_for_subscribers_s": (0.0, "Files: before the first frame, wait up to this long for a subscriber of "
-                                    "image_raw (so none of the file is lost to discovery)"),
+                                    "image_raw (so none of the file is lost to discovery)", {"range": (0.0, 3600.0)}),
     "exit_on_end": (True, "Files without loop: stop the process at the end (false: stay up, publishing nothing)"),
-    "retry_s": (1.0, "Devices/streams: first wait before reopening a source that failed (doubles each time)"),
-    "retry_max_s": (30.0, "Devices/streams: longest wait between reopen attempts"),
+    "retry_s": (1.0, "Devices/streams: first wait before reopening a source that failed (doubles each time)",
+                {"range": (0.01, 3600.0)}),
+    "retry_max_s": (30.0, "Devices/streams: longest wait between reopen attempts", {"range": (0.01, 86400.0)}),
     "reliable": (True, "Reliable QoS (matches reliable and best-effort subscribers); false: best effort"),
-    "qos_depth": (1, "Publisher queue depth (keep last)"),
+    "qos_depth": (1, "Publisher queue depth (keep last)", {"range": (1, 10000)}),
 }
 
 
@@ -69,10 +76,12 @@ class CameraNode(Node):
             self._log_opened()
         qos = reliable_qos(self.p.qos_depth) if self.p.reliable else sensor_qos(self.p.qos_depth)
         self.pub = self.create_publisher(Image, "image_raw", qos)
+        rate = self._rate()
         self.diag = Diagnostics(self, "camera", hardware_id=self.source.source,
-                                expected_rate_hz=float(self.p.rate) or None,
-                                stale_after_s=max(2.0, 3.0 / float(self.p.rate)) if self.p.rate > 0 else 5.0)
+                                expected_rate_hz=rate if float(self.p.rate) > 0 or self.source.is_file else None,
+                                stale_after_s=max(2.0, 3.0 / rate) if rate > 0 else 5.0)
         self.diag.set_value("source", self.source.describe())
+        self.diag.set_value("rate_hz", f"{rate:g}")
         self.frames = 0
         self.ended = threading.Event()
         self._stop = threading.Event()
@@ -82,7 +91,10 @@ class CameraNode(Node):
     # -----------------------------------------------------------------------------------------------------------
     def _log_opened(self) -> None:
         s = self.source
-        self.get_logger().info(f"opened {s.describe()} (backend {s.backend or '?'}, nominal {s.fps:.1f} fps)")
+        rate = self._rate()
+        how = ("file's own rate" if s.is_file else "cap for rate 0") if float(self.p.rate) <= 0 else "rate"
+        self.get_logger().info(f"opened {s.describe()} (backend {s.backend or '?'}, nominal {s.fps:.1f} fps); "
+                               f"{'playing' if s.is_file else 'publishing up to'} {rate:g} Hz ({how})")
         self.diag_value("backend", s.backend)
 
     def diag_value(self, key, value) -> None:
@@ -104,11 +116,17 @@ class CameraNode(Node):
             wait = min(wait * 2.0, max(float(self.p.retry_max_s), float(self.p.retry_s)))
         return False
 
-    def _period(self) -> float:
+    def _rate(self) -> float:
+        """Frames per second to publish: ``rate``, else the file's own rate, else LIVE_RATE_CAP for live sources."""
         rate = float(self.p.rate)
-        if rate <= 0 and self.source.is_file:
-            rate = self.source.fps or 30.0
-        return 1.0 / rate if rate > 0 else 0.0
+        if rate > 0:
+            return rate
+        if self.source.is_file:
+            return self.source.fps or FILE_RATE_FALLBACK
+        return LIVE_RATE_CAP
+
+    def _period(self) -> float:
+        return 1.0 / self._rate()
 
     def _run(self) -> None:
         try:
@@ -193,7 +211,8 @@ class CameraNode(Node):
 
 
 def main(args: Optional[list] = None) -> None:
-    exit_process(run_node(CameraNode, args=args))
+    code = command_line(NODE_NAME, PARAMS, __doc__, args)
+    exit_process(code if code is not None else run_node(CameraNode, args=args))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from emotion_ros.core.face.pipeline import FacePipeline, FaceResult, build_pipel
 from emotion_ros.core.labels import LABELS
 from emotion_ros.core.modelio import ModelFileError
 from emotion_ros.ros.convert import image_to_numpy, numpy_to_image, stamp_to_sec
-from emotion_ros.ros.lifecycle import exit_process, run_node
+from emotion_ros.ros.lifecycle import command_line, exit_process, run_node
 from emotion_ros.ros.node_utils import (Diagnostics, LatestSlot, RateLimitedLogger, declare_parameters,
                                         reliable_qos, sensor_qos)
 
@@ -50,27 +50,32 @@ PARAMS = {
                        "(installed share first, then the source tree)"),
     "device": ("auto", "Torch device: auto (CUDA when available) | cpu | cuda | cuda:N"),
     "cpu_threads": (1, "torch CPU threads for the model (0 = torch's default). 1 is fastest for this small "
-                       "model on a busy CPU: with 2 threads on 2 busy cores a 48x48 batch took 10x longer"),
+                       "model on a busy CPU: with 2 threads on 2 busy cores a 48x48 batch took 10x longer",
+                       {"range": (0, 256)}),
     "opencv_threads": (1, "OpenCV threads (detection, colour conversion; 0 = OpenCV's default, one per core). 1: "
-                          "among the other nodes on 2 cores, p95 latency 29-31 -> 24-27 ms (emotion-bench)"),
+                          "among the other nodes on 2 cores, p95 latency 29-31 -> 24-27 ms (emotion-bench)",
+                          {"range": (0, 256)}),
     "flip_tta": (True, "Average the model over each crop and its mirror image"),
     "detector": ("haar", "Face detector: haar (OpenCV cascade, no file needed) | yunet (ONNX file in yunet_model)"),
     "yunet_model": ("", "YuNet ONNX file (e.g. face_detection_yunet_2023mar.onnx) when detector is yunet"),
-    "yunet_score_threshold": (0.6, "YuNet: least face score"),
-    "min_face_frac": (0.08, "Smallest face searched, as a fraction of the image's shorter side"),
+    "yunet_score_threshold": (0.6, "YuNet: least face score", {"range": (0.0, 1.0)}),
+    "min_face_frac": (0.08, "Smallest face searched, as a fraction of the image's shorter side",
+                            {"range": (0.0, 0.99)}),
     "detect_max_width": (320, "Haar/YuNet run on the frame downscaled to at most this width (speed); "
-                              "at 320, faces from ~70 px (640x480 frame) are found reliably"),
-    "haar_min_neighbors": (5, "Haar: neighbours a detection needs (higher: fewer false faces)"),
+                              "at 320, faces from ~70 px (640x480 frame) are found reliably", {"range": (32, 16384)}),
+    "haar_min_neighbors": (5, "Haar: neighbours a detection needs (higher: fewer false faces)", {"range": (0, 100)}),
     "full_detect_every": (3, "Detect on the whole frame every N-th frame; in between search only around the "
-                             "tracked faces (1 = whole frame always; new faces appear up to N-1 frames late)"),
+                             "tracked faces (1 = whole frame always; new faces appear up to N-1 frames late)",
+                             {"range": (1, 1000)}),
     "async_full_detect": (True, "While faces are tracked, run the whole-frame search of every full_detect_every-th "
                                 "frame in a background thread (new faces join 1-2 frames later) so that no frame "
                                 "waits for it; false: in line (deterministic, slower frames)"),
-    "max_faces": (10, "Most faces classified per frame (largest first)"),
-    "tracker_iou": (0.3, "Tracker: least box IoU to continue a track"),
-    "tracker_max_missed": (10, "Tracker: frames a face may go undetected before its id is dropped"),
+    "max_faces": (10, "Most faces classified per frame (largest first)", {"range": (1, 100)}),
+    "tracker_iou": (0.3, "Tracker: least box IoU to continue a track", {"range": (0.0, 1.0)}),
+    "tracker_max_missed": (10, "Tracker: frames a face may go undetected before its id is dropped",
+                               {"range": (0, 10000)}),
     "crop_margin": (0.0, "Extra border around the face box, per side, as a fraction of its size "
-                         "(0 matches FER2013's crops, which the model is trained on)"),
+                         "(0 matches FER2013's crops, which the model is trained on)", {"range": (0.0, 2.0)}),
     "publish_embedding": (True, "Fill FaceEmotion.embedding (for model-level fusion)"),
     "debug_image": (True, "Publish emotion/face_debug (only built while it has subscribers)"),
     "autostart": (True, "Configure and activate on start (false: wait for a lifecycle manager)"),
@@ -313,7 +318,8 @@ class FaceNode(LifecycleNode):
 
 
 def main(args=None) -> None:
-    exit_process(run_node(FaceNode, args=args))
+    code = command_line(NODE_NAME, PARAMS, __doc__, args)
+    exit_process(code if code is not None else run_node(FaceNode, args=args))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ at once on every face array (``publish_on_face``), at once when the primary's to
 (``publish_on_change``), and at a steady ``rate`` in between (e.g. voice alone).
 ``header.stamp`` is the newest evidence's stamp, ``header.frame_id`` the face array's.  "Now" for staleness is the
 node clock, so replayed bags work with ``use_sim_time:=true``.  ``/diagnostics``: per-modality input rates and
-staleness, processing time, errors.
+staleness, each input's age (``face_age_s``, ``voice_age_s``; WARN when face arrays stop for ``FACE_STOPPED_S`` or
+an input topic has no publisher left, e.g. face_node died), processing time, errors.
 
 Lifecycle: configure loads the fusion model (missing/unfit file: FAILURE naming the file; with autostart the
 process exits 1), activate opens the topics, deactivate closes them, cleanup drops the model.
@@ -39,27 +40,31 @@ from emotion_ros.core.fusion import FusedState, FusionModel, TemporalFusion
 from emotion_ros.core.labels import LABELS, NUM_LABELS, normalise
 from emotion_ros.core.modelio import ModelFileError
 from emotion_ros.ros.convert import sec_to_stamp, stamp_to_sec
-from emotion_ros.ros.lifecycle import exit_process, run_node
+from emotion_ros.ros.lifecycle import command_line, exit_process, run_node
 from emotion_ros.ros.node_utils import Diagnostics, RateLimitedLogger, declare_parameters, reliable_qos
 
 NODE_NAME = "fusion_node"
+#: /diagnostics: face arrays (one per camera frame) silent for longer than this (s) after flowing: WARN.
+FACE_STOPPED_S = 2.0
 
 PARAMS = {
     "model_path": ("", "Fusion model checkpoint (.pt); empty = the package's models/fusion.pt "
                        "(installed share first, then the source tree)"),
     "device": ("auto", "Torch device: auto (CUDA when available) | cpu | cuda | cuda:N"),
-    "cpu_threads": (1, "torch CPU threads (0 = torch's default); 1 suits this small MLP best on a busy CPU"),
+    "cpu_threads": (1, "torch CPU threads (0 = torch's default); 1 suits this small MLP best on a busy CPU",
+                       {"range": (0, 256)}),
     "window_s": (1.0, "Alignment window (s): the newest face within it; voice segments overlapping "
-                      "[now - window_s, now], weighted by overlap"),
+                      "[now - window_s, now], weighted by overlap", {"range": (0.001, None)}),
     "stale_s": (1.0, "A modality whose newest evidence is older than this (s, node clock vs message stamps) is "
-                     "stale: weight 0, masked out of the fusion"),
+                     "stale: weight 0, masked out of the fusion", {"range": (0.001, None)}),
     "smoothing_tau_s": (0.5, "Time constant (s) of the exponential smoothing of each person's probabilities "
-                             "(0 = none)"),
-    "rate": (10.0, "Steady publishing rate of emotion/state and emotion/states (Hz)"),
+                             "(0 = none)", {"range": (0.0, None)}),
+    "rate": (10.0, "Steady publishing rate of emotion/state and emotion/states (Hz)", {"range": (0.01, 1000.0)}),
     "publish_on_change": (True, "Also publish at once when the primary person's top emotion changes"),
     "publish_on_face": (True, "Also publish at once on every face array (frame to emotion/state in a few ms; the "
                               "steady rate then only fills the gaps, e.g. voice alone)"),
-    "forget_s": (5.0, "Persons (face track ids) not seen for this long (s) are forgotten"),
+    "forget_s": (5.0, "Persons (face track ids) not seen for this long (s) are forgotten",
+                      {"range": (0.01, 86400.0)}),
     "voice_to": ("primary", "Voice evidence (no speaker id) goes to the 'primary' person only, or to 'all'"),
     "allow_no_model": (False, "When the model file is missing: fail configure (false) or run with the "
                               "probability-level fallback (true)"),
@@ -187,6 +192,10 @@ class FusionNode(LifecycleNode):
             self.create_subscription(FaceEmotionArray, "emotion/faces", self._on_faces, reliable_qos(10)),
             self.create_subscription(VoiceEmotion, "emotion/voice", self._on_voice, reliable_qos(10)),
         ]
+        # each input on its own: face arrays come with every frame (WARN when they stop), voice only per
+        # utterance (no staleness check); either topic losing its publisher (face_node killed) is a WARN
+        self.diag.watch_input("face", stale_after_s=FACE_STOPPED_S, topic=self._subs[0].topic_name)
+        self.diag.watch_input("voice", stale_after_s=None, topic=self._subs[1].topic_name)
         self._timer = self.create_timer(1.0 / float(self.p.rate), self._on_timer)
         return super().on_activate(state)
 
@@ -251,7 +260,7 @@ class FusionNode(LifecycleNode):
             return
         self._rates["face"].tick()
         if diag is not None:
-            diag.tick_input()
+            diag.tick_input("face")
         t = stamp_to_sec(msg.header.stamp)
         with self._lock:
             for k, face in enumerate(msg.faces):
@@ -278,7 +287,7 @@ class FusionNode(LifecycleNode):
             return
         self._rates["voice"].tick()
         if diag is not None:
-            diag.tick_input()
+            diag.tick_input("voice")
         t0, t1 = stamp_to_sec(msg.start), stamp_to_sec(msg.end)
         if t0 == 0.0 and t1 == 0.0:  # start/end not filled: a segment ending at the header stamp
             t0 = t1 = stamp_to_sec(msg.header.stamp)
@@ -377,7 +386,8 @@ class FusionNode(LifecycleNode):
 
 
 def main(args=None) -> None:
-    exit_process(run_node(FusionNode, args=args))
+    code = command_line(NODE_NAME, PARAMS, __doc__, args)
+    exit_process(code if code is not None else run_node(FusionNode, args=args))
 
 
 if __name__ == "__main__":

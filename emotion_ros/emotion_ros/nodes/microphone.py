@@ -19,6 +19,7 @@ With no device the node fails at start-up with a message listing the devices Por
 
     microphone_node --ros-args -p device:=USB -p sample_rate:=16000
     microphone_node --ros-args -p file:=/path/speech.wav -p loop:=true
+    microphone_node --list-devices          # the input devices PortAudio sees (index, name, channels, rate)
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ import rclpy
 from rclpy.node import Node
 
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo
-from emotion_ros.core.sources import AudioFileSource, SourceError, open_input_stream
+from emotion_ros.core.sources import AudioFileSource, SourceError, list_input_devices, open_input_stream
 from emotion_ros.ros.convert import float_to_pcm, ns_to_stamp, stamp_to_ns
-from emotion_ros.ros.lifecycle import exit_process, request_stop, run_node
+from emotion_ros.ros.lifecycle import command_line, exit_process, request_stop, run_node
 from emotion_ros.ros.node_utils import (Diagnostics, RateLimitedLogger, declare_parameters, latched_qos, reliable_qos,
                                         wait_for_subscribers)
 
@@ -47,18 +48,37 @@ PARAMS = {
     "device": ("", "Input device: index, or a case-insensitive part of its name; empty = the system default",
                {"dynamic_typing": True}),
     "file": ("", "Audio file to play as if it were a microphone (wav/flac/ogg/...); empty = use the device"),
-    "sample_rate": (16000, "Sample rate in Hz (device: requested; file: resampled to it, 0 = the file's rate)"),
-    "channels": (1, "Channels (device: captured; file: 1 downmixes, 0 keeps the file's)"),
-    "block_duration_s": (0.1, "Duration of one published block of audio in seconds"),
+    "sample_rate": (16000, "Sample rate in Hz (device: requested; file: resampled to it, 0 = the file's rate)",
+                    {"range": (0, 192000)}),
+    "channels": (1, "Channels (device: captured; file: 1 downmixes, 0 keeps the file's)", {"range": (0, 64)}),
+    "block_duration_s": (0.1, "Duration of one published block of audio in seconds", {"range": (0.005, 10.0)}),
     "sample_format": ("S16LE", "PCM sample format of the published audio: S16LE | F32LE"),
     "frame_id": ("microphone", "header.frame_id of the published audio"),
     "loop": (False, "File: start again at the end (seamless, stamps keep advancing)"),
     "exit_on_end": (True, "File without loop: stop the process at the end (false: stay up, silent)"),
     "wait_for_subscribers_s": (0.0, "File: before the first block, wait up to this long for a subscriber of "
-                                    "`audio` (so none of the file is lost to discovery)"),
-    "max_drift_s": (0.25, "Re-anchor stamps to the ROS clock when the sample clock drifts by more than this"),
-    "qos_depth": (100, "Publisher queue depth (keep last) of `audio`"),
+                                    "`audio` (so none of the file is lost to discovery)", {"range": (0.0, 3600.0)}),
+    "max_drift_s": (0.25, "Re-anchor stamps to the ROS clock when the sample clock drifts by more than this",
+                    {"range": (0.001, 3600.0)}),
+    "qos_depth": (100, "Publisher queue depth (keep last) of `audio`", {"range": (1, 10000)}),
 }
+
+
+def list_devices(query=None, out=None) -> int:
+    """Print the audio input devices (``--list-devices``); exit code 0, also when there is none."""
+    import sys
+    out = out or sys.stdout
+    devices = list_input_devices(query)
+    if not devices:
+        out.write("no input devices: PortAudio sees no sound card input here (libportaudio2 missing, no audio "
+                  "system, or no microphone); play a file with -p file:=speech.wav instead\n")
+        return 0
+    out.write("audio input devices (use -p device:=INDEX or a part of the name):\n")
+    for d in devices:
+        rate = d.get("default_samplerate")
+        out.write(f"  {d['index']}: {d.get('name', '?')} ({d.get('max_input_channels', 0)} ch"
+                  + (f", default {float(rate):g} Hz" if rate else "") + ")\n")
+    return 0
 
 
 class MicrophoneNode(Node):
@@ -236,7 +256,9 @@ class MicrophoneNode(Node):
 
 
 def main(args: Optional[list] = None) -> None:
-    exit_process(run_node(MicrophoneNode, args=args))
+    code = command_line(NODE_NAME, PARAMS, __doc__, args,
+                        options={"--list-devices": ("list the audio input devices and exit", list_devices)})
+    exit_process(code if code is not None else run_node(MicrophoneNode, args=args))
 
 
 if __name__ == "__main__":

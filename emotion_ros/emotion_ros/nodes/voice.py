@@ -63,7 +63,7 @@ from emotion_ros.core.voice.pipeline import MAX_RATE, MIN_RATE, VoicePipeline, V
 from emotion_ros.core.voice.segment import PARAM_TO_KWARG, Segmenter, segmenter_kwargs
 from emotion_ros.ros.convert import (PCM_FORMATS, pcm_frame_remainder, pcm_nonfinite_mask, pcm_to_float,
                                      sec_to_stamp, stamp_to_sec)
-from emotion_ros.ros.lifecycle import exit_process, run_node
+from emotion_ros.ros.lifecycle import command_line, exit_process, run_node
 from emotion_ros.ros.node_utils import Diagnostics, RateLimitedLogger, declare_parameters, latched_qos, reliable_qos
 
 NODE_NAME = "voice_node"
@@ -83,32 +83,39 @@ PARAMS = {
                        "(installed share first, then the source tree)"),
     "device": ("auto", "Torch device: auto (CUDA when available) | cpu | cuda | cuda:N"),
     "cpu_threads": (1, "torch CPU threads for the model (0 = torch's default). 1 avoids long stalls when the "
-                       "CPU is shared with other nodes"),
-    "sample_rate": (16000, "Sample rate (Hz) of the audio until an AudioInfo arrives on audio_info (8000-96000)"),
-    "channels": (1, "Interleaved channels of the audio until an AudioInfo arrives (downmixed to mono)"),
+                       "CPU is shared with other nodes", {"range": (0, 256)}),
+    "sample_rate": (16000, "Sample rate (Hz) of the audio until an AudioInfo arrives on audio_info (8000-96000)",
+                           {"range": (8000, 96000)}),
+    "channels": (1, "Interleaved channels of the audio until an AudioInfo arrives (downmixed to mono)",
+                    {"range": (1, 64)}),
     "sample_format": ("S16LE", "PCM sample format until an AudioInfo arrives: " + ", ".join(PCM_FORMATS)),
-    "vad_frame_ms": (20.0, "VAD frame length (ms)"),
-    "vad_start_db": (9.0, "An utterance starts on a frame this many dB above the adaptive noise floor"),
-    "vad_stop_db": (5.0, "... and goes on while frames stay this many dB above it (hysteresis)"),
+    "vad_frame_ms": (20.0, "VAD frame length (ms)", {"range": (5.0, 100.0)}),
+    "vad_start_db": (9.0, "An utterance starts on a frame this many dB above the adaptive noise floor",
+                          {"range": (0.0, 60.0)}),
+    "vad_stop_db": (5.0, "... and goes on while frames stay this many dB above it (hysteresis)",
+                         {"range": (0.0, 60.0)}),
     "vad_min_floor_db": (-60.0, "Lowest noise floor (dBFS): digital silence never counts as speech; a frame must "
-                                "reach vad_min_floor_db + vad_start_db to start an utterance"),
+                                "reach vad_min_floor_db + vad_start_db to start an utterance",
+                                {"range": (-150.0, 0.0)}),
     "vad_noise_window_s": (5.0, "Noise floor = the quietest frame of this many seconds (steady sounds are "
-                                "absorbed into it within this time)"),
-    "min_speech_s": (0.3, "Shorter utterances (clicks, knocks) are discarded (s)"),
-    "max_silence_s": (0.35, "An utterance ends after this much silence (s)"),
-    "pre_roll_s": (0.15, "Audio kept before the utterance's first loud frame (s)"),
-    "post_roll_s": (0.1, "Audio kept after its last active frame (s)"),
+                                "absorbed into it within this time)", {"range": (0.1, 3600.0)}),
+    "min_speech_s": (0.3, "Shorter utterances (clicks, knocks) are discarded (s)", {"range": (0.0, 60.0)}),
+    "max_silence_s": (0.35, "An utterance ends after this much silence (s)", {"range": (0.0, 60.0)}),
+    "pre_roll_s": (0.15, "Audio kept before the utterance's first loud frame (s)", {"range": (0.0, 10.0)}),
+    "post_roll_s": (0.1, "Audio kept after its last active frame (s)", {"range": (0.0, 10.0)}),
     "window_s": (3.0, "Long utterances: sliding windows of this length (s) are published while they go on "
-                      "(0 = none)"),
-    "hop_s": (1.5, "... every this many seconds"),
-    "max_utterance_s": (10.0, "Longer speech is cut into utterances of at most this length (s)"),
+                      "(0 = none)", {"range": (0.0, 60.0)}),
+    "hop_s": (1.5, "... every this many seconds", {"range": (0.01, 60.0)}),
+    "max_utterance_s": (10.0, "Longer speech is cut into utterances of at most this length (s)",
+                              {"range": (0.1, 600.0)}),
     "gap_tolerance_s": (0.02, "A chunk starting further than this (s) from where the previous one ended is a "
-                              "discontinuity: the open utterance is closed and timing restarts"),
+                              "discontinuity: the open utterance is closed and timing restarts",
+                              {"range": (0.0, 3600.0)}),
     "max_backlog_s": (2.0, "Audio waiting to be processed is capped at this many seconds; the oldest is dropped "
-                           "(and counted) beyond it"),
+                           "(and counted) beyond it", {"range": (0.1, 3600.0)}),
     "idle_flush_s": (1.0, "When no audio arrives for this long (s, wall clock) the open utterance is closed and "
-                          "published (0 = never)"),
-    "queue_depth": (50, "Depth of the audio subscription (reliable, keep last)"),
+                          "published (0 = never)", {"range": (0.0, 3600.0)}),
+    "queue_depth": (50, "Depth of the audio subscription (reliable, keep last)", {"range": (1, 10000)}),
     "publish_partial": (True, "Publish the sliding windows of long utterances (partial = true)"),
     "publish_embedding": (True, "Fill VoiceEmotion.embedding (for model-level fusion)"),
     "autostart": (True, "Configure and activate on start (false: wait for a lifecycle manager)"),
@@ -555,7 +562,8 @@ class VoiceNode(LifecycleNode):
 
 
 def main(args=None) -> None:
-    exit_process(run_node(VoiceNode, args=args))
+    code = command_line(NODE_NAME, PARAMS, __doc__, args)
+    exit_process(code if code is not None else run_node(VoiceNode, args=args))
 
 
 if __name__ == "__main__":

@@ -3,15 +3,20 @@
 rclpy.init -> build the node -> (lifecycle node with ``autostart`` true: configure + activate) -> spin a
 SingleThreadedExecutor (``num_threads`` > 1: a MultiThreadedExecutor) until Ctrl-C / SIGTERM / ``request_stop()`` / rclpy shutdown -> shutdown transition ->
 destroy. Returns a process exit code (console_scripts pass it to sys.exit).
+
+``command_line``: ``--help`` / ``-h`` (and node-specific options such as ``--list-devices``) handled before any
+ROS/DDS start.  Lifecycle nodes report their state on ``/diagnostics`` from construction (WARN while not active).
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import re
 import signal
 import sys
 import threading
-from typing import Callable, List, NoReturn, Optional, Sequence, Union
+from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
@@ -21,7 +26,7 @@ from rclpy.signals import SignalHandlerOptions
 
 from emotion_ros.env import ensure_ros_env
 
-__all__ = ["run_node", "request_stop", "autostart", "lifecycle_state"]
+__all__ = ["run_node", "request_stop", "autostart", "lifecycle_state", "command_line", "exit_process"]
 
 
 def lifecycle_state(node: LifecycleNode) -> str:
@@ -55,6 +60,115 @@ def _wants_autostart(node: LifecycleNode) -> bool:
     return bool(node.get_parameter("autostart").value)
 
 
+def _program(args: Optional[Sequence[str]]) -> str:
+    argv = list(args) if args is not None else sys.argv
+    return os.path.basename(argv[0]) if argv and argv[0] else "node"
+
+
+def command_line(node_name: str, params: Dict[str, Tuple], doc: str = "", args: Optional[Sequence[str]] = None,
+                 options: Optional[Dict[str, Tuple[str, Callable[[], int]]]] = None) -> Optional[int]:
+    """Handle a node's own command-line options, before any ROS/DDS start: ``-h`` / ``--help`` prints ``doc`` and
+    every parameter (type, default, range, description) and returns 0; each ``options`` flag
+    (``{"--list-devices": (help, fn)}``) runs ``fn`` and returns its exit code. None: nothing to do, start the node.
+    Only the words before ``--ros-args`` are looked at (``args``: the full argv, default ``sys.argv``)."""
+    from emotion_ros.ros.node_utils import parameter_help
+
+    argv = list(args) if args is not None else list(sys.argv)
+    words = argv[1:]
+    if "--ros-args" in words:
+        words = words[:words.index("--ros-args")]
+    options = options or {}
+    if "-h" in words or "--help" in words:
+        text = parameter_help(node_name, params, doc)
+        if options:
+            text += "\nOptions:\n  -h, --help  this text\n" + "".join(
+                f"  {flag}  {what}\n" for flag, (what, _) in options.items())
+        sys.stdout.write(text)
+        return 0
+    for flag, (_, fn) in options.items():
+        if flag in words:
+            return int(fn() or 0)
+    return None
+
+
+def _init_error(exc: Exception, args: Optional[Sequence[str]]) -> str:
+    """One line for rclpy.init's RCLError (a bad --params-file or -p rule), without the C source locations."""
+    text = re.sub(r",? at /\S+:\d+", "", str(exc)).strip()
+    text = text.replace("failed to initialize rcl: ", "")
+    m = re.search(r"--params-file (.+?)'", text)
+    if m:
+        path = m.group(1)
+        if not os.path.exists(path):
+            return f"{_program(args)}: parameters file not found: {path}"
+        why = text.split("Error:", 1)[1].strip() if "Error:" in text else text
+        return f"{_program(args)}: cannot use parameters file {path}: {why} (not a valid ROS 2 parameters YAML)"
+    return f"{_program(args)}: bad ROS arguments: {text}"
+
+
+def _check_params_files(args: Optional[Sequence[str]]) -> Optional[str]:
+    """One line about the first ``--params-file`` of the ROS arguments that is missing or not YAML (checked before
+    rclpy.init, whose own error is a traceback plus an rcl log line); None when they read."""
+    argv = list(args) if args is not None else list(sys.argv)
+    if "--ros-args" not in argv:
+        return None
+    ros = argv[argv.index("--ros-args") + 1:]
+    for i, word in enumerate(ros[:-1]):
+        if word != "--params-file":
+            continue
+        path = ros[i + 1]
+        if not os.path.isfile(path):
+            return f"{_program(args)}: parameters file not found: {path}"
+        try:
+            import yaml
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+        except ImportError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"{_program(args)}: cannot read parameters file {path}: {exc}"
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            return f"{_program(args)}: parameters file {path} is not valid YAML{where}: {why}"
+        if data is not None and not isinstance(data, dict):
+            return (f"{_program(args)}: parameters file {path} is not a ROS 2 parameters file (expected "
+                    f"'<node name>: ros__parameters: ...', found a {type(data).__name__})")
+    return None
+
+
+class _LifecycleStatus:
+    """``/diagnostics`` for a lifecycle node from construction: WARN with its lifecycle state while it is not
+    active (a node whose configure failed, or one waiting for a lifecycle manager, is not silent); once it is
+    active the node's own Diagnostics report, and this sends a single OK to close its WARN."""
+
+    def __init__(self, node: LifecycleNode, period_s: float = 1.0):
+        from diagnostic_msgs.msg import DiagnosticArray
+        self.node = node
+        self.name = f"{node.get_name()}: lifecycle"
+        self._warned = False
+        self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._timer = node.create_timer(period_s, self.tick)
+        self.tick()
+
+    def tick(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+        state = lifecycle_state(self.node)
+        active = state == "active"
+        if active and not self._warned:
+            return
+        self._warned = not active
+        st = DiagnosticStatus(level=DiagnosticStatus.OK if active else DiagnosticStatus.WARN, name=self.name,
+                              message=f"lifecycle state {state}", hardware_id="")
+        st.values = [KeyValue(key="lifecycle_state", value=state)]
+        arr = DiagnosticArray(status=[st])
+        try:
+            arr.header.stamp = self.node.get_clock().now().to_msg()
+            self._pub.publish(arr)
+        except Exception:  # noqa: BLE001 - context shut down under us
+            pass
+
+
 _stop = threading.Event()
 
 
@@ -81,14 +195,24 @@ def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Opti
     ensure_ros_env()
     _stop.clear()
     # Own SIGINT/SIGTERM handling: rclpy's handlers would invalidate the context before nodes can shut down.
-    rclpy.init(args=list(args) if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    problem = _check_params_files(args)
+    if problem:
+        sys.stderr.write(problem + "\n")
+        return 2
+    try:
+        rclpy.init(args=list(args) if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - RCLError: a params file that is missing or not YAML, a bad -p rule
+        sys.stderr.write(_init_error(exc, args) + "\n")
+        return 2
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, _on_signal)
     context = rclpy.get_default_context()
     nodes: List[Node] = []
-    executor = None
+    made = node = executor = None
     try:
         try:
             made = node_factory()
@@ -96,8 +220,13 @@ def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Opti
         except KeyboardInterrupt:
             return 0
         except Exception as exc:  # noqa: BLE001
-            rclpy.logging.get_logger("run_node").fatal(f"could not create node: {type(exc).__name__}: {exc}")
+            from emotion_ros.ros.node_utils import ParameterError
+            what = str(exc) if isinstance(exc, ParameterError) else f"{type(exc).__name__}: {exc}"
+            rclpy.logging.get_logger("run_node").fatal(f"could not create node: {what}")
             return 1
+        for node in nodes:
+            if isinstance(node, LifecycleNode):
+                node._emotion_ros_status = _LifecycleStatus(node)
         # One executor thread by default: the nodes do their heavy work in their own worker threads, and rclpy's
         # MultiThreadedExecutor costs far more CPU per message (emotion-bench / docs/BENCHMARKS.md: receiving 30 fps
         # 640x480 frames + 50 Hz audio with empty callbacks took 61 % of a core and fell behind; single: 13 %).
@@ -133,6 +262,11 @@ def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Opti
             except Exception:  # noqa: BLE001
                 pass
         rclpy.try_shutdown()
+        # Destroyed rclpy entities still referenced from cycles keep the DDS participant alive, and with it its
+        # Fast DDS shared-memory segment in /dev/shm (16.75 MB with the shm profile), which exit_process()'s
+        # os._exit would leave behind: collect them now so the middleware removes its files.
+        made = node = nodes = executor = None  # noqa: F841 - drop our references before collecting
+        gc.collect()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

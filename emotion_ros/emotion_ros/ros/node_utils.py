@@ -11,7 +11,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
@@ -19,6 +20,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 __all__ = [
     "declare_parameters",
+    "ParameterError",
+    "parameter_help",
     "RateLimitedLogger",
     "sensor_qos",
     "reliable_qos",
@@ -40,16 +43,72 @@ ERROR = DiagnosticStatus.ERROR
 # Parameters
 # ---------------------------------------------------------------------------------------------------------------
 
+class ParameterError(ValueError):
+    """A parameter value given to a node (command line, parameters file) is refused; the message names it."""
+
+
+#: Bounds used for a range given as ``(low, None)`` (no upper limit).
+_INT_MAX = 2 ** 31 - 1
+_FLOAT_MAX = 1.0e300
+
+
+def _range_fields(name: str, default, bounds) -> Dict[str, Any]:
+    """``ParameterDescriptor`` fields for ``bounds`` = ``(low, high)`` (``None``: unbounded on that side)."""
+    lo, hi = bounds
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        raise ValueError(f"parameter {name!r}: a range needs an int or float default, not {default!r}")
+    if isinstance(default, int):
+        return {"integer_range": [IntegerRange(from_value=int(-_INT_MAX if lo is None else lo),
+                                               to_value=int(_INT_MAX if hi is None else hi), step=0)]}
+    return {"floating_point_range": [FloatingPointRange(from_value=float(-_FLOAT_MAX if lo is None else lo),
+                                                        to_value=float(_FLOAT_MAX if hi is None else hi),
+                                                        step=0.0)]}
+
+
+def _describe_range(bounds) -> str:
+    lo, hi = bounds
+    if lo is not None and hi is not None:
+        return f"{lo:g} .. {hi:g}"
+    return f">= {lo:g}" if lo is not None else f"<= {hi:g}"
+
+
+def _coerce_int_overrides(node, spec: Dict[str, Tuple]) -> None:
+    """Let an integer given for a float parameter through as that float (``-p rate:=0``, ``rate: 0`` in a YAML
+    file, ``ros2 param set /camera_node rate 5``): rclpy would refuse it as the wrong type."""
+    floats = {name for name, entry in spec.items()
+              if isinstance(entry, tuple) and isinstance(entry[0], float)}
+    overrides = getattr(node, "_parameter_overrides", None)  # rclpy keeps command-line/file values here
+    if isinstance(overrides, dict):
+        for name in floats:
+            given = overrides.get(name)
+            if given is not None and given.type_ == Parameter.Type.INTEGER:
+                overrides[name] = Parameter(name, Parameter.Type.DOUBLE, float(given.value))
+    known = getattr(node, "_emotion_ros_float_params", None)
+    if known is None:
+        known = node._emotion_ros_float_params = set()
+
+        def to_float(params):
+            return [Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+                    if p.name in known and p.type_ == Parameter.Type.INTEGER else p for p in params]
+        node.add_pre_set_parameters_callback(to_float)
+    known.update(floats)
+
+
 def declare_parameters(node, spec: Dict[str, Tuple]) -> types.SimpleNamespace:
     """Declare every parameter of ``spec`` on ``node`` and return their current values.
 
     ``spec`` maps a name to ``(default, description)`` or ``(default, description, descriptor_fields)`` where
-    ``descriptor_fields`` is a dict of extra ``ParameterDescriptor`` fields (e.g. ``{"read_only": True}``).
+    ``descriptor_fields`` is a dict of extra ``ParameterDescriptor`` fields (e.g. ``{"read_only": True}``), plus
+    ``"range": (low, high)`` for numeric parameters (``None`` = unbounded on that side): the descriptor's
+    integer_range / floating_point_range, so out-of-range values are refused at start-up (:class:`ParameterError`
+    naming the parameter, its value and the range) and by ``ros2 param set``.
     ``default`` may be a value, ``None`` (dynamically typed, unset), a ``rclpy.Parameter.Type`` (typed, unset), or
     ``[]`` (a string array, reported as ``[]`` while unset). Values given by a parameters file / ``--ros-args -p`` override the defaults.
+    Float parameters accept integers (``rate:=0``).
     In the returned namespace, dots in names become underscores (``"face.min_size"`` -> ``ns.face_min_size``).
     Already-declared names are not declared again (their current value is returned).
     """
+    _coerce_int_overrides(node, spec)
     out = {}
     for name, entry in spec.items():
         if not isinstance(entry, tuple) or len(entry) not in (2, 3):
@@ -57,6 +116,9 @@ def declare_parameters(node, spec: Dict[str, Tuple]) -> types.SimpleNamespace:
         default, description = entry[0], entry[1]
         unset_value = [] if isinstance(default, list) and not default else None
         extra = dict(entry[2]) if len(entry) == 3 else {}
+        bounds = extra.pop("range", None)
+        if bounds is not None:
+            extra.update(_range_fields(name, default, bounds))
         if not node.has_parameter(name):
             if default is None:
                 extra.setdefault("dynamic_typing", True)
@@ -65,13 +127,45 @@ def declare_parameters(node, spec: Dict[str, Tuple]) -> types.SimpleNamespace:
                 default = Parameter.Type.STRING_ARRAY
             if isinstance(default, tuple):
                 default = list(default)
-            node.declare_parameter(name, default, descriptor)
+            try:
+                node.declare_parameter(name, default, descriptor)
+            except InvalidParameterValueException as exc:
+                given = getattr(node, "_parameter_overrides", {}).get(name)
+                value = given.value if given is not None else default
+                where = f" (allowed: {_describe_range(bounds)})" if bounds is not None else ""
+                raise ParameterError(f"parameter {name!r} of {node.get_name()}: {value!r} is refused{where}: "
+                                     f"{description}") from None
+            except InvalidParameterTypeException as exc:
+                raise ParameterError(f"parameter {name!r} of {node.get_name()}: {exc}; expected "
+                                     f"{type(default).__name__} (default {default!r})") from None
         try:
             value = node.get_parameter(name).value
         except ParameterUninitializedException:  # typed but unset (default [] or a Parameter.Type)
             value = unset_value
         out[name.replace(".", "_")] = value
     return types.SimpleNamespace(**out)
+
+
+def parameter_help(node_name: str, spec: Dict[str, Tuple], doc: str = "") -> str:
+    """The ``--help`` text of a node: its docstring, then every parameter with type, default, range and
+    description."""
+    import textwrap
+    lines = [doc.strip(), ""] if doc and doc.strip() else []
+    lines += [f"usage: {node_name} [-h] [--ros-args -p NAME:=VALUE ... | --params-file FILE ...]", "",
+              f"Parameters of {node_name} (defaults; the package's config/emotion.yaml holds the same values):"]
+    for name, entry in spec.items():
+        default, description = entry[0], entry[1]
+        extra = entry[2] if len(entry) == 3 else {}
+        kind = "any" if default is None or extra.get("dynamic_typing") else (
+            "string[]" if isinstance(default, (list, tuple)) else type(default).__name__)
+        shown = (f'"{default}"' if isinstance(default, str) else "[]" if isinstance(default, (list, tuple))
+                 and not default else str(default).lower() if isinstance(default, bool) else default)
+        head = f"  {name} ({kind}, default {shown}"
+        if extra.get("range") is not None:
+            head += f", range {_describe_range(extra['range'])}"
+        lines.append(head + ")")
+        lines += textwrap.wrap(str(description), width=100, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -221,6 +315,13 @@ class Diagnostics:
     the processing time of one item, ``add_dropped(n)`` for inputs skipped, ``report_error(msg)`` for failures and
     ``set_value(key, value)`` for static facts (device, model, ...).
 
+    Named inputs (``watch_input(key, ...)``, then ``tick_input(key)``) are also reported one by one: ``<key>_age_s``
+    (seconds since the last one), WARN when one that was flowing stops for longer than its ``stale_after_s``, and
+    WARN when its topic has no publisher left (a source node died).
+
+    ``last_error`` shows the last reported error until inputs have flowed for ``error_hold_s`` without a new one
+    (then it is cleared; ``errors`` keeps counting, ``seconds_since_error`` tells how long ago the last one was).
+
     Level: ERROR when an error was reported in the last ``error_hold_s`` or no input came for 5 x
     ``stale_after_s``; WARN when input is silent longer than ``stale_after_s``, the input rate is below half of
     ``expected_rate_hz``, processing (p50) is slower than the input period, or inputs were dropped since the last
@@ -228,7 +329,7 @@ class Diagnostics:
     (for nodes with sporadic input, e.g. behaviour).
     Rates and processing percentiles cover the last ``horizon_s`` seconds (at most ``window`` events).
     Values: input_rate_hz, output_rate_hz, processing_ms_p50, processing_ms_p95, dropped, errors, last_error,
-    seconds_since_input, and every ``set_value`` key.
+    seconds_since_error, seconds_since_input, ``<key>_age_s`` of each watched input, and every ``set_value`` key.
     """
 
     def __init__(self, node, name: str, hardware_id: str = "", expected_rate_hz: Optional[float] = None,
@@ -254,6 +355,9 @@ class Diagnostics:
         self._dropped_reported = 0
         self._errors = 0
         self._last_error: Optional[Tuple[float, str]] = None
+        self._last_error_t: Optional[float] = None
+        self._watched: Dict[str, Tuple[Optional[float], Optional[str]]] = {}
+        self._last_named: Dict[str, float] = {}
         self._values: Dict[str, str] = {}
         self.last_status: Optional[DiagnosticStatus] = None
         self._pub = node.create_publisher(DiagnosticArray, topic, 10)
@@ -263,10 +367,19 @@ class Diagnostics:
                                             callback_group=MutuallyExclusiveCallbackGroup())
 
     # -- recording ------------------------------------------------------------------------------------------------
-    def tick_input(self) -> None:
+    def tick_input(self, key: Optional[str] = None) -> None:
         with self._lock:
-            self._inputs.append(self._clock())
+            now = self._clock()
+            self._inputs.append(now)
             self._n_in += 1
+            if key is not None:
+                self._last_named[key] = now
+
+    def watch_input(self, key: str, stale_after_s: Optional[float] = None, topic: Optional[str] = None) -> None:
+        """Report the input ``key`` (ticked with ``tick_input(key)``) on its own: its age, WARN when it stopped for
+        longer than ``stale_after_s`` (None: sporadic input, no such check) and when ``topic`` has no publisher."""
+        with self._lock:
+            self._watched[str(key)] = (stale_after_s if stale_after_s and stale_after_s > 0 else None, topic)
 
     def tick_output(self) -> None:
         with self._lock:
@@ -289,6 +402,7 @@ class Diagnostics:
         with self._lock:
             self._errors += 1
             self._last_error = (self._clock(), str(msg))
+            self._last_error_t = self._last_error[0]
 
     # -- reporting ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -308,6 +422,12 @@ class Diagnostics:
             out_rate = self._rate(self._outputs, now, self.horizon_s)
             proc = np.asarray([s for t, s in self._proc if now - t <= self.horizon_s], dtype=np.float64)
             last_in = self._inputs[-1] if self._inputs else None
+            if self._last_error is not None and now - self._last_error[0] > self.error_hold_s \
+                    and last_in is not None and last_in > self._last_error[0]:
+                self._last_error = None  # inputs flowed for error_hold_s without a new error: put right
+            last_error_t = self._last_error_t
+            watched = dict(self._watched)
+            last_named = dict(self._last_named)
             n_recent_in = len(self._inputs)
             n_in, n_out = self._n_in, self._n_out
             new_drops = self._dropped - self._dropped_reported
@@ -341,6 +461,20 @@ class Diagnostics:
             raise_to(WARN, f"processing {p50:.1f} ms (p50) slower than input period {period * 1e3:.1f} ms")
         if new_drops > 0:
             raise_to(WARN, f"dropped {new_drops} input(s)")
+        named_ages = {}
+        for key, (stale, topic) in watched.items():
+            seen = last_named.get(key)
+            age = now - seen if seen is not None else None
+            named_ages[f"{key}_age_s"] = f"{age:.2f}" if age is not None else "inf"
+            if stale is not None and age is not None and age > stale:
+                raise_to(WARN, f"{key} input stopped {age:.1f} s ago")
+            if topic:
+                try:
+                    publishers = self.node.count_publishers(topic)
+                except Exception:  # noqa: BLE001 - node being destroyed
+                    publishers = None
+                if publishers == 0:
+                    raise_to(WARN, f"no publisher on {topic}")
         if not reasons:
             reasons.append("running" if last_in is not None or self.stale_after_s is None else "waiting for input")
 
@@ -353,10 +487,12 @@ class Diagnostics:
             "dropped": str(dropped),
             "errors": str(errors),
             "last_error": last_error[1] if last_error else "",
+            "seconds_since_error": f"{now - last_error_t:.2f}" if last_error_t is not None else "inf",
             "seconds_since_input": f"{silent:.2f}" if last_in is not None else "inf",
             "inputs": str(n_in),
             "outputs": str(n_out),
         }
+        kv.update(named_ages)
         kv.update(values)
         st.values = [KeyValue(key=k, value=v) for k, v in kv.items()]
         return st

@@ -161,11 +161,13 @@ class FacePipeline:
             weakref.finalize(self, self.background.stop)
         self._frames = 0
         self._since_full = 0
+        self._frame_size: Optional[tuple] = None  # (H, W) of the previous frame
         self.timings: Dict[str, float] = {}
 
     def reset(self) -> None:
         self.tracker.reset()
         self._since_full = 0
+        self._frame_size = None
         if self.background is not None:
             self.background.discard()
 
@@ -200,8 +202,13 @@ class FacePipeline:
         return dets
 
     def process(self, frame: np.ndarray, t: float) -> List[FaceResult]:
-        """Faces of ``frame`` (uint8 BGR, BGRA or grey) taken at time ``t`` (seconds), largest first."""
+        """Faces of ``frame`` (uint8 BGR, BGRA or grey) taken at time ``t`` (seconds), largest first.
+        A frame of another size than the previous one resets the tracking (new ids)."""
         check_frame(frame)
+        hw = (int(frame.shape[0]), int(frame.shape[1]))
+        if self._frame_size is not None and hw != self._frame_size:
+            self.reset()  # another camera / resolution: boxes of the old size mean nothing here
+        self._frame_size = hw
         t0 = time.perf_counter()
         gray = to_gray(frame)
         dets = self._detect(gray, frame)
