@@ -313,14 +313,14 @@ def test_watched_input_reports_its_age_and_a_lost_publisher(ctx):
     d.watch_input("face", stale_after_s=2.0, topic=topic)
     d.watch_input("voice", stale_after_s=None)
     try:
-        assert values(d.status())["face_age_s"] == "inf"
+        assert values(d.status())["face_input_age_s"] == "inf"
         deadline = time.monotonic() + 10
         while node.count_publishers(topic) == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         d.tick_input("face")
         clock.t += 0.5
         st = d.status()
-        assert st.level == OK and values(st)["face_age_s"] == "0.50" and values(st)["voice_age_s"] == "inf"
+        assert st.level == OK and values(st)["face_input_age_s"] == "0.50" and values(st)["voice_input_age_s"] == "inf"
         clock.t += 3.0
         st = d.status()
         assert st.level == WARN and "face input stopped 3.5 s ago" in st.message

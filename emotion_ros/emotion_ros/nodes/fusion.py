@@ -12,8 +12,9 @@ at once on every face array (``publish_on_face``), at once when the primary's to
 (``publish_on_change``), and at a steady ``rate`` in between (e.g. voice alone).
 ``header.stamp`` is the newest evidence's stamp, ``header.frame_id`` the face array's.  "Now" for staleness is the
 node clock, so replayed bags work with ``use_sim_time:=true``.  ``/diagnostics``: per-modality input rates and
-staleness, each input's age (``face_age_s``, ``voice_age_s``; WARN when face arrays stop for ``FACE_STOPPED_S`` or
-an input topic has no publisher left, e.g. face_node died), processing time, errors.
+staleness, the time since each input's last message (``face_input_age_s``, ``voice_input_age_s``; WARN when face
+arrays stop for ``FACE_STOPPED_S`` or an input topic has no publisher left, e.g. face_node died), processing time,
+errors.
 
 Lifecycle: configure loads the fusion model (missing/unfit file: FAILURE naming the file; with autostart the
 process exits 1), activate opens the topics, deactivate closes them, cleanup drops the model.

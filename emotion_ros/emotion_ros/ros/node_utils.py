@@ -315,7 +315,7 @@ class Diagnostics:
     the processing time of one item, ``add_dropped(n)`` for inputs skipped, ``report_error(msg)`` for failures and
     ``set_value(key, value)`` for static facts (device, model, ...).
 
-    Named inputs (``watch_input(key, ...)``, then ``tick_input(key)``) are also reported one by one: ``<key>_age_s``
+    Named inputs (``watch_input(key, ...)``, then ``tick_input(key)``) are also reported one by one: ``<key>_input_age_s``
     (seconds since the last one), WARN when one that was flowing stops for longer than its ``stale_after_s``, and
     WARN when its topic has no publisher left (a source node died).
 
@@ -329,7 +329,7 @@ class Diagnostics:
     (for nodes with sporadic input, e.g. behaviour).
     Rates and processing percentiles cover the last ``horizon_s`` seconds (at most ``window`` events).
     Values: input_rate_hz, output_rate_hz, processing_ms_p50, processing_ms_p95, dropped, errors, last_error,
-    seconds_since_error, seconds_since_input, ``<key>_age_s`` of each watched input, and every ``set_value`` key.
+    seconds_since_error, seconds_since_input, ``<key>_input_age_s`` of each watched input, and every ``set_value`` key.
     """
 
     def __init__(self, node, name: str, hardware_id: str = "", expected_rate_hz: Optional[float] = None,
@@ -465,7 +465,7 @@ class Diagnostics:
         for key, (stale, topic) in watched.items():
             seen = last_named.get(key)
             age = now - seen if seen is not None else None
-            named_ages[f"{key}_age_s"] = f"{age:.2f}" if age is not None else "inf"
+            named_ages[f"{key}_input_age_s"] = f"{age:.2f}" if age is not None else "inf"
             if stale is not None and age is not None and age > stale:
                 raise_to(WARN, f"{key} input stopped {age:.1f} s ago")
             if topic:
