@@ -360,7 +360,7 @@ def test_parameters_are_declared_with_descriptions_and_yaml_defaults(inproc):
         cfg = yaml.safe_load(f)["face_node"]["ros__parameters"]
     from emotion_ros.nodes.face import PARAMS
     assert set(cfg) == set(PARAMS)
-    for name, (default, _desc) in PARAMS.items():
+    for name, (default, _desc, *_range) in PARAMS.items():
         assert n.describe_parameter(name).description
         assert cfg[name] == default, name
     # build_pipeline's defaults are the node's

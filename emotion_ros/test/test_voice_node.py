@@ -331,7 +331,7 @@ def test_parameters_are_declared_with_descriptions_and_yaml_defaults(inproc):
     with open(os.path.join(PKG_ROOT, "config", "emotion.yaml")) as f:
         cfg = yaml.safe_load(f)["voice_node"]["ros__parameters"]
     assert set(cfg) == set(PARAMS)
-    for name, (default, _desc) in PARAMS.items():
+    for name, (default, _desc, *_range) in PARAMS.items():
         assert n.describe_parameter(name).description
         assert cfg[name] == default and type(cfg[name]) is type(default), name
 
