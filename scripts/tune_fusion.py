@@ -31,14 +31,15 @@ BASE = {"window_s": 1.0, "stale_s": 1.0, "forget_s": 5.0, "voice_to": "primary",
         "voice_unsure_threshold": 0.0, "unsure_weight": 0.5, "fusion_mode": "average"}
 GRID = {
     "face_stale_s": [0.4],
-    "voice_stale_s": [3.0, 4.0],
+    "voice_stale_s": [2.5, 3.5],
     "voice_hold_s": [0.5, 1.5],
     "conf_power": [1.0, 2.0],
-    "ood_min_conf": [0.0, 0.35],
+    "ood_min_conf": [0.35],
     "ood_weight": [0.3],
-    "smoothing_tau_s": [0.3, 0.6],
+    "voice_prior": [0.3, 0.6, 1.0],
+    "smoothing_tau_s": [0.3],
     "switch_margin": [0.05, 0.15],
-    "min_dwell_s": [0.3, 0.6],
+    "min_dwell_s": [0.2, 0.4],
 }
 
 
@@ -50,16 +51,20 @@ def model_key(*paths) -> str:
     return h.hexdigest()[:10]
 
 
-def load_clips(root: str, face_model: str, voice_model: str):
+def load_clips(root: str, face_model: str, voice_model: str, only=None):
     from emotion_ros.tools.bag_common import BagFile
     from emotion_ros.tools.bag_evaluate import read_labels
     from emotion_ros.training.fusion_replay import ClipCache, collect
 
+    from emotion_ros.core.face.model import FaceModel
     out = {}
-    key = model_key(face_model, voice_model)
+    key = model_key(voice_model)  # face crops do not depend on the face model: its outputs are recomputed below
+    fm = FaceModel(face_model, device="cpu")
     for d in sorted(glob.glob(os.path.join(root, "*", "bag"))):
         clip = os.path.dirname(d)
         name = os.path.basename(clip)
+        if not os.path.isfile(os.path.join(d, "metadata.yaml")) or (only and name not in only):
+            continue  # a bag still being written (metadata.yaml comes last), or not asked for
         path = os.path.join(clip, f"cache-{key}.npz")
         if os.path.isfile(path):
             cache = ClipCache.load(path)
@@ -67,6 +72,7 @@ def load_clips(root: str, face_model: str, voice_model: str):
             print(f"tune_fusion: running the pipelines over {name} ...", file=sys.stderr, flush=True)
             cache = collect(d, face_model, voice_model, name)
             cache.save(path)
+        cache = cache.with_face_model(fm)
         with BagFile(d) as bf:
             spans, _ = read_labels(os.path.join(clip, "labels.csv"), bf.start_ns * 1e-9)
         out[name] = (cache, spans)
@@ -107,6 +113,23 @@ def objective(res) -> float:
     return score / max(len(res), 1)
 
 
+def write_config(path: str, values: dict) -> None:
+    """Replace ``key: value`` lines of the fusion_node block in place (comments and other nodes untouched)."""
+    import re
+    lines = open(path).read().split("\n")
+    inside = False
+    for i, line in enumerate(lines):
+        if re.match(r"^\S", line):
+            inside = line.startswith("fusion_node:")
+            continue
+        m = re.match(r"^(\s+)(\w+):(\s*)(\S+)(.*)$", line)
+        if inside and m and m.group(2) in values:
+            v = values[m.group(2)]
+            lines[i] = f"{m.group(1)}{m.group(2)}:{m.group(3) or ' '}{v}{m.group(5)}"
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
 def main(argv=None) -> int:
     from emotion_ros import paths
 
@@ -116,6 +139,9 @@ def main(argv=None) -> int:
     p.add_argument("--voice-model", default=paths.model_path("voice.pt"))
     p.add_argument("--fusion-model", default=None, help="also judge this learned fusion against the average")
     p.add_argument("--json", default=None)
+    p.add_argument("--only", nargs="*", default=None, help="clip names to use (default: all)")
+    p.add_argument("--write-config", action="store_true",
+                   help="write the chosen settings (and fusion_mode) into config/emotion.yaml's fusion_node block")
     args = p.parse_args(argv)
     for f in (args.face_model, args.voice_model):
         if not os.path.isfile(f):
@@ -123,7 +149,7 @@ def main(argv=None) -> int:
             return 2
     import torch
     torch.set_num_threads(1)
-    clips = load_clips(args.clips, args.face_model, args.voice_model)
+    clips = load_clips(args.clips, args.face_model, args.voice_model, args.only)
     dev = [n for n in clips if n.startswith("dev")]
     test = [n for n in clips if n.startswith("test")]
     if not dev:
@@ -157,6 +183,13 @@ def main(argv=None) -> int:
         if r:
             out[f"{part}_mean"] = {k: round(float(np.mean([f[k] for f in r.values()])), 4)
                                    for k in ("fused", "face", "voice", "flips_per_min", "label_changes_per_min")}
+    if args.write_config:
+        chosen = dict(out["settings"])
+        chosen["fusion_mode"] = out.get("winner_on_dev", "average")
+        if chosen["fusion_mode"] == "model":
+            chosen["model_min_weight"] = out["model"]["model_min_weight"]
+        write_config(paths.config_path("emotion.yaml"), chosen)
+        out["written_to"] = paths.config_path("emotion.yaml")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

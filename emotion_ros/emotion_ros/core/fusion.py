@@ -399,6 +399,24 @@ class TemporalFusion:
             w *= self.ood_weight
         return w * (1.0 - unsure * (1.0 - self.unsure_weight))
 
+    def average(self, face_probs: Optional[np.ndarray], voice_probs: Optional[np.ndarray],
+                voice_unsure: Optional[bool] = None) -> np.ndarray:
+        """The reliability-weighted average of one fresh face and one fresh voice (either may be None), as
+        ``estimate`` makes it for evidence of age 0 (no smoothing): for paired-sample evaluations."""
+        face = None if face_probs is None else _Evidence(_probs("face probabilities", face_probs), None, None, 0.0, 1.0)
+        voice = None
+        if voice_probs is not None:
+            vp = _probs("voice probabilities", voice_probs)
+            unsure = float(vp.max()) < self.voice_unsure_threshold if voice_unsure is None else voice_unsure
+            voice = _Evidence(vp, None, None, 0.0, 1.0, float(unsure))
+        if face is None and voice is None:
+            raise InputError("fusion needs at least one modality")
+        model, self.model = self.model, None
+        try:
+            return self._fuse(face, voice)[0]
+        finally:
+            self.model = model
+
     def _fuse(self, face: Optional[_Evidence], voice: Optional[_Evidence]):
         """-> raw probs, face_weight, voice_weight, mode."""
         fw = self.reliability(face.probs, face.recency) if face is not None else 0.0

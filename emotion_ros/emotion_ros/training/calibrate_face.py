@@ -83,15 +83,16 @@ def run(args) -> dict:
         t = float(rep["temperature"])
         rep["reliability_test_before"] = reliability_table(softmax_t(test_lg, 1.0), test_y)
         rep["reliability_test_after"] = reliability_table(softmax_t(test_lg, t), test_y)
+    rep = json.loads(json.dumps(rep))  # plain Python types only: checkpoints load with weights_only=True
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rep, f, indent=2)
     ckpt["calibration"] = rep
     out = args.out or args.face_model
     tmp = out + ".tmp"
     torch.save(ckpt, tmp)
     os.replace(tmp, out)
     FaceModel(out, device="cpu")  # the written file loads
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rep, f, indent=2)
     print(json.dumps({k: rep[k] for k in ("temperature", "ece_before", "ece_after", "n_fit")}
                      | {"dev_accuracy": rep["fit"]["accuracy"], "train_part_accuracy": rep["train_part_accuracy"],
                         "test": rep.get("test"), "out": out}), flush=True)

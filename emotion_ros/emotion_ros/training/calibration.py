@@ -72,7 +72,7 @@ def reliability_table(probs, labels, n_bins: int = 10) -> list:
     for lo, hi in zip(edges[:-1], edges[1:]):
         m = (conf > lo) & (conf <= hi)
         if m.any():
-            rows.append([round(lo, 2), round(hi, 2), int(m.sum()), round(float(conf[m].mean()), 4),
+            rows.append([round(float(lo), 2), round(float(hi), 2), int(m.sum()), round(float(conf[m].mean()), 4),
                          round(float(correct[m].mean()), 4)])
     return rows
 

@@ -94,6 +94,19 @@ def corrupt(batch: torch.Tensor, pool: torch.Tensor, pool_y: np.ndarray, batch_y
     return out, bad
 
 
+def node_average():
+    """A TemporalFusion with the fusion node's settings (config/emotion.yaml), for its reliability-weighted average;
+    the voice node's ``unsure_threshold`` stands in for the voice node's flag."""
+    from ..core.fusion import TemporalFusion
+    from ..tools.bag_evaluate import _accepts, _load_yaml_params
+    params = {k: v for k, v in _load_yaml_params("emotion.yaml", "fusion_node").items() if k != "model"}
+    params["fusion_mode"] = "average"
+    thr = _load_yaml_params("emotion.yaml", "voice_node").get("unsure_threshold")
+    if thr is not None:
+        params["voice_unsure_threshold"] = float(thr)
+    return TemporalFusion(None, **_accepts(TemporalFusion.__init__, params))
+
+
 def paired_report(fusion: FusionModel, face: Outputs, face_y, voice: Outputs, voice_y, n: int, seed: int):
     rng = np.random.default_rng(seed)
     fs, vs = draw_pairs(face_y, voice_y, n, rng)
@@ -106,6 +119,8 @@ def paired_report(fusion: FusionModel, face: Outputs, face_y, voice: Outputs, vo
     wrong = np.array([rng.choice(np.flatnonzero(voice_y != voice_y[v])) for v in vs])
     voice_wrong = fusion.predict_batch(face.emb[fs], voice.emb[wrong], ones, ones)["fused"]
     keep = ("accuracy", "macro_f1", "n", "per_class_recall")
+    avg = node_average()
+    avg_pred = np.array([avg.average(face.probs[f], voice.probs[v]).argmax() for f, v in zip(fs, vs)])
 
     def m(pred):
         r = metrics_from_predictions(y, pred)
@@ -119,8 +134,12 @@ def paired_report(fusion: FusionModel, face: Outputs, face_y, voice: Outputs, vo
         "fused_voice_missing": m(voice_missing.argmax(1)),
         "late_fusion_mean_probs": m((face.probs[fs] + voice.probs[vs]).argmax(1)),
         "fused_voice_wrong_label": m(voice_wrong.argmax(1)),
+        "reliability_average": m(avg_pred),
+        "reliability_average_voice_wrong_label": m(np.array([avg.average(face.probs[f], voice.probs[v]).argmax()
+                                                             for f, v in zip(fs, wrong)])),
         "late_fusion_voice_wrong_label": m((face.probs[fs] + voice.probs[wrong]).argmax(1)),
     }
+    report["_avg_pred"] = avg_pred  # for emotion-eval fused's confusion matrix (popped there)
     return report, y, both.argmax(1)
 
 
@@ -185,6 +204,7 @@ def run(args) -> dict:
     save_checkpoint(args.out, kind="fusion", arch=ARCH, model=net, input_spec=spec, config=config)
     fusion = FusionModel(args.out, device="cpu")
     metrics = {"dev_pairs": paired_report(fusion, face_dev, face_dev_y, voice_dev, voice_dev_y, 2000, args.seed)[0]}
+    metrics["dev_pairs"].pop("_avg_pred", None)
     if args.face_test and test_items:
         ft = load_faces(args.face_test, cache_dir=args.cache_dir, aligner=FaceAligner())
         face_test = face_outputs(fm, ft.images, progress=True)
@@ -192,6 +212,7 @@ def run(args) -> dict:
         metrics["test_pairs"] = paired_report(fusion, face_test, ft.labels, voice_test,
                                               np.array([i.label for i in test_items]), args.test_pairs,
                                               args.seed + 1)[0]
+        metrics["test_pairs"].pop("_avg_pred", None)
         metrics["test_pairs"]["faces"] = args.face_test
         metrics["test_pairs"]["voice_speakers"] = vcfg["test_speakers"]
     save_checkpoint(args.out, kind="fusion", arch=ARCH, model=net, input_spec=spec, config=config,
