@@ -116,7 +116,7 @@ def test_ctrl_c_while_the_node_is_still_importing_exits_quietly():
     time.sleep(0.5)  # python is up; torch, OpenCV and rclpy take seconds to import
     p.send_signal(signal.SIGINT)
     out = p.communicate(timeout=120)[0]
-    assert p.returncode in (0, 130), (p.returncode, out)
+    assert p.returncode == 0, (p.returncode, out)  # a requested stop, as once it runs
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
 
 

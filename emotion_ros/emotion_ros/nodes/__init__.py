@@ -2,8 +2,9 @@
 
 When this package is imported by a node command (``face_node``, ``ros2 run emotion_ros face_node``,
 ``python -m emotion_ros.nodes.face``), Ctrl-C before the node is up (while torch, OpenCV and rclpy are still being
-imported: seconds on a busy machine) ends the process quietly with exit code 130 instead of a KeyboardInterrupt
-traceback from inside some import. ``run_node`` installs its own handler (a clean shutdown) once rclpy is up.
+imported: seconds on a busy machine) ends the process quietly with exit code 0, like a Ctrl-C once it runs (so
+``ros2 launch`` does not report a stop it asked for as a crash), instead of a KeyboardInterrupt traceback from inside
+some import. ``run_node`` installs its own handler (a clean shutdown) once rclpy is up.
 Imported by anything else (tests, tools), this package changes no signal handling.
 """
 import os
@@ -21,7 +22,7 @@ def _quiet_exit(signum, _frame) -> None:
         sys.stderr.flush()
     except Exception:  # noqa: BLE001
         pass
-    os._exit(128 + signum)
+    os._exit(0)  # nothing of ours to release yet: no ROS context, no node
 
 
 def _started_as_node_command() -> bool:

@@ -202,7 +202,7 @@ def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Opti
     try:
         rclpy.init(args=list(args) if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     except KeyboardInterrupt:
-        return 130
+        return 0  # Ctrl-C while rclpy starts: a requested stop
     except Exception as exc:  # noqa: BLE001 - RCLError: a params file that is missing or not YAML, a bad -p rule
         sys.stderr.write(_init_error(exc, args) + "\n")
         return 2
