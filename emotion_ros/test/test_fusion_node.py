@@ -139,24 +139,24 @@ class Peer:
         self.pub_faces.publish(msg)
         self.sent_face_stamps.append(stamp_to_sec(msg.header.stamp))
 
-    def send_voice(self, label="angry", length=0.4):
+    def send_voice(self, label="angry", length=0.4, p=0.85):
         t = self.now()
-        msg = VoiceEmotion(voice_activity=True, speech_ratio=0.9, partial=True, emotion=label, confidence=0.85)
+        msg = VoiceEmotion(voice_activity=True, speech_ratio=0.9, partial=True, emotion=label, confidence=p)
         msg.header.stamp = msg.end = sec_to_stamp(t)
         msg.start = sec_to_stamp(t - length)
         msg.labels = list(LABELS)
-        msg.probabilities = onehot(label).tolist()
+        msg.probabilities = onehot(label, p).tolist()
         msg.embedding = VOICE_EMB.tolist()
         self.pub_voice.publish(msg)
         self.sent_voice_ends.append(stamp_to_sec(msg.end))
 
-    def stream(self, seconds, faces=None, voice=True, period=0.05):
+    def stream(self, seconds, faces=None, voice=True, period=0.05, voice_label="angry", voice_p=0.85):
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             if faces:
                 self.send_faces(faces)
             if voice:
-                self.send_voice()
+                self.send_voice(voice_label, p=voice_p)
             self.spin_for(period)
 
     def matched(self):
@@ -172,8 +172,8 @@ def test_fused_states_then_voice_only_when_faces_stop(ctx, launch, model_file):
     ns = f"/fus{os.getpid()}"
     # the shipped parameter file, some values overridden
     proc = launch("-r", f"__ns:={ns}", "--params-file", os.path.join(PKG_ROOT, "config", "emotion.yaml"),
-                  "-p", f"model_path:={model_file}", "-p", "device:=cpu",
-                  "-p", "smoothing_tau_s:=0.0", "-p", "rate:=20.0")
+                  "-p", f"model_path:={model_file}", "-p", "device:=cpu", "-p", "fusion_mode:=model",
+                  "-p", "model_min_weight:=0.0", "-p", "smoothing_tau_s:=0.0", "-p", "rate:=20.0")
     peer = Peer(ctx, ns)
     try:
         assert peer.spin_until(peer.matched, 30), "fusion_node did not come up"
@@ -239,6 +239,8 @@ def test_on_change_publishing_under_sim_time(ctx, launch, model_file):
     A slow steady rate (one state per 5 s): states within 0.5 s of each change must come from publish_on_change."""
     ns = f"/fuschg{os.getpid()}"
     proc = launch("-r", f"__ns:={ns}", "-p", f"model_path:={model_file}", "-p", "device:=cpu",
+                  "-p", "fusion_mode:=model", "-p", "min_dwell_s:=0.0", "-p", "switch_margin:=0.0",
+                  "-p", "face_stale_s:=0.0",  # legacy: the newest face alone (no averaging over 0.4 s)
                   "-p", "smoothing_tau_s:=0.0", "-p", "rate:=0.2", "-p", "use_sim_time:=true",
                   "-p", "publish_on_face:=false")  # else every face array is published anyway
     peer = Peer(ctx, ns, sim_start=1000.0)
@@ -264,7 +266,29 @@ def test_on_change_publishing_under_sim_time(ctx, launch, model_file):
 
 def test_missing_model_file_exits_non_zero_naming_it(launch, tmp_path):
     missing = str(tmp_path / "no_such_dir" / "fusion_missing.pt")
-    proc = launch("-p", f"model_path:={missing}")
+    proc = launch("-p", f"model_path:={missing}", "-p", "fusion_mode:=model")
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0, out
     assert missing in out, out
+
+
+def test_average_mode_needs_no_model_file_and_discounts_a_near_chance_voice(ctx, launch, tmp_path):
+    """The shipped fusion_mode (average): no fusion.pt needed; a voice near chance does not pull a confident face."""
+    ns = f"/fusavg{os.getpid()}"
+    missing = str(tmp_path / "fusion_missing.pt")
+    proc = launch("-r", f"__ns:={ns}", "--params-file", os.path.join(PKG_ROOT, "config", "emotion.yaml"),
+                  "-p", f"model_path:={missing}", "-p", "fusion_mode:=average", "-p", "rate:=20.0")
+    peer = Peer(ctx, ns)
+    try:
+        assert peer.spin_until(peer.matched, 30), "fusion_node did not come up without a model file"
+        peer.stream(1.5, faces=[("p1", 200, "happy")], voice_label="sad", voice_p=0.2)
+        assert peer.state, "no EmotionState on emotion/state"
+        s = peer.state[-1]
+        assert s.person_id == "p1" and s.emotion == "happy"
+        assert s.face_weight > 0.8 and 0 < s.voice_weight < 0.2
+    finally:
+        peer.close()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, out
+    assert "reliability-weighted average" in out and "Traceback" not in out, out

@@ -1,8 +1,10 @@
 """fusion_node: face + voice emotion evidence in, one fused emotional state per person out.
 
 Subscribes ``emotion/faces`` (emotion_msgs/FaceEmotionArray) and ``emotion/voice`` (emotion_msgs/VoiceEmotion),
-aligns them by their message stamps in :class:`~emotion_ros.core.fusion.TemporalFusion` (model-level fusion of the
-embeddings with the trained fusion model; a modality alone when the other is stale; smoothing per person) and
+aligns them by their message stamps in :class:`~emotion_ros.core.fusion.TemporalFusion` (staleness per modality,
+each modality weighted by its reliability: calibrated confidence, recency, an out-of-distribution gate, the voice
+node's ``unsure`` flag; a reliability-weighted average by default, the learned ``fusion.pt`` with
+``fusion_mode:=model``; smoothing and hysteresis per person, so the reported emotion changes only on evidence) and
 publishes emotion_msgs/EmotionState
 
 - on ``emotion/state`` for the primary person (largest face; voice alone when no face is fresh),
@@ -16,8 +18,9 @@ staleness, the time since each input's last message (``face_input_age_s``, ``voi
 arrays stop for ``FACE_STOPPED_S`` or an input topic has no publisher left, e.g. face_node died), processing time,
 errors.
 
-Lifecycle: configure loads the fusion model (missing/unfit file: FAILURE naming the file; with autostart the
-process exits 1), activate opens the topics, deactivate closes them, cleanup drops the model.
+Lifecycle: configure loads the fusion model when ``fusion_mode`` is ``model`` (missing/unfit file: FAILURE naming
+the file; with autostart the process exits 1) or ``auto``; ``average`` (the default) needs no model file;
+activate opens the topics, deactivate closes them, cleanup drops the model.
 
     ros2 run emotion_ros fusion_node --ros-args --params-file config/emotion.yaml
     python -m emotion_ros.nodes.fusion --ros-args -p model_path:=/path/fusion.pt
@@ -54,12 +57,44 @@ PARAMS = {
     "device": ("auto", "Torch device: auto (CUDA when available) | cpu | cuda | cuda:N"),
     "cpu_threads": (1, "torch CPU threads (0 = torch's default); 1 suits this small MLP best on a busy CPU",
                        {"range": (0, 256)}),
-    "window_s": (1.0, "Alignment window (s): the newest face within it; voice segments overlapping "
-                      "[now - window_s, now], weighted by overlap", {"range": (0.001, None)}),
-    "stale_s": (1.0, "A modality whose newest evidence is older than this (s, node clock vs message stamps) is "
-                     "stale: weight 0, masked out of the fusion", {"range": (0.001, None)}),
-    "smoothing_tau_s": (0.5, "Time constant (s) of the exponential smoothing of each person's probabilities "
+    "fusion_mode": ("average", "How the two modalities are combined: 'average' = reliability-weighted average of the "
+                               "calibrated probabilities (shipped: it beat the learned model on the dev clips, "
+                               "models/fusion.md; no fusion.pt needed) | 'model' = the learned fusion.pt | 'auto' = "
+                               "the model when its file exists, else the average"),
+    "window_s": (1.0, "Faces: observations newer than now + window_s count (clock skew); legacy voice window",
+                      {"range": (0.001, None)}),
+    "stale_s": (1.0, "Legacy staleness (s), used only when face_stale_s / voice_stale_s are <= 0",
+                      {"range": (0.001, None)}),
+    "face_stale_s": (0.4, "A face observation older than this (s, node clock vs message stamps) no longer counts; "
+                          "the face evidence is the recency-weighted average of the person's fresher frames",
+                      {"range": (0.0, None)}),
+    "face_hold_s": (0.15, "A face observation weighs fully up to this age (s), then linearly less until face_stale_s",
+                      {"range": (0.0, None)}),
+    "voice_stale_s": (3.5, "A voice segment whose end is older than this (s) no longer counts (a voice result comes "
+                           "~0.4 s after the words and speaks for the seconds that follow)", {"range": (0.0, None)}),
+    "voice_hold_s": (1.5, "A voice segment weighs fully up to this age (s) after its end, then linearly less until "
+                          "voice_stale_s", {"range": (0.0, None)}),
+    "conf_power": (1.0, "Weight of a modality ~ ((top calibrated probability - 1/7) / (6/7)) ** conf_power: evidence "
+                        "at chance weighs nothing", {"range": (0.0, 10.0)}),
+    "ood_min_conf": (0.35, "Out-of-distribution gate: a modality whose top calibrated probability (maximum-softmax "
+                           "score) is below this looks unlike its training data; its weight is multiplied by "
+                           "ood_weight", {"range": (0.0, 1.0)}),
+    "ood_weight": (0.3, "Weight factor for out-of-distribution evidence (see ood_min_conf), in [0, 1]",
+                      {"range": (0.0, 1.0)}),
+    "unsure_weight": (0.5, "Weight factor for voice segments marked unsure by the voice node (VoiceEmotion.unsure), "
+                           "in [0, 1]", {"range": (0.0, 1.0)}),
+    "voice_unsure_threshold": (0.0, "For voice messages from publishers without the unsure flag: unsure when the "
+                                    "top probability is below this (0 = trust the flag only)", {"range": (0.0, 1.0)}),
+    "model_min_weight": (0.15, "fusion_mode model: a modality whose reliability share is below this is masked out "
+                               "of the learned fusion", {"range": (0.0, 1.0)}),
+    "voice_prior": (1.0, "How much a voice counts against a face of the same calibrated confidence (voices of new "
+                         "speakers are wrong more often than their confidence says; chosen on the dev clips)",
+                      {"range": (0.0, 10.0)}),
+    "smoothing_tau_s": (0.3, "Time constant (s) of the exponential smoothing of each person's fused probabilities "
                              "(0 = none)", {"range": (0.0, None)}),
+    "switch_margin": (0.1, "Hysteresis: the reported emotion changes only when a new top emotion leads it by this "
+                           "much (smoothed probability) ...", {"range": (0.0, 1.0)}),
+    "min_dwell_s": (0.3, "... for this long (s) without interruption", {"range": (0.0, None)}),
     "rate": (10.0, "Steady publishing rate of emotion/state and emotion/states (Hz)", {"range": (0.01, 1000.0)}),
     "publish_on_change": (True, "Also publish at once when the primary person's top emotion changes"),
     "publish_on_face": (True, "Also publish at once on every face array (frame to emotion/state in a few ms; the "
@@ -67,7 +102,7 @@ PARAMS = {
     "forget_s": (5.0, "Persons (face track ids) not seen for this long (s) are forgotten",
                       {"range": (0.01, 86400.0)}),
     "voice_to": ("primary", "Voice evidence (no speaker id) goes to the 'primary' person only, or to 'all'"),
-    "allow_no_model": (False, "When the model file is missing: fail configure (false) or run with the "
+    "allow_no_model": (False, "fusion_mode model with the model file missing: fail configure (false) or run with the "
                               "probability-level fallback (true)"),
     "autostart": (True, "Configure and activate on start (false: wait for a lifecycle manager)"),
 }
@@ -149,24 +184,41 @@ class FusionNode(LifecycleNode):
         self.p = declare_parameters(self, PARAMS)
         p = self.p
         path = p.model_path or default_model_path()
-        self.model_file = path
+        mode = str(p.fusion_mode).strip().lower()
+        self.model_file = path if mode != "average" else ""
+        self.model = None
+        if mode not in ("average", "model", "auto"):
+            self.get_logger().error(f"cannot configure: fusion_mode must be average, model or auto, got {mode!r}")
+            return TransitionCallbackReturn.FAILURE
         try:
             if int(p.cpu_threads) > 0:
                 import torch
                 torch.set_num_threads(int(p.cpu_threads))
-            self.model = FusionModel(path, device=p.device)
+            if mode == "model" or (mode == "auto" and os.path.isfile(path)):
+                self.model = FusionModel(path, device=p.device)
         except ModelFileError as exc:
             if not p.allow_no_model:
                 self.get_logger().error(f"cannot configure: {exc}")
                 return TransitionCallbackReturn.FAILURE
-            self.get_logger().warning(f"{exc}; allow_no_model is set: using the probability-level fallback")
+            self.get_logger().warning(f"{exc}; allow_no_model is set: using the reliability-weighted average")
             self.model = None
         try:
             if not float(p.rate) > 0:
                 raise ValueError(f"rate must be > 0, got {p.rate}")
-            self.fusion = TemporalFusion(self.model, window_s=float(p.window_s), stale_s=float(p.stale_s),
-                                         smoothing_tau_s=float(p.smoothing_tau_s), forget_s=float(p.forget_s),
-                                         voice_to=str(p.voice_to))
+
+            def positive_or_none(v):
+                return float(v) if float(v) > 0 else None
+            self.fusion = TemporalFusion(
+                self.model, window_s=float(p.window_s), stale_s=float(p.stale_s),
+                face_stale_s=positive_or_none(p.face_stale_s), voice_stale_s=positive_or_none(p.voice_stale_s),
+                face_hold_s=float(p.face_hold_s), voice_hold_s=float(p.voice_hold_s),
+                fusion_mode="model" if self.model is not None else "average", conf_power=float(p.conf_power),
+                ood_min_conf=float(p.ood_min_conf), ood_weight=float(p.ood_weight),
+                unsure_weight=float(p.unsure_weight), voice_unsure_threshold=float(p.voice_unsure_threshold),
+                model_min_weight=float(p.model_min_weight), voice_prior=float(p.voice_prior),
+                smoothing_tau_s=float(p.smoothing_tau_s),
+                switch_margin=float(p.switch_margin), min_dwell_s=float(p.min_dwell_s), forget_s=float(p.forget_s),
+                voice_to=str(p.voice_to))
         except ValueError as exc:
             self.get_logger().error(f"cannot configure: {exc}")
             self.model = None
@@ -174,6 +226,9 @@ class FusionNode(LifecycleNode):
         if self.model is not None:
             self.get_logger().info(f"fusion model {path} on {self.model.device} (face {self.model.face_dim}-d, "
                                    f"voice {self.model.voice_dim}-d embeddings)")
+        else:
+            self.get_logger().info("fusion: reliability-weighted average of the calibrated probabilities "
+                                   "(no fusion model)")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -185,7 +240,8 @@ class FusionNode(LifecycleNode):
             self._last_primary = None
         self.diag = Diagnostics(self, "fusion", hardware_id=str(self.model.device) if self.model else "cpu",
                                 stale_after_s=2.0)
-        self.diag.set_value("model", self.model_file if self.model is not None else "none (probability fallback)")
+        self.diag.set_value("model", self.model_file if self.model is not None
+                            else "none (reliability-weighted average)")
         self.diag.set_value("device", str(self.model.device) if self.model is not None else "cpu")
         self._pub_state = self.create_publisher(EmotionState, "emotion/state", reliable_qos(10))
         self._pub_states = self.create_publisher(EmotionState, "emotion/states", reliable_qos(10))
@@ -244,7 +300,7 @@ class FusionNode(LifecycleNode):
 
     def _check_skew(self, modality: str, t: float) -> None:
         skew = self._now() - t
-        limit = max(float(self.p.stale_s), float(self.p.window_s)) + 1.0
+        limit = max(float(self.p.stale_s), float(self.p.window_s), float(self.p.voice_stale_s)) + 1.0
         if abs(skew) > limit:
             self.log.warn(f"skew_{modality}",
                           f"emotion/{modality} stamps are {skew:+.1f} s off the node clock: that evidence is never "
@@ -296,7 +352,8 @@ class FusionNode(LifecycleNode):
             try:
                 probs = probs_in_label_order(msg.labels, msg.probabilities, "voice")
                 warning = fusion.add_voice(t0, t1, probs, np.asarray(msg.embedding, dtype=np.float32),
-                                           voice_activity=bool(msg.voice_activity))
+                                           voice_activity=bool(msg.voice_activity),
+                                           unsure=True if getattr(msg, "unsure", False) else None)
             except InputError as exc:
                 self._bad_input("voice_input", exc)
                 return
