@@ -316,8 +316,8 @@ class Diagnostics:
     ``set_value(key, value)`` for static facts (device, model, ...).
 
     Named inputs (``watch_input(key, ...)``, then ``tick_input(key)``) are also reported one by one:
-    ``<key>_input_age_s`` (seconds since the last one), WARN when one that was flowing stops for longer than its ``stale_after_s``, and
-    WARN when its topic has no publisher left (a source node died).
+    ``<key>_input_age_s`` (seconds since the last one), WARN when one that was flowing stops for longer than its
+    ``stale_after_s``, and WARN when its topic has no publisher left (a source node died).
 
     ``last_error`` shows the last reported error until inputs have flowed for ``error_hold_s`` without a new one
     (then it is cleared; ``errors`` keeps counting, ``seconds_since_error`` tells how long ago the last one was).
