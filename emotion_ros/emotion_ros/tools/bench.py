@@ -1091,6 +1091,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["detect"]:   # emotion-bench detect: the face detector comparison (tools/bench_detect.py)
+        from .bench_detect import main as detect_main
+        return detect_main(argv[1:])
     args = parse_args(argv)
     started = time.monotonic()
     if args.domain_id is not None:

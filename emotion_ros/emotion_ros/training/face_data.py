@@ -67,7 +67,8 @@ def load_face_folder(root: str, size: int = 48, aligner=None, cache_dir: Optiona
     cache = None
     if cache_dir and transform is None:
         h = hashlib.sha1()
-        h.update(f"{size}|{type(aligner).__name__ if aligner is not None else None}".encode())
+        key = getattr(aligner, "cache_key", type(aligner).__name__) if aligner is not None else None
+        h.update(f"{size}|{key}".encode())
         for p, y in files:
             st = os.stat(p)
             h.update(f"{p}|{y}|{st.st_size}|{int(st.st_mtime)}".encode())

