@@ -201,6 +201,9 @@ class Background:
 
 
 def ros2_launch(args: Sequence[str], log_path: str, env: Optional[Dict[str, str]] = None) -> Background:
+    """``ros2 launch emotion_ros emotion.launch.py <args>``. TMPDIR is the log's folder: launch_ros writes a
+    /tmp/launch_params_* file per node and never removes it."""
+    env = dict(env or cli_env(), TMPDIR=os.path.dirname(os.path.abspath(log_path)))
     return Background([ROS2, "launch", "emotion_ros", "emotion.launch.py", *args], log_path, env=env)
 
 

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from launch_helpers import (LIFECYCLE_NODES, VENV_BIN, Background, cli_env, group_pids, lifecycle_states,
-                            requires_ros2)
+from launch_helpers import (LIFECYCLE_NODES, VENV_BIN, cli_env, group_pids, lifecycle_states, requires_ros2,
+                            ros2_launch)
 from robust_helpers import PKG_ROOT
 
 REPO = os.path.dirname(PKG_ROOT)
@@ -74,8 +74,8 @@ def test_colcon_build_installs_the_ament_layout(workspace):
 def test_ros2_launch_from_the_colcon_install_space(workspace, tmp_path):
     ws = workspace[0]
     env = _sourced_env(ws)
-    launch = Background(["ros2", "launch", "emotion_ros", "emotion.launch.py", "camera:=false",
-                         "microphone:=false", "device:=cpu"], str(tmp_path / "launch.log"), env=env, cwd=ws)
+    launch = ros2_launch(["camera:=false", "microphone:=false", "device:=cpu"], str(tmp_path / "launch.log"),
+                         env=env)
     try:
         states = lifecycle_states([f"/{n}" for n in LIFECYCLE_NODES], env=env, timeout=300)
         assert all(s.startswith("active") for s in states.values()), f"{states}\n{launch.tail()}"
