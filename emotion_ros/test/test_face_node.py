@@ -185,7 +185,8 @@ def check_result(res, msg):
     assert len(res.faces) == 1, res.faces
     f = res.faces[0]
     assert f.id.startswith("face_")
-    assert iou((f.x, f.y, f.width, f.height), HOPPER_FACE) > 0.75
+    # HOPPER_FACE is Haar's box; the node's BlazeFace box is tighter (brows to chin): IoU ~0.70
+    assert iou((f.x, f.y, f.width, f.height), HOPPER_FACE) > 0.6
     assert 0.0 < f.detection_confidence <= 1.0
     assert list(f.labels) == list(LABELS)
     probs = np.asarray(f.probabilities)
@@ -251,7 +252,7 @@ def test_debug_image_only_while_subscribed(running, hopper):
     img = np.frombuffer(bytes(d.data), np.uint8).reshape(d.height, d.width, 3)
     # the box is drawn in green on a grey input
     x, y, w, h = (int(v) for v in HOPPER_FACE)
-    band = img[y + h // 2 - 5: y + h // 2 + 5, x - 8: x + 8]
+    band = img[y + h // 2 - 5: y + h // 2 + 5, x - 8: x + w + 8]   # across the face: both vertical sides
     assert ((band[..., 1] > 200) & (band[..., 0] < 80) & (band[..., 2] < 80)).any()
 
 
@@ -369,8 +370,11 @@ def test_parameters_are_declared_with_descriptions_and_yaml_defaults(inproc):
     assert n.trigger_configure() == R.SUCCESS
     built = build_pipeline(n.model)
     pl = n.pipeline
+    def det(d):
+        return tuple(getattr(d, k, None) for k in ("name", "model", "score_threshold", "max_width", "min_neighbors",
+                                                   "min_size_frac"))
     assert (built.full_detect_every, built.max_faces, built.aligner.margin, built.tracker.iou_threshold,
-            built.tracker.max_missed, built.detector.max_width, built.detector.min_neighbors,
-            built.detector.min_size_frac) == \
+            built.tracker.max_missed, det(built.detector)) == \
         (pl.full_detect_every, pl.max_faces, pl.aligner.margin, pl.tracker.iou_threshold, pl.tracker.max_missed,
-         pl.detector.max_width, pl.detector.min_neighbors, pl.detector.min_size_frac)
+         det(pl.detector))
+    assert pl.detector.name == "blazeface"
