@@ -355,3 +355,17 @@ def test_audio_format_checks(fmt, problem):
         assert got is None
     else:
         assert got is not None and problem in got
+
+
+def test_voice_message_unsure_below_threshold():
+    """VoiceEmotion.unsure follows the best calibrated probability against unsure_threshold (0: never)."""
+    from emotion_ros.core.voice.pipeline import VoiceResult
+    from emotion_ros.nodes.voice import PARAMS, VoiceNode
+
+    flat = np.full(len(LABELS), 1.0 / len(LABELS), np.float32)
+    sure = np.eye(len(LABELS), dtype=np.float32)[3] * 0.9 + 0.1 / len(LABELS)
+    for probs, threshold, unsure in ((flat, 0.4, True), (sure, 0.4, False), (flat, 0.0, False)):
+        r = VoiceResult(1.0, 2.0, probs, np.zeros(4, np.float32), False, 0.9)
+        m = VoiceNode.to_message(r, "mic", True, threshold)
+        assert m.unsure is unsure and m.emotion == LABELS[int(np.argmax(probs))]
+    assert 0.0 < PARAMS["unsure_threshold"][0] < 1.0
