@@ -149,11 +149,21 @@ def eval_voice(args) -> Dict:
     model = VoiceModel(args.model or default_model("voice.pt"), device=args.device)
     model_file = model_file_info(model.path)
     t0 = time.time()
+    from ..core.errors import DataError
+    from .voice_data import parse_speakers
+    if not os.path.isdir(args.data):
+        raise DataError(f"data folder not found: {args.data}")
     data = list_voice_data(args.data)
     for name, n in data.skipped_classes.items():
         print(f"skipping {name!r} ({n} files): not a label of the model {list(LABELS)}", file=sys.stderr)
+    if args.speakers:
+        keep = set(parse_speakers(args.speakers))
+        data.items = [i for i in data.items if i.speaker in keep]
+        if not data.items:
+            raise DataError(f"no labelled audio of speaker(s) {', '.join(sorted(keep))} under {args.data}")
     if not data.items:
-        raise SystemExit(f"no labelled audio found under {args.data}")
+        raise DataError(f"no labelled audio found under {args.data} (one folder per label, or RAVDESS-named "
+                        "files)")
     waves, index, ys, unreadable = [], [], [], 0
     for i, it in enumerate(data.items):
         try:
@@ -169,11 +179,29 @@ def eval_voice(args) -> Dict:
         inputs = waves
     out, no_speech = voice_outputs(model, inputs)
     report = metrics_from_predictions(ys, out.probs.argmax(1))
+    if not ys:
+        raise DataError(f"none of the {len(data.items)} audio files under {args.data} could be read")
+    from .calibration import ece
     report.update({"task": "voice", "data": args.data, "model": model.path, "model_file": model_file,
                    "perturb": names, "seed": args.seed, "no_speech_found": no_speech,
                    "unreadable": unreadable, "skipped_classes": data.skipped_classes,
-                   "speakers": len({i.speaker for i in data.items}), "seconds": round(time.time() - t0, 2)})
+                   "speakers": len({i.speaker for i in data.items}),
+                   "speaker_filter": parse_speakers(args.speakers) if args.speakers else None,
+                   "temperature": model.temperature, "ece": round(ece(out.probs, ys), 4),
+                   "seconds": round(time.time() - t0, 2)})
+    print_collapse_table(report)
     return _finish(report, args, "voice")
+
+
+def print_collapse_table(report: Dict) -> None:
+    """Share of the predictions per class beside its true share (stderr), and the collapse ratio."""
+    share = report.get("prediction_share") or {}
+    print("class        predicted  true", file=sys.stderr)
+    for name, v in share.items():
+        print(f"{name:<12} {v['predicted']:>8.1%} {v['true']:>6.1%}", file=sys.stderr)
+    ratio = report.get("collapse_ratio")
+    print(f"most predicted: {report.get('most_predicted')} at "
+          f"{'n/a (never true)' if ratio is None else f'{ratio:.2f}x'} its true share", file=sys.stderr)
 
 
 def eval_fused(args) -> Dict:
@@ -247,6 +275,9 @@ def main(argv: Optional[list] = None) -> int:
     sp = sub.add_parser("voice", help="voice model on labelled audio")
     sp.add_argument("--data", required=True)
     sp.add_argument("--model", default=None, help="voice model (default: the shipped models/voice.pt)")
+    sp.add_argument("--speakers", default=None,
+                    help="only these speakers (RAVDESS actor numbers/ranges or ids as in file names: '17-20', "
+                         "'1358,7895')")
     perturb(sp, "voice")
     common(sp)
     sp.set_defaults(func=eval_voice)
