@@ -56,13 +56,16 @@ def generate_launch_description():
         DeclareLaunchArgument("rules_file", default_value=os.path.join(share, "config", "behaviour_rules.yaml"),
                               description="behaviour rule table (YAML)"),
         DeclareLaunchArgument("device", default_value="auto",
-                              description="torch device of the face, voice and fusion models: auto | cpu | cuda | cuda:N"),
+                              description="torch device of the face, voice and fusion models: "
+                                          "auto | cpu | cuda | cuda:N"),
         DeclareLaunchArgument("camera", default_value="true",
-                              description="start the camera source node (true/false; false: bring your own image topic)"),
+                              description="start the camera source node "
+                                          "(true/false; false: bring your own image topic)"),
         DeclareLaunchArgument("video", default_value="0",
                               description="camera source: device index, video file, URL or GStreamer pipeline"),
         DeclareLaunchArgument("microphone", default_value="true",
-                              description="start the microphone source node (true/false; false: bring your own audio topic)"),
+                              description="start the microphone source node "
+                                          "(true/false; false: bring your own audio topic)"),
         DeclareLaunchArgument("audio", default_value="",
                               description="audio file played as if it were the microphone (empty: the sound card)"),
         DeclareLaunchArgument("loop", default_value="false",

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import pytest
 
-from robust_helpers import PKG_ROOT, node_env  # noqa: F401  (sets ROS_DOMAIN_ID / ROS_HOME for this session)
+from robust_helpers import node_env  # importing it sets ROS_DOMAIN_ID / ROS_HOME for this session
 
 VENV_BIN = os.path.dirname(os.path.abspath(sys.executable))
 ROS2 = os.path.join(VENV_BIN, "ros2") if os.path.isfile(os.path.join(VENV_BIN, "ros2")) else shutil.which("ros2")
