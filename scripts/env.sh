@@ -13,6 +13,7 @@ _er_prepend() {  # _er_prepend VAR DIR: put DIR first in the colon list VAR, onc
 }
 # ament index (interfaces + emotion_ros share/) and CMake packages live in the venv prefix
 _er_prepend AMENT_PREFIX_PATH "$EMOTION_ROS_VENV"
+_er_prepend CMAKE_PREFIX_PATH "$EMOTION_ROS_VENV"   # colcon build in a workspace finds ament_cmake/rosidl here
 _er_prepend PATH "$EMOTION_ROS_VENV/bin"
 unset -f _er_prepend
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
