@@ -104,6 +104,15 @@ def test_region_search_maps_box_and_eyes_back(blaze, hopper):
     assert blaze.detect_regions(canvas, [(0.0, 600.0, 100.0, 100.0)]) == []
 
 
+def test_region_search_of_several_faces_shares_one_pass(blaze):
+    img, truths = compose_scene(5)                    # ~100 px faces: one whole-frame short-range pass
+    found = blaze.detect_regions(img, truths)
+    assert len(found) == 5 and all(any(centre_in(d, t) for d in found) for t in truths)
+    assert len(blaze.detect_regions(img, truths[:2])) == 2   # only near the given boxes
+    far, (t,) = compose_scene(1, face_px=40)          # small faces: a window each
+    assert len(blaze.detect_regions(far, [t, (500.0, 50.0, 40.0, 40.0)])) == 1
+
+
 def test_mapped_moves_box_and_landmarks():
     d = Detection(10, 20, 30, 40, 0.9, np.array([[15, 25], [35, 25]], np.float32))
     m = d.mapped(2.0, 2.0, 5.0, 7.0)

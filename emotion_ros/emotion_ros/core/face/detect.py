@@ -476,6 +476,33 @@ class BlazeFaceDetector(FaceDetector):
         side = max(box[2], box[3])
         return [d for d in self._run(to_bgr(image), "short") if 0.5 * side <= max(d.w, d.h) <= 2.0 * side]
 
+    #: faces at least this fraction of the frame's longer side are searched for in one whole-frame pass of the
+    #: short-range network when there are two or more of them (the short network finds faces from ~0.1)
+    WHOLE_FRAME_MIN_SIDE = 0.15
+
+    def detect_regions(self, image: np.ndarray, boxes: Sequence[Box], expand: float = 0.35) -> List[Detection]:
+        """As :meth:`FaceDetector.detect_regions`; a pass costs the same on a window as on the whole frame,
+        so two or more large faces share one whole-frame pass of the short-range network (5 faces: 25 -> 5 ms CPU)."""
+        _check_image(image)
+        long_side = float(max(image.shape[:2]))
+        ok = [b for b in boxes if b[2] > 0 and b[3] > 0 and all(math.isfinite(v) for v in b)]
+        big = [b for b in ok if max(b[2], b[3]) >= self.WHOLE_FRAME_MIN_SIDE * long_side]
+        if len(big) < 2:
+            return super().detect_regions(image, ok, expand)
+        small = [b for b in ok if max(b[2], b[3]) < self.WHOLE_FRAME_MIN_SIDE * long_side]
+        found = []
+        for d in self._run(to_bgr(image), "short"):
+            cx, cy, side = d.x + d.w / 2.0, d.y + d.h / 2.0, max(d.w, d.h)
+            for x, y, w, h in big:
+                bside = max(w, h)
+                if (x - expand * w <= cx <= x + w + expand * w and y - expand * h <= cy <= y + h + expand * h
+                        and 0.5 * bside <= side <= 2.0 * bside):
+                    found.append(d)
+                    break
+        if small:
+            found += super().detect_regions(image, small, expand)
+        return nms(found, 0.3)
+
 
 DETECTORS = ("blazeface", "blazeface_full", "blazeface_short", "blazeface_both", "haar", "yunet")
 
