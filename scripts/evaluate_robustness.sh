@@ -3,7 +3,7 @@
 #   scripts/evaluate_robustness.sh FER_VAL_DIR RAVDESS_DIR [OUT_DIR]
 # FER_VAL_DIR: faces, one folder per class (e.g. ../shared/data/fer2013/val).
 # RAVDESS_DIR: RAVDESS-named audio; actors 17-20 (never seen in training) are evaluated.
-# Face: clean + blur, dark, lowres, jpeg, noise, rotate; voice: clean + telephone, noise, quiet, reverb, rate44k.
+# Face: clean + blur, dark, lowres, jpeg, noise, rotate, rotate30; voice: clean + telephone, noise, quiet, reverb, rate44k.
 # Writes OUT_DIR/robustness.json ({"face": {condition: {accuracy, macro_f1, n}}, "voice": {... no_speech_found},
 # "seed", "models": the model files' sizes and mtimes}; default docs/eval/) and prints a table.
 # SEED (default 0) seeds the perturbations.  no_speech_found: clips where the voice node's segmenter found no
@@ -13,7 +13,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 faces="${1:?faces folder}"; ravdess="${2:?RAVDESS folder}"; out="${3:-$here/docs/eval}"
 venv="${EMOTION_ROS_VENV:-$here/.venv}"
 seed="${SEED:-0}"
-face_conds=(clean blur dark lowres jpeg noise rotate)
+face_conds=(clean blur dark lowres jpeg noise rotate rotate30)
 voice_conds=(clean telephone noise quiet reverb rate44k)
 mkdir -p "$out"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT

@@ -207,3 +207,32 @@ def test_bench_detect_prints_a_comparison(tmp_path, capsys):
     assert b["face_free"]["false_per_image"] == 0.0
     assert b["time_640x480_1_thread"]["frame_1"]["median_ms"] > 0
     assert main(["detect", "--photos", str(tmp_path / "nope")]) == 2
+
+
+def test_eval_cli_detect_crops_and_detector_choice(tmp_path, hopper):
+    import torch
+    from emotion_ros.core.face.model import ARCH, DEFAULT_INPUT, FaceCNN
+    from emotion_ros.core.modelio import save_checkpoint
+    from emotion_ros.training.evaluate import main as eval_main
+
+    torch.manual_seed(0)
+    ckpt = str(tmp_path / "face.pt")
+    save_checkpoint(ckpt, kind="face", arch=ARCH, model=FaceCNN(widths=(8, 16), embed_dim=32),
+                    input_spec=dict(DEFAULT_INPUT), config={"model": {"widths": [8, 16], "embed_dim": 32}})
+    gray = cv2.cvtColor(hopper, cv2.COLOR_BGR2GRAY)
+    (tmp_path / "faces" / "happy").mkdir(parents=True)
+    for i, angle in enumerate((0.0, 20.0)):
+        cv2.imwrite(str(tmp_path / "faces" / "happy" / f"{i}.png"), FaceAligner().crop(rotate(gray, angle),
+                                                                                        HOPPER_FACE))
+    base = ["face", "--data", str(tmp_path / "faces"), "--model", ckpt, "--device", "cpu"]
+    reps = {}
+    for name, extra in (("whole", []), ("detect", ["--detect-crops", "--perturb", "rotate30"]),
+                        ("haar", ["--detect-crops", "--detector", "haar", "--no-eye-align"])):
+        assert eval_main(base + extra + ["--json", str(tmp_path / f"{name}.json")]) == 0
+        reps[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert reps["whole"]["no_face_found"] == 2 and reps["whole"]["detect_crops"] is False   # 48x48: used whole
+    assert reps["detect"]["no_face_found"] == 0 and reps["detect"]["detector"] == "blazeface"
+    assert reps["detect"]["perturb"] == ["rotate30"] and reps["detect"]["eye_align"] is True
+    assert reps["haar"]["detector"] == "haar" and reps["haar"]["eye_align"] is False
+    with pytest.raises(SystemExit, match="--detector mtcnn"):
+        eval_main(base + ["--detector", "mtcnn"])
