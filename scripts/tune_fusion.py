@@ -27,19 +27,20 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "emotion_ros"))
 
-BASE = {"window_s": 1.0, "stale_s": 1.0, "forget_s": 5.0, "voice_to": "primary", "face_hold_s": 0.15,
+BASE = {"window_s": 1.0, "stale_s": 1.0, "forget_s": 5.0, "voice_to": "primary", "face_hold_s": 0.1,
         "voice_unsure_threshold": 0.0, "unsure_weight": 0.5, "fusion_mode": "average"}
 GRID = {
-    "face_stale_s": [0.4],
-    "voice_stale_s": [2.5, 3.5],
-    "voice_hold_s": [0.5, 1.5],
-    "conf_power": [1.0, 2.0],
+    "face_stale_s": [0.3, 0.5],
+    "voice_stale_s": [3.0],
+    "voice_hold_s": [1.0],
+    "conf_power": [2.0],
     "ood_min_conf": [0.35],
     "ood_weight": [0.3],
-    "voice_prior": [0.3, 0.6, 1.0],
-    "smoothing_tau_s": [0.3],
+    "voice_prior": [0.1, 0.3, 0.6],
+    "smoothing_tau_s": [0.1, 0.2],
     "switch_margin": [0.05, 0.15],
-    "min_dwell_s": [0.2, 0.4],
+    "min_dwell_s": [0.1, 0.2, 0.3],
+    "fast_switch_margin": [0.25, 1.0],
 }
 
 
@@ -164,7 +165,7 @@ def main(argv=None) -> int:
         if best is None or o > best[0]:
             best = (o, kw, res)
     o, kw, dev_res = best
-    out = {"settings": {k: kw[k] for k in keys}, "objective_dev": round(o, 4), "dev": dev_res,
+    out = {"settings": {k: kw[k] for k in keys + ["face_hold_s", "unsure_weight"]}, "objective_dev": round(o, 4), "dev": dev_res,
            "test": run_set(clips, test, kw)}
     if args.fusion_model:
         from emotion_ros.core.fusion import FusionModel

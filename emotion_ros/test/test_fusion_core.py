@@ -369,3 +369,16 @@ def test_model_mode_masks_an_unreliable_modality(model):
     (st,) = tf.estimate(1.0)
     assert st.mode == "model" and st.voice_weight < 0.3
     np.testing.assert_allclose(st.probs, model.predict(FACE_EMB, None), atol=1e-6)
+
+
+def test_fast_switch_on_clear_evidence():
+    kw = {**NEW, "face_stale_s": 0.05, "face_hold_s": 0.0}  # the newest frame only
+    slow = TemporalFusion(None, **kw, switch_margin=0.05, min_dwell_s=1.0)
+    fast = TemporalFusion(None, **kw, switch_margin=0.05, min_dwell_s=1.0, fast_switch_margin=0.3)
+    for tf in (slow, fast):
+        tf.add_face(0.0, "p", 100, onehot("happy", 0.8))
+        tf.estimate(0.0)
+        tf.add_face(0.1, "p", 100, onehot("sad", 0.9))  # leads happy by far more than 0.3
+    assert slow.estimate(0.1)[0].emotion == "happy"  # waits min_dwell_s
+    st = fast.estimate(0.1)[0]
+    assert st.emotion == "sad" and st.changed

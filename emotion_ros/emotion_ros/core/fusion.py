@@ -34,8 +34,8 @@ A modality without a usable embedding contributes its probabilities at its weigh
 
 Steady output: each person's fused probabilities are smoothed exponentially (time constant ``smoothing_tau_s``),
 and the reported emotion changes only on evidence (hysteresis): a new top emotion must lead the current one by
-``switch_margin`` for ``min_dwell_s`` without interruption. ``probs`` stay the smoothed probabilities; ``emotion``
-is the held one.
+``switch_margin`` for ``min_dwell_s`` without interruption, or by ``fast_switch_margin`` at once (clear evidence
+needs no waiting). ``probs`` stay the smoothed probabilities; ``emotion`` is the held one.
 
 Voice has no speaker id: it is attached to the primary person (the largest fresh face) only, or to every person with
 ``voice_to="all"``. With no fresh face, fresh voice gives one voice-only state (``person_id=""``); when the primary
@@ -187,7 +187,7 @@ class TemporalFusion:
                  conf_power: float = 1.0, ood_min_conf: float = 0.0, ood_weight: float = 1.0,
                  unsure_weight: float = 1.0, voice_unsure_threshold: float = 0.0, model_min_weight: float = 0.0,
                  voice_prior: float = 1.0,
-                 switch_margin: float = 0.0, min_dwell_s: float = 0.0):
+                 switch_margin: float = 0.0, min_dwell_s: float = 0.0, fast_switch_margin: float = 1.0):
         for name, v in (("window_s", window_s), ("stale_s", stale_s)):
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v}")
@@ -201,7 +201,7 @@ class TemporalFusion:
                 raise ValueError(f"{name} must be >= 0, got {v}")
         if not (math.isfinite(voice_prior) and voice_prior >= 0):
             raise ValueError(f"voice_prior must be >= 0, got {voice_prior}")
-        for name, v in (("ood_min_conf", ood_min_conf), ("ood_weight", ood_weight), ("unsure_weight", unsure_weight),
+        for name, v in (("fast_switch_margin", fast_switch_margin), ("ood_min_conf", ood_min_conf), ("ood_weight", ood_weight), ("unsure_weight", unsure_weight),
                         ("voice_unsure_threshold", voice_unsure_threshold), ("model_min_weight", model_min_weight)):
             if not (math.isfinite(v) and 0 <= v <= 1):
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
@@ -235,6 +235,7 @@ class TemporalFusion:
         self.voice_prior = float(voice_prior)
         self.switch_margin = float(switch_margin)
         self.min_dwell_s = float(min_dwell_s)
+        self.fast_switch_margin = float(fast_switch_margin)
         self._faces: Dict[str, Deque[FaceObs]] = {}
         self._voice: Deque[VoiceObs] = collections.deque(maxlen=self.buffer_len)
         self._smooth: Dict[str, _Smoother] = {}
@@ -474,10 +475,10 @@ class TemporalFusion:
         emotion, cand, since = s.emotion, s.candidate, s.candidate_since
         if top == emotion:
             cand = None
-        elif p[LABELS.index(top)] - p[LABELS.index(emotion)] >= self.switch_margin:
+        elif (lead := p[LABELS.index(top)] - p[LABELS.index(emotion)]) >= self.switch_margin:
             if cand != top:
                 cand, since = top, now
-            if now - since >= self.min_dwell_s - 1e-9:
+            if now - since >= self.min_dwell_s - 1e-9 or lead >= self.fast_switch_margin:
                 emotion, cand = top, None
         else:
             cand = None

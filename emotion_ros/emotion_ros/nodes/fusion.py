@@ -95,6 +95,8 @@ PARAMS = {
     "switch_margin": (0.1, "Hysteresis: the reported emotion changes only when a new top emotion leads it by this "
                            "much (smoothed probability) ...", {"range": (0.0, 1.0)}),
     "min_dwell_s": (0.3, "... for this long (s) without interruption", {"range": (0.0, None)}),
+    "fast_switch_margin": (1.0, "... or at once when it leads by this much (clear evidence; 1 = never)",
+                           {"range": (0.0, 1.0)}),
     "rate": (10.0, "Steady publishing rate of emotion/state and emotion/states (Hz)", {"range": (0.01, 1000.0)}),
     "publish_on_change": (True, "Also publish at once when the primary person's top emotion changes"),
     "publish_on_face": (True, "Also publish at once on every face array (frame to emotion/state in a few ms; the "
@@ -217,7 +219,8 @@ class FusionNode(LifecycleNode):
                 unsure_weight=float(p.unsure_weight), voice_unsure_threshold=float(p.voice_unsure_threshold),
                 model_min_weight=float(p.model_min_weight), voice_prior=float(p.voice_prior),
                 smoothing_tau_s=float(p.smoothing_tau_s),
-                switch_margin=float(p.switch_margin), min_dwell_s=float(p.min_dwell_s), forget_s=float(p.forget_s),
+                switch_margin=float(p.switch_margin), min_dwell_s=float(p.min_dwell_s),
+                fast_switch_margin=float(p.fast_switch_margin), forget_s=float(p.forget_s),
                 voice_to=str(p.voice_to))
         except ValueError as exc:
             self.get_logger().error(f"cannot configure: {exc}")
