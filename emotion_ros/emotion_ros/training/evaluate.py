@@ -226,16 +226,28 @@ def eval_fused(args) -> Dict:
     vo, no_speech = voice_outputs(vm, [load_audio(i.path) for i in voices.items])
     vy = np.array([i.label for i in voices.items])
     rep, y, pred = paired_report(fus, fo, faces.labels, vo, vy, args.pairs, args.seed)
-    report = dict(rep["fused"])
+    # the headline is what the fusion node does: its fusion_mode (config/emotion.yaml) average or the learned model
+    from ..tools.bag_evaluate import _load_yaml_params
+    node_mode = str(_load_yaml_params("emotion.yaml", "fusion_node").get("fusion_mode", "model"))
+    headline = "reliability_average" if node_mode == "average" else "fused"
+    report = dict(rep[headline])
+    if headline != "fused":
+        pred = np.asarray(rep.pop("_avg_pred"))
+    rep.pop("_avg_pred", None)
     full = metrics_from_predictions(y, pred)
     report.update({"confusion": full["confusion"], "labels": full["labels"], "task": "fused",
                    "pairs": args.pairs, "seed": args.seed,
                    "face_only": rep["face_only"], "voice_only": rep["voice_only"],
                    "face_missing": rep["fused_face_missing"], "voice_missing": rep["fused_voice_missing"],
-                   "late_fusion_mean_probs": rep["late_fusion_mean_probs"],
+                   "late_fusion_mean_probs": rep["late_fusion_mean_probs"], "fusion": node_mode,
+                   "learned_model": rep["fused"], "reliability_average": rep["reliability_average"],
+                   "with_wrong_voice": {"learned_model": rep["fused_voice_wrong_label"],
+                                        "reliability_average": rep["reliability_average_voice_wrong_label"],
+                                        "late_fusion_mean_probs": rep["late_fusion_voice_wrong_label"]},
                    "no_face_found": faces.no_face, "no_speech_found": no_speech, "skipped_classes": skipped})
-    print("pairs of a face and a voice with the same label: "
-          f"fused {report['accuracy']:.3f}, face only {rep['face_only']['accuracy']:.3f}, "
+    print(f"pairs of a face and a voice with the same label: fused ({node_mode}) {report['accuracy']:.3f}, "
+          f"learned model {rep['fused']['accuracy']:.3f}, reliability average "
+          f"{rep['reliability_average']['accuracy']:.3f}, face only {rep['face_only']['accuracy']:.3f}, "
           f"voice only {rep['voice_only']['accuracy']:.3f}, face missing {rep['fused_face_missing']['accuracy']:.3f}, "
           f"voice missing {rep['fused_voice_missing']['accuracy']:.3f}", file=sys.stderr)
     return _finish(report, args, "fused (label-matched pairs)")

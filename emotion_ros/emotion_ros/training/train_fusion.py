@@ -116,7 +116,8 @@ def paired_report(fusion: FusionModel, face: Outputs, face_y, voice: Outputs, vo
     face_missing = fusion.predict_batch(None, voice.emb[vs], zeros, ones)["fused"]
     voice_missing = fusion.predict_batch(face.emb[fs], None, ones, zeros)["fused"]
     # a voice of another label (a confidently wrong voice): fusion should stay near the face alone
-    wrong = np.array([rng.choice(np.flatnonzero(voice_y != voice_y[v])) for v in vs])
+    others = {c: np.flatnonzero(voice_y != c) for c in np.unique(voice_y)}
+    wrong = np.array([rng.choice(others[voice_y[v]]) if len(others[voice_y[v]]) else v for v in vs])
     voice_wrong = fusion.predict_batch(face.emb[fs], voice.emb[wrong], ones, ones)["fused"]
     keep = ("accuracy", "macro_f1", "n", "per_class_recall")
     avg = node_average()
