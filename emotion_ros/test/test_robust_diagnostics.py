@@ -32,7 +32,7 @@ def running(tmp_path_factory):
     procs = {
         "face": NodeProcess("face", d, {"model_path": models["face"], "device": "cpu", "debug_image": False}),
         "voice": NodeProcess("voice", d, {"model_path": models["voice"], "device": "cpu"}),
-        "fusion": NodeProcess("fusion", d, {"model_path": models["fusion"], "device": "cpu"}),
+        "fusion": NodeProcess("fusion", d, {"model_path": models["fusion"], "device": "cpu", "fusion_mode": "model"}),
         "behaviour": NodeProcess("behaviour", d, {}),
     }
     try:
