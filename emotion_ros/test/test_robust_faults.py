@@ -71,7 +71,9 @@ def voice_msg(t, emb, length=0.5):
 def test_fusion_falls_back_to_the_other_modality_and_takes_it_back(graph, models, tmp_path):
     proc = NodeProcess("fusion", str(tmp_path), {"model_path": models["fusion"], "device": "cpu",
                                                  "stale_s": STALE_S, "window_s": 1.0, "rate": 20.0,
-                                                 "smoothing_tau_s": 0.0})
+                                                 "smoothing_tau_s": 0.0, "fusion_mode": "model",
+                                                 # the one legacy stale_s for both modalities
+                                                 "face_stale_s": 0.0, "voice_stale_s": 0.0})
     rng = np.random.default_rng(0)
     face_emb = rng.standard_normal(256).astype(np.float32)
     voice_emb = rng.standard_normal(128).astype(np.float32)
@@ -207,7 +209,9 @@ def _bad_model_cases(models, d):
 def test_bad_model_files_fail_start_up_naming_the_file(models, tmp_path):
     cases = _bad_model_cases(models, str(tmp_path))
     # all at once: each process spends most of its time importing torch
-    procs = [(kind, path, NodeProcess(kind, str(tmp_path), {"model_path": path, "device": "cpu"}, tag=f"_{i}"))
+    procs = [(kind, path, NodeProcess(kind, str(tmp_path), {"model_path": path, "device": "cpu",
+                                                            **({"fusion_mode": "model"} if kind == "fusion" else {})},
+                                      tag=f"_{i}"))
              for i, (kind, path) in enumerate(cases)]
     try:
         for kind, path, p in procs:

@@ -317,7 +317,9 @@ def test_backlog_drops_oldest_audio(inproc):
 
 def test_configure_fails_on_bad_settings(inproc, tmp_path):
     from rclpy.lifecycle import TransitionCallbackReturn as R
-    assert inproc(sample_rate=4000).trigger_configure() == R.FAILURE
+    from emotion_ros.ros.node_utils import ParameterError
+    with pytest.raises(ParameterError, match="sample_rate"):      # out of its declared range: refused at once
+        inproc(sample_rate=4000)
     assert inproc(sample_format="MP3").trigger_configure() == R.FAILURE
     assert inproc(vad_start_db=3.0, vad_stop_db=6.0).trigger_configure() == R.FAILURE
     n = inproc(model_path=str(tmp_path / "gone.pt"))
