@@ -516,3 +516,19 @@ class Diagnostics:
         if self._pub is not None:
             self.node.destroy_publisher(self._pub)
             self._pub = None
+
+
+def close_node(node, context) -> None:
+    """End a command-line tool's ROS side: destroy ``node`` (may be None) and shut ``context`` down, ignoring
+    errors from an already half-closed middleware (the tool is exiting either way)."""
+    import rclpy
+    if node is not None:
+        try:
+            node.destroy_node()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+    try:
+        if context.ok():
+            rclpy.shutdown(context=context)
+    except Exception:  # noqa: BLE001
+        pass

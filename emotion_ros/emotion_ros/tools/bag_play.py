@@ -95,6 +95,7 @@ def play(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[Seque
     from rclpy.signals import SignalHandlerOptions
 
     from emotion_ros.env import ensure_ros_env
+    from emotion_ros.ros.node_utils import close_node
 
     if not (rate > 0):
         raise BagError(f"--rate must be > 0, got {rate}")
@@ -229,16 +230,7 @@ def play(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[Seque
             except Exception:
                 pass
     finally:
-        if node is not None:
-            try:
-                node.destroy_node()
-            except Exception:
-                pass
-        try:
-            if context.ok():
-                rclpy.shutdown(context=context)
-        except Exception:
-            pass
+        close_node(node, context)
         bf.close()
         for s, h in old.items():
             signal.signal(s, h)

@@ -165,6 +165,7 @@ def record(out: str, topics: Optional[Sequence[str]] = None, storage: str = "mca
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     from emotion_ros.env import ensure_ros_env
+    from emotion_ros.ros.node_utils import close_node
 
     ensure_ros_env()
     topics = list(topics or DEFAULT_TOPICS)
@@ -209,15 +210,7 @@ def record(out: str, topics: Optional[Sequence[str]] = None, storage: str = "mca
                 node.flush_pending(0)
             summary_extra = {"missing": [n for n in node.wanted if n not in node.subscribed],
                              "skipped": dict(node.skipped)}
-            try:
-                node.destroy_node()
-            except Exception:
-                pass
-        try:
-            if context.ok():
-                rclpy.shutdown(context=context)
-        except Exception:
-            pass
+        close_node(node, context)
         wt.stop()
         wt.join()
         writer.close()

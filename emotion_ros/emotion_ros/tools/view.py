@@ -212,6 +212,7 @@ def view(args, ros_args: Optional[List[str]] = None, out=None, err=None) -> dict
 
     from emotion_msgs.msg import EmotionState
     from emotion_ros.env import ensure_ros_env
+    from emotion_ros.ros.node_utils import close_node
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -328,16 +329,7 @@ def view(args, ros_args: Optional[List[str]] = None, out=None, err=None) -> dict
         ex.shutdown(timeout_sec=1.0)
     finally:
         video = sink.close() if sink is not None else None
-        if node is not None:
-            try:
-                node.destroy_node()
-            except Exception:
-                pass
-        try:
-            if context.ok():
-                rclpy.shutdown(context=context)
-        except Exception:
-            pass
+        close_node(node, context)
         for s, h in old.items():
             signal.signal(s, h)
     summary = {"view": topic, "states": n_states, "persons": dict(per_person), "emotions": dict(emotions),

@@ -20,7 +20,8 @@ from typing import Dict
 import numpy as np
 import torch
 
-__all__ = ["softmax_t", "nll", "ece", "fit_temperature", "calibrate_report", "reliability_table", "temperature_of"]
+__all__ = ["softmax_t", "nll", "ece", "fit_temperature", "calibration_summary", "calibrate_report", "reliability_table",
+           "temperature_of"]
 
 
 def _views(logits) -> torch.Tensor:
@@ -106,6 +107,16 @@ def fit_temperature(logits, labels, t_min: float = 0.05, t_max: float = 20.0) ->
     return float(math.exp((a + b) / 2))
 
 
+def calibration_summary(logits, labels, t: float, n_bins: int = 15) -> Dict[str, float]:
+    """Accuracy, ECE, NLL and mean confidence of (logits, labels) before (T = 1) and after temperature ``t``."""
+    p0, p1 = softmax_t(logits, 1.0), softmax_t(logits, t)
+    return {"n": int(len(labels)), "accuracy": round(float((p1.argmax(1) == np.asarray(labels)).mean()), 4),
+            "ece_before": round(ece(p0, labels, n_bins), 4), "ece_after": round(ece(p1, labels, n_bins), 4),
+            "nll_before": round(nll(p0, labels), 4), "nll_after": round(nll(p1, labels), 4),
+            "mean_conf_before": round(float(p0.max(1).mean()), 4),
+            "mean_conf_after": round(float(p1.max(1).mean()), 4)}
+
+
 def calibrate_report(fit_logits, fit_labels, test_logits=None, test_labels=None,
                      fitted_on: str = "", n_bins: int = 15) -> Dict[str, object]:
     """Fit T on (fit_logits, fit_labels) and report ECE / NLL / accuracy before and after on the fit set and,
@@ -114,17 +125,9 @@ def calibrate_report(fit_logits, fit_labels, test_logits=None, test_labels=None,
     out: Dict[str, object] = {"method": "temperature", "temperature": round(t, 4), "fitted_on": fitted_on,
                               "n_fit": int(len(fit_labels)), "ece_bins": n_bins}
 
-    def part(logits, labels) -> Dict[str, float]:
-        p0, p1 = softmax_t(logits, 1.0), softmax_t(logits, t)
-        return {"n": int(len(labels)), "accuracy": round(float((p1.argmax(1) == np.asarray(labels)).mean()), 4),
-                "ece_before": round(ece(p0, labels, n_bins), 4), "ece_after": round(ece(p1, labels, n_bins), 4),
-                "nll_before": round(nll(p0, labels), 4), "nll_after": round(nll(p1, labels), 4),
-                "mean_conf_before": round(float(p0.max(1).mean()), 4),
-                "mean_conf_after": round(float(p1.max(1).mean()), 4)}
-
-    out["fit"] = part(fit_logits, fit_labels)
+    out["fit"] = calibration_summary(fit_logits, fit_labels, t, n_bins)
     if test_logits is not None and test_labels is not None:
-        out["test"] = part(test_logits, test_labels)
+        out["test"] = calibration_summary(test_logits, test_labels, t, n_bins)
         out["ece_before"], out["ece_after"] = out["test"]["ece_before"], out["test"]["ece_after"]
     else:
         out["ece_before"], out["ece_after"] = out["fit"]["ece_before"], out["fit"]["ece_after"]

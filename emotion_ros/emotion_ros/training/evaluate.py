@@ -151,9 +151,7 @@ def eval_voice(args) -> Dict:
     t0 = time.time()
     from ..core.errors import DataError
     from .voice_data import parse_speakers
-    if not os.path.isdir(args.data):
-        raise DataError(f"data folder not found: {args.data}")
-    data = list_voice_data(args.data)
+    data = list_voice_data(args.data)      # FileNotFoundError for a missing folder: one line, exit 2
     for name, n in data.skipped_classes.items():
         print(f"skipping {name!r} ({n} files): not a label of the model {list(LABELS)}", file=sys.stderr)
     if args.speakers:

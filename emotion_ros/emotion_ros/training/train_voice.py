@@ -41,7 +41,7 @@ from ..core.modelio import save_checkpoint
 from ..core.voice.features import FeatureSpec, load_audio, trim_silence, utterance_features
 from ..core.voice.model import ARCH, SpeechCNNBiLSTM
 from .augment import add_noise, augment_voice, spec_augment
-from .calibration import calibrate_report, ece, nll, softmax_t
+from .calibration import calibrate_report, calibration_summary
 from .common import Checkpointer, args_config, metrics_from_predictions, seed_everything, write_json
 from .voice_data import VoiceItem, load_corpora, parse_speakers
 
@@ -127,14 +127,6 @@ def predict_feats(net, feats: List[np.ndarray], batch: int = 32) -> np.ndarray:
     return torch.softmax(torch.from_numpy(predict_logits(net, feats, batch)), 1).numpy()
 
 
-# ---------------------------------------------------------------- calibration
-
-def _calibration_of(logits: np.ndarray, y: np.ndarray, t: float) -> Dict[str, float]:
-    p0, p1 = softmax_t(logits, 1.0), softmax_t(logits, t)
-    return {"n": int(len(y)), "ece_before": round(ece(p0, y), 4), "ece_after": round(ece(p1, y), 4),
-            "nll_before": round(nll(p0, y), 4), "nll_after": round(nll(p1, y), 4)}
-
-
 # ---------------------------------------------------------------- data
 
 def _load_waves(items: List[VoiceItem], what: str) -> Tuple[List[np.ndarray], List[VoiceItem], List[str]]:
@@ -205,7 +197,7 @@ def _sample_weights(corpus_of: np.ndarray, y: np.ndarray, balance: bool) -> np.n
 def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    gen = seed_everything(args.seed)
+    seed_everything(args.seed)
     rng = np.random.default_rng(args.seed)
     spec = FeatureSpec(utterance_cmn=bool(args.utterance_cmn))
     corpora = load_corpora(args.data, args.speaker_regex)
@@ -356,7 +348,7 @@ def run(args) -> dict:
         m = metrics_from_predictions(ys, lg.argmax(1))
         metrics[name] = {k: m[k] for k in ("accuracy", "macro_f1", "n", "per_class_recall", "prediction_share",
                                            "collapse_ratio") if k in m}
-        metrics[name]["calibration"] = _calibration_of(lg, ys, temp)
+        metrics[name]["calibration"] = calibration_summary(lg, ys, temp)
         for ci, c in enumerate(corpora):
             sel = cis == ci
             if sel.any() and len(corpora) > 1:

@@ -106,15 +106,13 @@ class Corpus:
 
 
 def load_corpora(roots: List[str], speaker_re: Optional[str] = None) -> List[Corpus]:
-    """Each folder a corpus; DataError (one line) for a missing or empty folder, one with no recognisable labels,
-    or data of one label only."""
+    """Each folder a corpus; FileNotFoundError for a missing folder (from :func:`list_voice_data`), DataError (one
+    line) for an empty one, one with no recognisable labels, or data of one label only."""
     from ..core.errors import DataError
 
     out: List[Corpus] = []
     names = set()
     for root in roots:
-        if not os.path.isdir(root):
-            raise DataError(f"data folder not found: {root}")
         kw = {"speaker_re": speaker_re} if speaker_re else {}
         vl = list_voice_data(root, **kw)
         if not vl.items:
