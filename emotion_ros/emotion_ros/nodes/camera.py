@@ -1,7 +1,10 @@
 """camera_node: frames from a camera, a video file, a stream URL or a GStreamer pipeline -> ``image_raw``.
 
-Publishes ``image_raw`` (sensor_msgs/Image, bgr8, stamped with the ROS time at capture, ``frame_id``) and
-``/diagnostics``. A capture thread reads the source:
+Publishes ``image_raw`` (sensor_msgs/Image, bgr8, stamped with the ROS time at capture, ``frame_id``; unless
+``publish_raw`` is false), ``image_raw/compressed`` (sensor_msgs/CompressedImage, JPEG at ``jpeg_quality``, the same
+stamp; image_transport's name for the remapped ``image_raw`` too; encoded only while it has a subscriber, with
+``compressed``) and ``/diagnostics``. QoS: reliable (``reliable``), keep last ``qos_depth`` (1), volatile; readers
+choose best effort (face_node does), so nothing is retransmitted to them. A capture thread reads the source:
 
 - devices / streams deliver at their own pace; frames beyond ``rate`` Hz are skipped (``rate`` 0, the default: at
   most ``LIVE_RATE_CAP`` = 30 Hz); a device that cannot be opened or stops delivering is retried with back-off
@@ -13,6 +16,7 @@ Publishes ``image_raw`` (sensor_msgs/Image, bgr8, stamped with the ROS time at c
 
     camera_node --ros-args -p source:=0 -p width:=640 -p height:=480 -p rate:=15
     camera_node --ros-args -p source:=/path/clip.mp4 -p loop:=true
+    camera_node --ros-args -p source:=0 -p publish_raw:=false -p jpeg_quality:=70   # JPEG only (a slow link)
     camera_node --ros-args --params-file config/emotion.yaml
 """
 
@@ -25,13 +29,14 @@ from typing import Optional
 import cv2
 import rclpy
 from rclpy.node import Node
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
+from emotion_ros.core.errors import InputError
 from emotion_ros.core.sources import SourceError, VideoSource
-from emotion_ros.ros.convert import numpy_to_image
+from emotion_ros.ros.convert import numpy_to_compressed, numpy_to_image
 from emotion_ros.ros.lifecycle import command_line, exit_process, request_stop, run_node
-from emotion_ros.ros.node_utils import (Diagnostics, RateLimitedLogger, declare_parameters, reliable_qos, sensor_qos,
-                                        wait_for_subscribers)
+from emotion_ros.ros.node_utils import (Diagnostics, ParameterError, RateLimitedLogger, declare_parameters,
+                                        reliable_qos, sensor_qos)
 
 NODE_NAME = "camera_node"
 #: Live sources with ``rate`` 0 publish at most this many frames per second.
@@ -55,13 +60,21 @@ PARAMS = {
     "frame_id": ("camera", "header.frame_id of the published images"),
     "loop": (False, "Files: start again at the end"),
     "wait_for_subscribers_s": (0.0, "Files: before the first frame, wait up to this long for a subscriber of "
-                                    "image_raw (so none of the file is lost to discovery)", {"range": (0.0, 3600.0)}),
+                                    "image_raw or image_raw/compressed (so none of the file is lost to discovery)",
+                               {"range": (0.0, 3600.0)}),
     "exit_on_end": (True, "Files without loop: stop the process at the end (false: stay up, publishing nothing)"),
     "retry_s": (1.0, "Devices/streams: first wait before reopening a source that failed (doubles each time)",
                 {"range": (0.01, 3600.0)}),
     "retry_max_s": (30.0, "Devices/streams: longest wait between reopen attempts", {"range": (0.01, 86400.0)}),
     "reliable": (True, "Reliable QoS (matches reliable and best-effort subscribers); false: best effort"),
     "qos_depth": (1, "Publisher queue depth (keep last)", {"range": (1, 10000)}),
+    "publish_raw": (True, "Publish image_raw (sensor_msgs/Image bgr8; 640x480 at 30 fps is 27.6 MB/s: fine within "
+                          "one machine, too much for Wi-Fi)"),
+    "compressed": (True, "Publish image_raw/compressed (sensor_msgs/CompressedImage, JPEG; image_transport's name), "
+                         "encoded only while it has a subscriber: for a face_node on another machine "
+                         "(image_transport:=compressed). 640x480 at quality 80: ~55 kB a frame, ~1.7 MB/s at 30 fps"),
+    "jpeg_quality": (80, "JPEG quality of image_raw/compressed (1-100; higher: larger, sharper). Face accuracy and "
+                         "bytes per quality: docs/BENCHMARKS.md", {"range": (1, 100)}),
 }
 
 
@@ -69,13 +82,20 @@ class CameraNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         self.p = declare_parameters(self, PARAMS)
+        if not self.p.publish_raw and not self.p.compressed:
+            raise ParameterError(f"{NODE_NAME}: publish_raw and compressed are both false: nothing to publish")
         self.log = RateLimitedLogger(self.get_logger(), period_s=10.0)
         self.source = VideoSource(str(self.p.source), self.p.api, self.p.width, self.p.height, self.p.fourcc)
         if self.source.is_file:
             self.source.open()  # a missing / unreadable file fails start-up (run_node: exit code 1)
             self._log_opened()
         qos = reliable_qos(self.p.qos_depth) if self.p.reliable else sensor_qos(self.p.qos_depth)
-        self.pub = self.create_publisher(Image, "image_raw", qos)
+        self.pub = self.create_publisher(Image, "image_raw", qos) if self.p.publish_raw else None
+        # image_transport naming: <resolved image_raw>/compressed, so remapping image_raw moves both
+        self.pub_compressed = (self.create_publisher(CompressedImage, self.resolve_topic_name("image_raw")
+                                                     + "/compressed", qos) if self.p.compressed else None)
+        self.compressed_frames = 0
+        self.compressed_bytes = 0
         rate = self._rate()
         self.diag = Diagnostics(self, "camera", hardware_id=self.source.source,
                                 expected_rate_hz=rate if float(self.p.rate) > 0 or self.source.is_file else None,
@@ -138,8 +158,7 @@ class CameraNode(Node):
 
     def _capture_loop(self) -> None:
         if self.source.is_file and self.p.wait_for_subscribers_s > 0:
-            if not wait_for_subscribers(self.pub, self.p.wait_for_subscribers_s, stop=self._stop) \
-                    and not self._stop.is_set():
+            if not self._wait_for_subscribers(self.p.wait_for_subscribers_s) and not self._stop.is_set():
                 self.get_logger().warning(f"no subscriber after {self.p.wait_for_subscribers_s:.1f} s; playing anyway")
         period = self._period()
         next_due = time.monotonic()
@@ -177,15 +196,40 @@ class CameraNode(Node):
             self.diag.record_processing(time.monotonic() - t0)
             next_due = max(next_due + period, now - period) if period > 0 else now
 
+    def _wait_for_subscribers(self, timeout_s: float) -> bool:
+        """Up to ``timeout_s`` for a subscriber of either image topic (False: none, or stopped)."""
+        end = time.monotonic() + float(timeout_s)
+        pubs = [p for p in (self.pub, self.pub_compressed) if p is not None]
+        while not any(p.get_subscription_count() > 0 for p in pubs):
+            if time.monotonic() >= end or self._stop.wait(0.02):
+                return False
+        return True
+
     def _publish(self, frame) -> None:
         if self.p.resize and self.p.width > 0 and self.p.height > 0 \
                 and (frame.shape[1], frame.shape[0]) != (self.p.width, self.p.height):
             frame = cv2.resize(frame, (int(self.p.width), int(self.p.height)), interpolation=cv2.INTER_AREA)
         if self.p.flip_horizontal:
             frame = cv2.flip(frame, 1)
-        msg = numpy_to_image(frame, "bgr8", stamp=self.get_clock().now().to_msg(), frame_id=self.p.frame_id)
+        stamp = self.get_clock().now().to_msg()
+        cpub = self.pub_compressed
+        jpeg = None
+        if cpub is not None and cpub.get_subscription_count() > 0:
+            try:
+                jpeg = numpy_to_compressed(frame, int(self.p.jpeg_quality), stamp=stamp, frame_id=self.p.frame_id)
+            except InputError as exc:  # an odd frame from the source (e.g. 4 channels)
+                self.log.warn("jpeg", f"cannot JPEG-encode a {frame.shape} frame: {exc}")
+                self.diag.report_error(str(exc))
         try:
-            self.pub.publish(msg)
+            if self.pub is not None:
+                self.pub.publish(numpy_to_image(frame, "bgr8", stamp=stamp, frame_id=self.p.frame_id))
+            if jpeg is not None:
+                cpub.publish(jpeg)
+                self.compressed_frames += 1
+                self.compressed_bytes += len(jpeg.data)
+                if self.compressed_frames % 30 == 1:
+                    self.diag.set_value("compressed_kb_mean",
+                                        f"{self.compressed_bytes / self.compressed_frames / 1024:.1f}")
         except Exception as exc:  # noqa: BLE001 - context shut down while the thread was publishing
             if rclpy.ok(context=self.context):
                 raise
@@ -195,8 +239,10 @@ class CameraNode(Node):
         self.frames += 1
         self.diag.tick_output()
         if self.frames == 1:
-            self.get_logger().info(f"publishing {frame.shape[1]}x{frame.shape[0]} bgr8 on "
-                                   f"{self.pub.topic_name}")
+            topics = [self.pub.topic_name] if self.pub is not None else []
+            if cpub is not None:
+                topics.append(f"{cpub.topic_name} (JPEG {int(self.p.jpeg_quality)}, while subscribed)")
+            self.get_logger().info(f"publishing {frame.shape[1]}x{frame.shape[0]} bgr8 on {', '.join(topics)}")
             self.diag.set_value("resolution", f"{frame.shape[1]}x{frame.shape[0]}")
 
     def stop(self) -> None:

@@ -1,7 +1,9 @@
 """Conversions between ROS 2 messages and numpy (no cv_bridge needed).
 
 Images: :func:`image_to_numpy` turns any ``sensor_msgs/Image`` whose encoding maps to pixels into BGR or grey
-uint8; :func:`numpy_to_image` builds an ``Image`` from an array.  Audio: :func:`pcm_to_float` /
+uint8; :func:`numpy_to_image` builds an ``Image`` from an array.  Compressed images (``sensor_msgs/CompressedImage``,
+image_transport's ``<topic>/compressed``): :func:`compressed_to_numpy` decodes JPEG/PNG, :func:`numpy_to_compressed`
+encodes JPEG with image_transport's ``format`` string (``"bgr8; jpeg compressed bgr8"``).  Audio: :func:`pcm_to_float` /
 :func:`float_to_pcm` convert interleaved PCM bytes (GStreamer format names, as used by audio_common's
 ``AudioInfo.sample_format``) to and from float32 in [-1, 1].  Time: :func:`stamp_to_sec` / :func:`sec_to_stamp`.
 
@@ -17,7 +19,7 @@ from typing import Optional, Union
 import cv2
 import numpy as np
 from builtin_interfaces.msg import Time
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from emotion_ros.core.errors import InputError
 
@@ -26,6 +28,8 @@ __all__ = [
     "PCM_FORMATS",
     "image_to_numpy",
     "numpy_to_image",
+    "compressed_to_numpy",
+    "numpy_to_compressed",
     "pcm_to_float",
     "float_to_pcm",
     "pcm_frame_remainder",
@@ -239,6 +243,106 @@ def numpy_to_image(arr: np.ndarray, encoding: str = "bgr8", stamp: Union[Time, f
     data = array.array("B")
     data.frombytes(a.data.cast("B") if a.flags.c_contiguous else a.tobytes())
     msg.data = data  # an array.array('B') skips the per-element check of the generated setter
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compressed images (sensor_msgs/CompressedImage, image_transport's "compressed" transport)
+# ---------------------------------------------------------------------------------------------------------------
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _compressed_size(buf: bytes):
+    """(width, height) read from a JPEG's frame header or a PNG's IHDR, or None when neither is found."""
+    if buf[:8] == b"\x89PNG\r\n\x1a\n" and len(buf) >= 24:
+        return int.from_bytes(buf[16:20], "big"), int.from_bytes(buf[20:24], "big")
+    if buf[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(buf)
+    while i + 9 < n:
+        if buf[i] != 0xFF:
+            return None
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        seg = int.from_bytes(buf[i + 2:i + 4], "big")
+        if marker in _JPEG_SOF:
+            return int.from_bytes(buf[i + 7:i + 9], "big"), int.from_bytes(buf[i + 5:i + 7], "big")
+        if marker == 0xDA or seg < 2:  # scan data before any frame header: malformed
+            return None
+        i += 2 + seg
+    return None
+
+
+def compressed_to_numpy(msg: CompressedImage, want: str = "bgr8", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage`` (JPEG or PNG, whatever ``cv2.imdecode`` reads) to uint8.
+
+    ``want``: ``"bgr8"`` / ``"rgb8"`` -> (H, W, 3), ``"mono8"`` -> (H, W) (decoded straight to grey). ``format``
+    follows image_transport (``"bgr8; jpeg compressed bgr8"``, or just ``"jpeg"``); data said to be
+    ``compressed rgb8`` is swapped to BGR. Raises InputError for empty data, data that does not decode (corrupt or not
+    an image), or a header announcing more than ``max_pixels`` pixels (checked before decoding).
+    """
+    want = want.lower()
+    if want not in _WANTS:
+        raise InputError(f"compressed_to_numpy: want must be one of {_WANTS}, not {want!r}")
+    data = msg.data
+    buf = data.tobytes() if hasattr(data, "tobytes") else bytes(data)
+    fmt = (msg.format or "").strip()
+    if not buf:
+        raise InputError(f"compressed image ({fmt or 'no format'}) has no data")
+    size = _compressed_size(buf)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise InputError(f"compressed image too large: {size[0]}x{size[1]} = {size[0] * size[1]} pixels > "
+                         f"max_pixels {max_pixels}")
+    flag = cv2.IMREAD_GRAYSCALE if want == "mono8" else cv2.IMREAD_COLOR
+    try:
+        img = cv2.imdecode(np.frombuffer(buf, np.uint8), flag)
+    except cv2.error as exc:
+        raise InputError(f"compressed image ({fmt or 'no format'}, {len(buf)} bytes) does not decode: "
+                         f"{str(exc).strip().splitlines()[-1]}") from None
+    if img is None or img.size == 0:
+        raise InputError(f"compressed image ({fmt or 'no format'}, {len(buf)} bytes) does not decode "
+                         f"(corrupt, or not JPEG/PNG data)")
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if img.ndim == 2:
+        return _finish(img, "mono", want)
+    order = "rgb" if "compressed rgb" in fmt.lower() else "bgr"
+    return _finish(img, order, want)
+
+
+def numpy_to_compressed(arr: np.ndarray, quality: int = 80, stamp: Union[Time, float, None] = None,
+                        frame_id: str = "") -> CompressedImage:
+    """JPEG-encode a BGR (H, W, 3) or grey (H, W) uint8 array into a ``sensor_msgs/CompressedImage``.
+
+    ``quality`` 1..100 (OpenCV's IMWRITE_JPEG_QUALITY). ``format`` is image_transport's
+    (``"bgr8; jpeg compressed bgr8"`` / ``"mono8; jpeg compressed mono8"``), so ROS tools decode it too.
+    """
+    a = np.asarray(arr)
+    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3))):
+        raise InputError(f"numpy_to_compressed: needs uint8 (H, W) or (H, W, 3), got {a.dtype} {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"numpy_to_compressed: empty array of shape {a.shape}")
+    q = int(quality)
+    if not 1 <= q <= 100:
+        raise InputError(f"numpy_to_compressed: JPEG quality must be 1..100, got {quality}")
+    ok, enc = cv2.imencode(".jpg", a, [cv2.IMWRITE_JPEG_QUALITY, q])
+    if not ok:
+        raise InputError(f"numpy_to_compressed: JPEG encoding of a {a.shape} image failed")
+    kind = "mono8" if a.ndim == 2 or a.shape[2] == 1 else "bgr8"
+    msg = CompressedImage()
+    if stamp is not None:
+        msg.header.stamp = stamp if isinstance(stamp, Time) else sec_to_stamp(float(stamp))
+    msg.header.frame_id = frame_id
+    msg.format = f"{kind}; jpeg compressed {kind}"
+    data = array.array("B")
+    data.frombytes(enc.data.cast("B"))
+    msg.data = data
     return msg
 
 
