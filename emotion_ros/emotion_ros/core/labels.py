@@ -68,7 +68,11 @@ RAVDESS_CODES: Dict[str, str] = {
 FER2013_CSV_CLASSES: Tuple[str, ...] = (
     "angry", "disgusted", "scared", "happy", "sad", "surprised", "neutral")
 
-# Approximate positions on Russell's circumplex, in [-1, 1].
+# Valence/arousal of each label: its position on Russell's circumplex of affect (J. A. Russell, "A circumplex model
+# of affect", J. Pers. Soc. Psychol. 39(6), 1980): valence = the pleasure axis (unpleasant -1 .. pleasant +1),
+# arousal = the activation axis (calm -1 .. excited +1).  Hand-placed approximations of where the category words lie
+# on that circle, not measured values.  valence_arousal() weighs them by the class probabilities; the same numbers
+# serve EmotionState (fusion) and hri_msgs/Expression (face and fusion nodes with hri on).
 VALENCE_AROUSAL: Dict[str, Tuple[float, float]] = {
     "neutral": (0.0, 0.0),
     "happy": (0.8, 0.5),
@@ -79,6 +83,19 @@ VALENCE_AROUSAL: Dict[str, Tuple[float, float]] = {
     "scared": (-0.6, 0.7),
 }
 _VA = np.array([VALENCE_AROUSAL[name] for name in LABELS], dtype=np.float32)
+
+# Each label as an hri_msgs/Expression constant (ROS4HRI, REP-155): the value strings of Expression.NEUTRAL,
+# HAPPY, SAD, ANGRY, SURPRISED, DISGUSTED, SCARED.  The one place where the vocabulary meets ROS4HRI's; the
+# vocabulary was chosen to be these strings, so the mapping is one to one.
+HRI_EXPRESSION: Dict[str, str] = {
+    "neutral": "neutral",      # Expression.NEUTRAL
+    "happy": "happy",          # Expression.HAPPY
+    "sad": "sad",              # Expression.SAD
+    "angry": "angry",          # Expression.ANGRY
+    "surprised": "surprised",  # Expression.SURPRISED
+    "disgusted": "disgusted",  # Expression.DISGUSTED
+    "scared": "scared",        # Expression.SCARED
+}
 
 
 def normalise(name: str) -> Optional[str]:
