@@ -7,7 +7,12 @@ config/behaviour_rules.yaml).  When a rule fires, or the active rule ends, it pu
 - ``emotion/decision`` (emotion_msgs/BehaviourDecision): rule, emotion, confidence, say, expression, motion scale;
 - ``emotion/say`` (std_msgs/String) with the text for a TTS node, when there is text (at most one utterance per
   ``min_say_interval_s``);
-- ``emotion/expression`` (std_msgs/String), an hri_msgs/Expression name for the face display.
+- ``emotion/expression`` (std_msgs/String), an hri_msgs/Expression name for the face display; transient local
+  (depth 1): a display started later still gets the current expression.
+
+QoS: ``emotion/state`` in, ``emotion/decision`` and ``emotion/say`` out are reliable, volatile, depth 10 (events: a
+late listener must not repeat an old sentence); ``emotion/state`` is a stream (every face frame, and fusion's
+``rate`` in between), so a behaviour node started last has a state within a frame or ``1/rate`` s.
 
 With no state for ``state_timeout_s`` (node clock) the active rule is released (default expression).
 An invalid rules file stops the node at start-up with an error naming the file and the problem (exit code 1).
@@ -32,7 +37,7 @@ from emotion_ros.core.behaviour import HRI_EXPRESSIONS, BehaviourPolicy, Decisio
 from emotion_ros.core.errors import InputError
 from emotion_ros.ros.convert import sec_to_stamp, stamp_to_sec
 from emotion_ros.ros.lifecycle import command_line, exit_process, run_node
-from emotion_ros.ros.node_utils import Diagnostics, RateLimitedLogger, declare_parameters, reliable_qos
+from emotion_ros.ros.node_utils import Diagnostics, RateLimitedLogger, declare_parameters, latched_qos, reliable_qos
 
 NODE_NAME = "behaviour_node"
 
@@ -92,7 +97,7 @@ class BehaviourNode(Node):
         self.diag.set_value("active_rule", "")
         self.pub_decision = self.create_publisher(BehaviourDecision, "emotion/decision", reliable_qos(10))
         self.pub_say = self.create_publisher(String, "emotion/say", reliable_qos(10))
-        self.pub_expression = self.create_publisher(String, "emotion/expression", reliable_qos(10))
+        self.pub_expression = self.create_publisher(String, "emotion/expression", latched_qos())  # current face
         self.sub = self.create_subscription(EmotionState, "emotion/state", self._on_state, reliable_qos(10))
         if float(p.state_timeout_s) > 0:
             self.create_timer(min(0.5, float(p.state_timeout_s) / 2), self._on_timeout_check)
