@@ -4,6 +4,7 @@
   ros2 launch emotion_ros emotion.launch.py video:=clip.mp4 audio:=clip.wav loop:=true
   ros2 launch emotion_ros emotion.launch.py camera:=false microphone:=false   # use your own image_raw / audio
   ros2 launch emotion_ros emotion.launch.py device:=cuda params_file:=/path/my.yaml record:=true bag:=/tmp/session
+  ros2 launch emotion_ros emotion.launch.py hri:=true              # + ROS4HRI (REP-155) topics under /humans/
   ros2 launch emotion_ros emotion.launch.py --show-args           # every argument with its description
 
 The face, voice and fusion nodes are lifecycle nodes (launched as ``LifecycleNode``); ``autostart: true`` (set
@@ -80,6 +81,11 @@ def generate_launch_description():
                               description="record a rosbag of the session (true/false)"),
         DeclareLaunchArgument("bag", default_value="emotion_session",
                               description="bag folder when record:=true (must not exist yet)"),
+        DeclareLaunchArgument("hri", default_value="false",
+                              description="ROS4HRI (REP-155) output of the face and fusion nodes (true/false): "
+                                          "/humans/faces/tracked, /humans/faces/<id>/expression|roi|cropped, and "
+                                          "/humans/persons/<id>/expression for persons a person manager matched "
+                                          "to a face; overrides params_file's hri"),
         DeclareLaunchArgument("shm_transport", default_value="true",
                               description="Fast DDS shared-memory transport profile for large images (true/false)"),
     ]
@@ -94,6 +100,7 @@ def generate_launch_description():
         return ParameterValue(cfg(arg), value_type=str)
     loop = ParameterValue(cfg("loop"), value_type=bool)
     perception = {"device": text("device"), "autostart": True}
+    hri = {"hri": ParameterValue(cfg("hri"), value_type=bool)}
     processes = [
         Node(package="emotion_ros", executable="camera_node", name="camera_node", output="screen",
              parameters=[params, {"source": text("video"), "loop": loop}], remappings=image_remap,
@@ -102,11 +109,11 @@ def generate_launch_description():
              parameters=[params, {"file": text("audio"), "loop": loop}], remappings=audio_remap,
              condition=IfCondition(cfg("microphone"))),
         LifecycleNode(package="emotion_ros", executable="face_node", name="face_node", namespace="",
-                      output="screen", parameters=[params, perception], remappings=image_remap),
+                      output="screen", parameters=[params, perception, hri], remappings=image_remap),
         LifecycleNode(package="emotion_ros", executable="voice_node", name="voice_node", namespace="",
                       output="screen", parameters=[params, perception], remappings=audio_remap),
         LifecycleNode(package="emotion_ros", executable="fusion_node", name="fusion_node", namespace="",
-                      output="screen", parameters=[params, perception]),
+                      output="screen", parameters=[params, perception, hri]),
         Node(package="emotion_ros", executable="behaviour_node", name="behaviour_node", output="screen",
              parameters=[params, {"rules_file": text("rules_file")}]),
         ExecuteProcess(

@@ -9,7 +9,14 @@ best effort, depth 1; a worker thread takes the newest frame only (older ones ar
   the track id, box, detector confidence, top emotion, probabilities and embedding;
 - ``emotion/face_debug`` (sensor_msgs/Image, bgr8): the frame with boxes, ids and labels, built
   only while someone subscribes (and ``debug_image`` is true);
-- ``/diagnostics``: device, model, rates, processing time, drops, errors.
+- ``/diagnostics``: device, model, rates, processing time, drops, errors;
+- with ``hri`` (ROS4HRI, REP-155; needs the hri_msgs package): ``/humans/faces/tracked`` (hri_msgs/IdsList: the
+  image's header and the ids of the tracker's live faces, the same ids as emotion/faces; reliable, transient local,
+  depth 1) and per face, from the moment its id appears until the tracker drops it, ``/humans/faces/<id>/expression``
+  (hri_msgs/Expression: the image's header, the top label as an Expression constant, valence/arousal of the
+  circumplex table weighted by the probabilities, the calibrated top probability), ``/humans/faces/<id>/roi``
+  (hri_msgs/NormalizedRegionOfInterest2D) and ``/humans/faces/<id>/cropped`` (sensor_msgs/Image bgr8, 128x128,
+  scaled, centred and zero-padded; built only while subscribed); reliable, volatile, depth 1.
 
 Lifecycle: configure loads the model (a missing or unfit file fails the transition, naming the
 file), activate opens the topics and starts the worker, deactivate closes them and moves the
@@ -82,6 +89,9 @@ PARAMS = {
                          "(0 matches FER2013's crops, which the model is trained on)", {"range": (0.0, 2.0)}),
     "publish_embedding": (True, "Fill FaceEmotion.embedding (for model-level fusion)"),
     "debug_image": (True, "Publish emotion/face_debug (only built while it has subscribers)"),
+    "hri": (False, "ROS4HRI (REP-155) output: /humans/faces/tracked (hri_msgs/IdsList) and per face "
+                   "/humans/faces/<id>/expression (hri_msgs/Expression), /roi and /cropped, with the ids of "
+                   "emotion/faces; needs the hri_msgs package"),
     "autostart": (True, "Configure and activate on start (false: wait for a lifecycle manager)"),
     "image_transport": ("raw", "Image input: raw (image_raw, sensor_msgs/Image) | compressed (image_raw/compressed, "
                                "sensor_msgs/CompressedImage JPEG from camera_node on another machine; decoding "
@@ -132,6 +142,8 @@ class FaceNode(LifecycleNode):
         self._sub = None
         self._pub = None
         self._debug_pub = None
+        self._hri_tracked = None  # /humans/faces/tracked publisher (hri on)
+        self._hri_faces = None    # emotion_ros.ros.hri.PerIdPublishers of /humans/faces/<id>/... (hri on)
         self.diag: Optional[Diagnostics] = None
         self._worker: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -161,6 +173,14 @@ class FaceNode(LifecycleNode):
             self.get_logger().error(f"cannot configure: {exc}")
             self.model = self.pipeline = None
             return TransitionCallbackReturn.FAILURE
+        if p.hri:
+            try:
+                from emotion_ros.ros import hri
+                hri.require()
+            except ImportError as exc:
+                self.get_logger().error(f"cannot configure: {exc}")
+                self._drop_model()
+                return TransitionCallbackReturn.FAILURE
         self._device = self.model.device
         self.get_logger().info(f"face model {path} on {self.model.device} "
                                f"(detector {self.pipeline.detector.name}, flip_tta {bool(p.flip_tta)})")
@@ -181,6 +201,13 @@ class FaceNode(LifecycleNode):
         self._pub = self.create_publisher(FaceEmotionArray, "emotion/faces", reliable_qos(10))
         self._debug_pub = (self.create_publisher(Image, "emotion/face_debug", reliable_qos(1))
                            if self.p.debug_image else None)
+        if self.p.hri:
+            from emotion_ros.core.hri import FACES_TRACKED, face_topic
+            from emotion_ros.ros import hri
+            self._hri_tracked = self.create_publisher(hri.IdsList, FACES_TRACKED, hri.tracked_qos())
+            self._hri_faces = hri.PerIdPublishers(
+                self, face_topic, {"expression": hri.Expression, "roi": hri.NormalizedRegionOfInterest2D,
+                                   "cropped": Image})
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="face_worker", daemon=True)
         self._worker.start()
@@ -245,6 +272,7 @@ class FaceNode(LifecycleNode):
             if pub is not None:
                 self.destroy_publisher(pub)
                 setattr(self, name, None)
+        self._close_hri()
         if self.diag is not None:
             self.diag.destroy()
             self.diag = None
@@ -270,6 +298,56 @@ class FaceNode(LifecycleNode):
                 if self.diag is not None:
                     self.diag.report_error(f"{type(exc).__name__}: {exc}")
 
+    def _close_hri(self) -> None:
+        """Tell ROS4HRI subscribers that no face is tracked any more, then destroy the hri topics."""
+        faces, tracked = self._hri_faces, self._hri_tracked
+        self._hri_faces = self._hri_tracked = None
+        if faces is not None:
+            faces.destroy_all()
+        if tracked is not None:
+            try:
+                from emotion_ros.ros import hri
+                msg = hri.ids_list(None, [])
+                msg.header.stamp = self.get_clock().now().to_msg()
+                tracked.publish(msg)
+            except Exception:  # noqa: BLE001 - context going down
+                pass
+            self.destroy_publisher(tracked)
+
+    def _hri_cropped_wanted(self) -> bool:
+        faces = self._hri_faces
+        return faces is not None and any(
+            pubs["cropped"].get_subscription_count() > 0 for pubs in list(faces.pubs.values()))
+
+    def publish_hri(self, msg, out: FaceEmotionArray, faces: List[FaceResult], frame: np.ndarray,
+                    tracked_ids: List[str]) -> None:
+        """ROS4HRI output of one frame: the tracked list, then per face of this frame its expression, roi and (while
+        subscribed) cropped image; per-face topics follow the ids in and out of tracking."""
+        from emotion_ros.core.hri import crop_face, expression_of
+        from emotion_ros.ros import hri
+        faces_pubs, tracked = self._hri_faces, self._hri_tracked
+        if faces_pubs is None or tracked is None:
+            return
+        faces_pubs.sync(tracked_ids)
+        for fid in faces_pubs.rejected:
+            self.log.warn("hri_id", f"hri: face id {fid!r} cannot be part of a topic name; not published")
+        tracked.publish(hri.ids_list(msg.header, faces_pubs.live.ids))
+        W, H = int(out.image_width), int(out.image_height)
+        for fe, f in zip(out.faces, faces):
+            pub = faces_pubs.get(fe.id, "expression")
+            if pub is None:
+                continue
+            try:
+                pub.publish(hri.expression_msg(msg.header, expression_of(f.probs)))
+                faces_pubs.get(fe.id, "roi").publish(
+                    hri.roi_msg(msg.header, (fe.x, fe.y, fe.width, fe.height), W, H, fe.detection_confidence))
+                cropped = faces_pubs.get(fe.id, "cropped")
+                if cropped.get_subscription_count() > 0 and frame.ndim == 3:
+                    cropped.publish(numpy_to_image(crop_face(frame, (fe.x, fe.y, fe.width, fe.height)), "bgr8",
+                                                   stamp=msg.header.stamp, frame_id=msg.header.frame_id))
+            except InputError as exc:
+                self.log.warn("hri_face", f"hri: face {fe.id!r} not published: {exc}")
+
     def _debug_wanted(self) -> bool:
         pub = self._debug_pub
         return pub is not None and pub.get_subscription_count() > 0
@@ -282,7 +360,7 @@ class FaceNode(LifecycleNode):
             return None
         t0 = time.perf_counter()
         debug = self._debug_wanted()
-        colour = debug or pipeline.detector.wants_color
+        colour = debug or pipeline.detector.wants_color or self._hri_cropped_wanted()
         try:
             if isinstance(msg, CompressedImage):
                 frame = compressed_to_numpy(msg, "bgr8" if colour else "mono8")
@@ -305,6 +383,8 @@ class FaceNode(LifecycleNode):
         out = self.to_message(msg, faces, bool(self.p.publish_embedding), size=(frame.shape[1], frame.shape[0]))
         pub.publish(out)
         self.frames += 1
+        if self._hri_faces is not None:
+            self.publish_hri(msg, out, faces, frame, [tr.id for tr in pipeline.tracker.tracks])
         if debug:
             dbg = numpy_to_image(draw_faces(frame, faces), "bgr8", stamp=msg.header.stamp,
                                  frame_id=msg.header.frame_id)

@@ -12,7 +12,14 @@ publishes emotion_msgs/EmotionState
 
 at once on every face array (``publish_on_face``), at once when the primary's top emotion changes
 (``publish_on_change``), and at a steady ``rate`` in between (e.g. voice alone).
-``header.stamp`` is the newest evidence's stamp, ``header.frame_id`` the face array's.  "Now" for staleness is the
+``header.stamp`` is the newest evidence's stamp, ``header.frame_id`` the face array's.
+With ``hri`` (ROS4HRI, REP-155; needs the hri_msgs package), each person's fused state also goes out as
+hri_msgs/Expression on ``/humans/persons/<person_id>/expression`` (same header; the emotion as an Expression
+constant, valence, arousal, confidence) for every person a person manager (hri_person_manager, or anything that
+publishes REP-155's ``/humans/persons/tracked`` and the latched ``/humans/persons/<id>/face_id``) has matched to one
+of our faces: the face's own expression is the face node's ``/humans/faces/<face_id>/expression``; the fused one,
+with the voice in it, belongs to the person.  Reliable, volatile, depth 1; created when the person appears in
+``/humans/persons/tracked``, destroyed when it leaves.  "Now" for staleness is the
 node clock, so replayed bags work with ``use_sim_time:=true``.  ``/diagnostics``: per-modality input rates and
 staleness, the time since each input's last message (``face_input_age_s``, ``voice_input_age_s``; WARN when face
 arrays stop for ``FACE_STOPPED_S`` or an input topic has no publisher left, e.g. face_node died), processing time,
@@ -104,6 +111,10 @@ PARAMS = {
     "forget_s": (5.0, "Persons (face track ids) not seen for this long (s) are forgotten",
                       {"range": (0.01, 86400.0)}),
     "voice_to": ("primary", "Voice evidence (no speaker id) goes to the 'primary' person only, or to 'all'"),
+    "hri": (False, "ROS4HRI (REP-155) output: the fused state of each person that a person manager (e.g. "
+                   "hri_person_manager) has matched to one of our faces, as hri_msgs/Expression on "
+                   "/humans/persons/<person_id>/expression (follows /humans/persons/tracked and each person's "
+                   "latched face_id); needs the hri_msgs package"),
     "allow_no_model": (False, "fusion_mode model with the model file missing: fail configure (false) or run with the "
                               "probability-level fallback (true)"),
     "autostart": (True, "Configure and activate on start (false: wait for a lifecycle manager)"),
@@ -174,6 +185,10 @@ class FusionNode(LifecycleNode):
         self._pub_state = None
         self._pub_states = None
         self._timer = None
+        self._hri_pubs = None                       # PerIdPublishers of /humans/persons/<id>/expression (hri on)
+        self._hri_subs: Dict[str, object] = {}      # person id -> /humans/persons/<id>/face_id subscription
+        self._hri_face_of: Dict[str, str] = {}      # person id -> face id (the person manager's match)
+        self._hri_lock = threading.Lock()
         self.diag: Optional[Diagnostics] = None
         self._rates = {"face": _Rate(), "voice": _Rate()}
         self._frame_ids: Dict[str, str] = {}
@@ -192,6 +207,13 @@ class FusionNode(LifecycleNode):
         if mode not in ("average", "model", "auto"):
             self.get_logger().error(f"cannot configure: fusion_mode must be average, model or auto, got {mode!r}")
             return TransitionCallbackReturn.FAILURE
+        if p.hri:
+            try:
+                from emotion_ros.ros import hri
+                hri.require()
+            except ImportError as exc:
+                self.get_logger().error(f"cannot configure: {exc}")
+                return TransitionCallbackReturn.FAILURE
         try:
             if int(p.cpu_threads) > 0:
                 import torch
@@ -256,6 +278,12 @@ class FusionNode(LifecycleNode):
         # utterance (no staleness check); either topic losing its publisher (face_node killed) is a WARN
         self.diag.watch_input("face", stale_after_s=FACE_STOPPED_S, topic=self._subs[0].topic_name)
         self.diag.watch_input("voice", stale_after_s=None, topic=self._subs[1].topic_name)
+        if self.p.hri:
+            from emotion_ros.core.hri import PERSONS_TRACKED, person_topic
+            from emotion_ros.ros import hri
+            self._hri_pubs = hri.PerIdPublishers(self, person_topic, {"expression": hri.Expression})
+            self._subs.append(self.create_subscription(hri.IdsList, PERSONS_TRACKED, self._on_hri_persons,
+                                                       hri.per_id_qos()))
         self._timer = self.create_timer(1.0 / float(self.p.rate), self._on_timer)
         return super().on_activate(state)
 
@@ -293,6 +321,13 @@ class FusionNode(LifecycleNode):
             if pub is not None:
                 self.destroy_publisher(pub)
                 setattr(self, name, None)
+        with self._hri_lock:
+            pubs, subs = self._hri_pubs, list(self._hri_subs.values())
+            self._hri_pubs, self._hri_subs, self._hri_face_of = None, {}, {}
+        for sub in subs:
+            self.destroy_subscription(sub)
+        if pubs is not None:
+            pubs.destroy_all()
         if self.diag is not None:
             self.diag.destroy()
             self.diag = None
@@ -366,6 +401,61 @@ class FusionNode(LifecycleNode):
         if self.p.publish_on_change:
             self._update(on_change_only=True)
 
+    def _on_hri_persons(self, msg) -> None:
+        """/humans/persons/tracked: per person, its face_id (latched) in and its expression topic out."""
+        from std_msgs.msg import String
+        from emotion_ros.core.hri import person_topic
+        from emotion_ros.ros import hri
+        with self._hri_lock:
+            pubs = self._hri_pubs
+            if pubs is None:
+                return
+            added, removed = pubs.sync(list(msg.ids))
+            for pid in pubs.rejected:
+                self.log.warn("hri_id", f"hri: person id {pid!r} cannot be part of a topic name; not published")
+            for pid in removed:
+                sub = self._hri_subs.pop(pid, None)
+                self._hri_face_of.pop(pid, None)
+                if sub is not None:
+                    self.destroy_subscription(sub)
+            for pid in added:
+                if pubs.get(pid, "expression") is None:
+                    continue  # rejected id
+                self._hri_subs[pid] = self.create_subscription(
+                    String, person_topic(pid, "face_id"),
+                    lambda m, pid=pid: self._on_hri_face_id(pid, m), hri.latched_reader_qos())
+
+    def _on_hri_face_id(self, person_id: str, msg) -> None:
+        with self._hri_lock:
+            if person_id in self._hri_subs:
+                self._hri_face_of[person_id] = str(msg.data)
+
+    def publish_hri(self, states: List[FusedState], frame_ids: Dict[str, str]) -> int:
+        """Each state whose face a person manager matched to a person, on /humans/persons/<id>/expression.
+        Returns how many went out."""
+        from emotion_ros.core.hri import expression_of
+        from emotion_ros.ros import hri
+        with self._hri_lock:
+            pubs = self._hri_pubs
+            if pubs is None:
+                return 0
+            person_of = {face: pid for pid, face in self._hri_face_of.items() if face}
+            targets = [(s, pubs.get(person_of[s.person_id], "expression")) for s in states
+                       if s.person_id and s.person_id in person_of]
+        sent = 0
+        for s, pub in targets:
+            if pub is None:
+                continue
+            header = EmotionState().header
+            header.stamp = sec_to_stamp(s.stamp)
+            header.frame_id = frame_ids.get(s.person_id, "") if s.face_weight > 0 else ""
+            try:
+                pub.publish(hri.expression_msg(header, expression_of(s.probs, s.emotion)))
+                sent += 1
+            except InputError as exc:
+                self._bad_input("hri", exc)
+        return sent
+
     # -- outputs --------------------------------------------------------------------------------------------------
     def _on_timer(self) -> None:
         if time.monotonic() - self._last_publish < 0.9 / float(self.p.rate):
@@ -411,6 +501,11 @@ class FusionNode(LifecycleNode):
                         self.diag.tick_output()
         except Exception as exc:  # noqa: BLE001 - context shut down while publishing
             self.log.warn("publish", f"publish failed: {exc}")
+        if self._hri_pubs is not None:
+            try:
+                self.publish_hri(states, frame_ids)
+            except Exception as exc:  # noqa: BLE001 - context shut down while publishing
+                self.log.warn("publish_hri", f"hri publish failed: {exc}")
         self._record(t0, states, now)
 
     def _record(self, t0: float, states: List[FusedState], now: float) -> None:
