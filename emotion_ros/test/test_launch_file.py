@@ -145,3 +145,18 @@ def test_source_parameters_keep_their_types():
     mic = evaluate_parameters(ctx, _process(desc, "microphone_node")._Node__parameters)
     values = {k: v for d in mic if isinstance(d, dict) for k, v in d.items()}
     assert values["file"] == "" and values["loop"] is True, values
+
+
+def test_hri_argument_sets_the_face_and_fusion_nodes_hri_parameter():
+    """hri:=true|True|1 turns the ROS4HRI output of face_node and fusion_node on (a boolean, overriding params_file);
+    the other nodes do not get it."""
+    from launch_ros.utilities import evaluate_parameters
+    for value, want in (("true", True), ("True", True), ("1", True), ("false", False), ("False", False), ("0", False)):
+        desc, ctx = _description(), _context(hri=value)  # a fresh description: a ParameterValue keeps its value
+        for node in ("face_node", "fusion_node", "voice_node"):
+            params = evaluate_parameters(ctx, _process(desc, node)._Node__parameters)
+            values = {k: v for d in params if isinstance(d, dict) for k, v in d.items()}
+            if node == "voice_node":
+                assert "hri" not in values
+            else:
+                assert values["hri"] is want, (node, value, values)

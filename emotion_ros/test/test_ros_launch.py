@@ -1,7 +1,8 @@
 """``ros2 launch emotion_ros emotion.launch.py`` as a user runs it, over real DDS.
 
-One launched graph (video + audio files, looping, device:=cpu, a rule table that fires on any emotion, record:=1)
-is shared by the first checks: EmotionState at its rate, a BehaviourDecision, the lifecycle nodes active
+One launched graph (video + audio files, looping, device:=cpu, a rule table that fires on any emotion, record:=1,
+hri:=true) is shared by the first checks: EmotionState at its rate, a BehaviourDecision, the ROS4HRI topics in
+``ros2 topic list``, the lifecycle nodes active
 (``ros2 lifecycle get``), ``ros2 param get /face_node device``, then Ctrl-C (SIGINT to the process group) ends every
 process and leaves a bag with the recorded topics.  Then the launch arguments one by one: camera:=false
 microphone:=false fed by ``ros2 run`` sources (with record:=True), a missing params_file, a node that fails to
@@ -62,7 +63,8 @@ def launched(tmp_path_factory, media, graph):
     graph.subscribe("emotion/state", EmotionState, reliable_qos(200))
     graph.subscribe("emotion/decision", BehaviourDecision, reliable_qos(100))
     launch = ros2_launch([f"video:={media['video']}", f"audio:={media['audio']}", "loop:=true", "device:=cpu",
-                          f"rules_file:={rules}", "record:=1", f"bag:={d / 'session'}"], str(d / "launch.log"))
+                          f"rules_file:={rules}", "record:=1", f"bag:={d / 'session'}", "hri:=true"],
+                         str(d / "launch.log"))
     launch.bag = str(d / "session")
     yield launch
     launch.stop(timeout=60)
@@ -94,6 +96,19 @@ def test_launch_behaviour_decision_when_a_rule_fires(launched, graph):
     assert ok, f"no BehaviourDecision from the test rule table:\n{launched.tail()}"
     d = [m for m in graph.messages("emotion/decision") if m.rule.startswith("test_")][0]
     assert d.rule == f"test_{d.emotion}" and d.person_id
+
+
+def test_launch_hri_true_publishes_the_rep155_face_topics(launched, graph):
+    """hri:=true: /humans/faces/tracked lists the face of the clip and its expression topic is advertised
+    (test_hri.py checks the content of these topics)."""
+    from hri_msgs.msg import IdsList
+    _wait_states(graph, launched)
+    tracked = graph.subscribe("/humans/faces/tracked", IdsList, reliable_qos(50))
+    assert graph.spin_until(lambda: any(m.ids for _, m in list(tracked)), 60), launched.tail()
+    res = ros2_until(["topic", "list", "-t", "--no-daemon", "--spin-time", "3"],
+                     lambda r: re.search(r"^/humans/faces/\w+/expression \[hri_msgs/msg/Expression\]$", r.stdout, re.M))
+    assert "/humans/faces/tracked [hri_msgs/msg/IdsList]" in res.stdout.splitlines(), res.stdout
+    assert re.search(r"^/humans/faces/\w+/expression \[hri_msgs/msg/Expression\]$", res.stdout, re.M), res.stdout
 
 
 def test_launch_lifecycle_nodes_are_active(launched):
