@@ -1,11 +1,17 @@
 # emotion_ros environment: `source scripts/env.sh` (bash/zsh). The one place that sets the ROS 2 variables for
 # this repository's venv; the Makefile sources it. Safe to source more than once.
-#   EMOTION_ROS_VENV   venv to use (default <repo>/.venv)
+#   EMOTION_ROS_VENV   venv to use (default <repo>/.venv; <repo>/.venv-jazzy when ROS_DISTRO=jazzy)
 if [ -n "${BASH_SOURCE[0]:-}" ]; then _er_here="${BASH_SOURCE[0]}"; else _er_here="${(%):-%x}"; fi
 EMOTION_ROS_ROOT="$(cd "$(dirname "$_er_here")/.." && pwd)"
 unset _er_here
 export EMOTION_ROS_ROOT
-export EMOTION_ROS_VENV="${EMOTION_ROS_VENV:-$EMOTION_ROS_ROOT/.venv}"
+if [ -z "${EMOTION_ROS_VENV:-}" ]; then
+  case "${ROS_DISTRO:-}" in
+    jazzy) EMOTION_ROS_VENV="$EMOTION_ROS_ROOT/.venv-jazzy" ;;   # make setup ROS_DISTRO=jazzy
+    *) EMOTION_ROS_VENV="$EMOTION_ROS_ROOT/.venv" ;;
+  esac
+fi
+export EMOTION_ROS_VENV
 
 _er_prepend() {  # _er_prepend VAR DIR: put DIR first in the colon list VAR, once
   local cur="${!1:-}"
