@@ -37,6 +37,8 @@ architecture (same cost; ``models.random_init`` lists them), or all with ``--ran
 
     emotion-bench --seconds 15
     emotion-bench --seconds 3 --warmup 1 --profile       # smoke run
+    emotion-bench detect                                   # face detectors compared (tools/bench_detect.py)
+    emotion-bench hosts                                    # robot + server on two network namespaces (bench_hosts.py)
 """
 from __future__ import annotations
 
@@ -1095,6 +1097,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["detect"]:   # emotion-bench detect: the face detector comparison (tools/bench_detect.py)
         from .bench_detect import main as detect_main
         return detect_main(argv[1:])
+    if argv[:1] == ["hosts"]:    # emotion-bench hosts: robot and server over a network link (tools/bench_hosts.py)
+        from .bench_hosts import main as hosts_main
+        return hosts_main(argv[1:])
     args = parse_args(argv)
     started = time.monotonic()
     if args.domain_id is not None:
