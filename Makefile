@@ -9,9 +9,9 @@ export ROS_DISTRO
 export EMOTION_ROS_VENV ?= $(ROOT)/$(if $(filter kilted,$(ROS_DISTRO)),.venv,.venv-$(ROS_DISTRO))
 ENV := source $(ROOT)/scripts/env.sh
 TESTS ?= test
-# what CI runs on Jazzy (make test-jazzy): the end-to-end graph and the message tests
+# what CI runs on Jazzy (make test-jazzy): the end-to-end graph, the message and transport tests, the distro shim
 JAZZY_VENV ?= $(ROOT)/.venv-jazzy
-JAZZY_TESTS ?= test/test_ros_convert.py test/test_graph_e2e.py \
+JAZZY_TESTS ?= test/test_ros_convert.py test/test_ros_compat.py test/test_ros_transport.py test/test_graph_e2e.py \
 	$(patsubst $(ROOT)/emotion_ros/%,%,$(sort $(wildcard $(ROOT)/emotion_ros/test/test_hri*.py)))
 PYTEST_ARGS ?=
 DEMO_ARGS ?=

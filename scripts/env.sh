@@ -25,8 +25,10 @@ unset -f _er_prepend
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 # Fast DDS: shared-memory transport with 16 MiB segments for images (+UDPv4); see config/fastdds_shm.xml
 if [ -z "${FASTDDS_DEFAULT_PROFILES_FILE:-}" ]; then
-  export FASTDDS_DEFAULT_PROFILES_FILE="$EMOTION_ROS_ROOT/emotion_ros/config/fastdds_shm.xml"
+  export FASTDDS_DEFAULT_PROFILES_FILE="${FASTRTPS_DEFAULT_PROFILES_FILE:-$EMOTION_ROS_ROOT/emotion_ros/config/fastdds_shm.xml}"
 fi
+# Jazzy's Fast DDS 2 reads the profile only under its old name (emotion_ros/emotion_ros/ros/compat.py)
+export FASTRTPS_DEFAULT_PROFILES_FILE="$FASTDDS_DEFAULT_PROFILES_FILE"
 # rclpy log files go to $ROS_HOME/log (default ~/.ros/log); keep them inside the repository's ignored .cache/
 export ROS_HOME="${ROS_HOME:-$EMOTION_ROS_ROOT/.cache/ros}"
 export PYTHONUNBUFFERED=1

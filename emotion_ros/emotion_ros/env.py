@@ -3,8 +3,9 @@
 - ``ensure_ament_prefix()``: the interface packages and emotion_ros' share/ files are installed into the venv
   (``sys.prefix``); ``ament_index_python`` only finds them when ``AMENT_PREFIX_PATH`` names that prefix.
 - ``ensure_fastdds_profile()``: point Fast DDS at config/fastdds_shm.xml (16 MiB shared-memory segments + UDPv4) unless
-  ``FASTDDS_DEFAULT_PROFILES_FILE`` is already set or ``EMOTION_ROS_FASTDDS_PROFILE=0``. Must run before the first
-  rclpy node of the process is created (``run_node`` does it).
+  ``FASTDDS_DEFAULT_PROFILES_FILE`` is already set or ``EMOTION_ROS_FASTDDS_PROFILE=0``, under both the Fast DDS 3 and
+  the Fast DDS 2 (Jazzy) variable name. Must run before the first rclpy node of the process is created (``run_node``
+  does it).
 
 Neither imports rclpy; both only add what is missing.
 """
@@ -67,8 +68,14 @@ def config_path(name: str) -> Optional[str]:
 
 
 def ensure_fastdds_profile() -> Optional[str]:
-    """Set ``FASTDDS_DEFAULT_PROFILES_FILE`` to emotion_ros' shared-memory profile when unset. Returns the path set."""
-    if os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get("EMOTION_ROS_FASTDDS_PROFILE", "1") == "0":
+    """Set ``FASTDDS_DEFAULT_PROFILES_FILE`` to emotion_ros' shared-memory profile when unset. Returns the path set.
+
+    Also under Fast DDS 2's name (ROS 2 Jazzy), ``FASTRTPS_DEFAULT_PROFILES_FILE``: see ``emotion_ros.ros.compat``.
+    """
+    from emotion_ros.ros.compat import fastdds_profile, mirror_fastdds_profile  # here: emotion_ros.ros imports us
+
+    if fastdds_profile() or os.environ.get("EMOTION_ROS_FASTDDS_PROFILE", "1") == "0":
+        mirror_fastdds_profile()
         return None
     if os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") not in ("rmw_fastrtps_cpp",
                                                                       "rmw_fastrtps_dynamic_cpp"):
@@ -76,6 +83,7 @@ def ensure_fastdds_profile() -> Optional[str]:
     path = config_path("fastdds_shm.xml")
     if path:
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = path
+        mirror_fastdds_profile()
     return path
 
 

@@ -76,14 +76,17 @@ _TYPESTORE = None
 
 
 def typestore():
-    """A rosbags type store: ROS 2 Kilted's standard types plus emotion_msgs/* and audio_common_msgs/* read from
-    their .msg files (installed share first, else this repository's sources)."""
+    """A rosbags type store: the running ROS 2 distribution's standard types (Kilted or Jazzy; compat.rosbags_store)
+    plus emotion_msgs/* and audio_common_msgs/* read from their .msg files (installed share first, else this
+    repository's sources)."""
     global _TYPESTORE
     if _TYPESTORE is not None:
         return _TYPESTORE
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+    from rosbags.typesys import get_types_from_msg, get_typestore
 
-    store = get_typestore(Stores.ROS2_KILTED)
+    from emotion_ros.ros.compat import rosbags_store
+
+    store = get_typestore(rosbags_store())
     types = {}
     for pkg in CUSTOM_PACKAGES:
         dirs = msg_dirs(pkg)
