@@ -41,7 +41,7 @@ test: setup
 	trap 'rm -rf "$$ROS_HOME"' EXIT; \
 	cd $(ROOT)/emotion_ros && "$$EMOTION_ROS_VENV/bin/python" -m pytest $(TESTS) -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# CI's Jazzy stage: the Jazzy venv (from nothing ~6 min on 2 busy cores, then ~0 s) and JAZZY_TESTS in it
+# CI's Jazzy stage: the Jazzy venv (from nothing 5.5-8 min on 2 busy cores, then ~1 s) and JAZZY_TESTS in it (~75 s)
 test-jazzy:
 	@$(MAKE) --no-print-directory test ROS_DISTRO=jazzy EMOTION_ROS_VENV=$(JAZZY_VENV) TESTS="$(JAZZY_TESTS)"
 
