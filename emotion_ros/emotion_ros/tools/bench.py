@@ -39,6 +39,7 @@ architecture (same cost; ``models.random_init`` lists them), or all with ``--ran
     emotion-bench --seconds 3 --warmup 1 --profile       # smoke run
     emotion-bench detect                                   # face detectors compared (tools/bench_detect.py)
     emotion-bench hosts                                    # robot + server on two network namespaces (bench_hosts.py)
+    emotion-bench jpeg                                     # face accuracy vs JPEG quality on the eval clips
 """
 from __future__ import annotations
 
@@ -1100,6 +1101,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["hosts"]:    # emotion-bench hosts: robot and server over a network link (tools/bench_hosts.py)
         from .bench_hosts import main as hosts_main
         return hosts_main(argv[1:])
+    if argv[:1] == ["jpeg"]:     # emotion-bench jpeg: face accuracy and bytes vs JPEG quality (tools/bench_jpeg.py)
+        from .bench_jpeg import main as jpeg_main
+        return jpeg_main(argv[1:])
     args = parse_args(argv)
     started = time.monotonic()
     if args.domain_id is not None:

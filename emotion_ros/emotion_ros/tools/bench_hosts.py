@@ -328,8 +328,10 @@ class Session:
         return self._start(name, side, [os.path.join(VENV_BIN, "ros2"), "launch", "emotion_ros", file,
                                         f"transport:={self.transport}", *args])
 
-    def start(self, timeout: float = 150.0) -> None:
-        """Robot sources, then the server, then the probes; returns once results reach the robot."""
+    def start(self, timeout: float = 150.0, need_results: bool = True) -> None:
+        """Robot sources, then the server, then the probes; returns once results reach the robot (or, without
+        ``need_results``, once the server's three nodes report on /diagnostics there: a link too slow for any image
+        is measured as such)."""
         raw = self.image_transport == "raw"
         self._launch("robot", "robot", "robot.launch.py",
                      [f"video:={self.video}", f"audio:={self.audio}", "loop:=true", "behaviour:=false",
@@ -339,9 +341,14 @@ class Session:
         for side in ("robot", "server"):
             self._start(f"probe_{side}", side, [sys.executable, "-m", "emotion_ros.tools.bench_hosts", "probe",
                                                 "--role", side, "--out", self.record_path(side)])
-        if not self.wait(lambda s: s["robot"].get("state", 0) > 0 and s["robot"].get("faces", 0) > 0, timeout):
-            raise RuntimeError("no EmotionState reached the robot within "
-                               f"{timeout:g} s\n{self.tail()}")
+        if need_results:
+            ok = self.wait(lambda s: s["robot"].get("state", 0) > 0 and s["robot"].get("faces", 0) > 0, timeout)
+        else:
+            ok = self.wait(lambda s: {"face_node", "voice_node", "fusion_node"} <= set(s["robot"].get("nodes", [])),
+                           timeout)
+        if not ok:
+            what = "no EmotionState" if need_results else "not all of face_node, voice_node, fusion_node"
+            raise RuntimeError(f"{what} reached the robot within {timeout:g} s\n{self.tail()}")
 
     def start_behaviour(self, rules_file: str = "") -> Proc:
         """behaviour_node on the robot, started last (after the state stream began)."""
@@ -469,7 +476,9 @@ def probe_main(argv: Sequence[str]) -> int:
             ex.spin_once(timeout_sec=0.05)
             if time.monotonic() - last > 0.5:
                 last = time.monotonic()
-                _write_json(args.out + ".status", {k: len(v) for k, v in rec.items()})
+                status = {k: len(v) for k, v in rec.items()}
+                status["nodes"] = sorted({n for _t, n, _v in rec["diag"]})
+                _write_json(args.out + ".status", status)
         qos = {}
         if args.role == "robot":
             for topic in QOS_TOPICS:
@@ -613,7 +622,7 @@ def run_row(name: str, work: str, video: str, audio: str, seconds: float, warmup
     s = Session(link, os.path.join(work, name), video, audio, image_transport=transport, jpeg_quality=jpeg_quality,
                 device=device)
     try:
-        s.start()
+        s.start(need_results=False)
         s.start_behaviour()
         time.sleep(warmup)
         a = s.mark()
@@ -646,9 +655,13 @@ def _fmt(v, unit: str = "") -> str:
     return "-" if v is None else f"{v:g}{unit}"
 
 
+def _scaled(v: Optional[float], unit: float) -> Optional[float]:
+    return None if v is None else round(v / unit, 2)
+
+
 def table(rows: List[dict]) -> str:
     lines = ["| row | link | images | e2e p50 / p95 ms | face p95 ms | fps sent / processed / lost | busy drops/s "
-             "| reliable lost | max gap s | robot->server B/s | server->robot B/s | JPEG kB | load |",
+             "| reliable lost | max gap s | robot->server MB/s | server->robot kB/s | JPEG kB | load |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r or "failed" in r:
@@ -663,7 +676,8 @@ def table(rows: List[dict]) -> str:
             f"{_fmt(f['p95'])} | {_fmt(r['frames_sent_per_s'])} / {_fmt(r['frames_processed_per_s'])} / "
             f"{_fmt(r.get('frames_lost_per_s'))} | {_fmt(r['frames_dropped_busy_per_s'])} | "
             f"{lost['faces']}/{lost['faces_checked']} faces, {lost['states']}/{lost['states_checked']} states | "
-            f"{_fmt(r['max_state_gap_s'])} | {_fmt(lb.get('robot_to_server'))} | {_fmt(lb.get('server_to_robot'))} | "
+            f"{_fmt(r['max_state_gap_s'])} | {_fmt(_scaled(lb.get('robot_to_server'), 1e6))} | "
+            f"{_fmt(_scaled(lb.get('server_to_robot'), 1e3))} | "
             f"{_fmt(r['jpeg_kb_mean'])} | {r['load_average'][0]:g}-{r['load_average'][1]:g} |")
     return "\n".join(lines)
 
