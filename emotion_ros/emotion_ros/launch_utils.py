@@ -13,6 +13,8 @@ from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit
 from launch.substitutions import EqualsSubstitution, LaunchConfiguration, NotEqualsSubstitution
 
+from emotion_ros.ros.compat import FASTDDS_PROFILE_VARS
+
 #: ``transport`` argument value -> Fast DDS profile in the package's config/
 TRANSPORTS = {"shm": "fastdds_shm.xml", "udp": "fastdds_udp.xml"}
 
@@ -32,10 +34,12 @@ def network_arguments(share: str) -> List:
                         "Empty: the environment's ROS_DOMAIN_ID (unset: 0)"),
     ]
     for value, name in TRANSPORTS.items():
-        actions.append(SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(share, "config", name),
-                                              condition=IfCondition(EqualsSubstitution(LaunchConfiguration("transport"), value))))
-    actions.append(SetEnvironmentVariable("ROS_DOMAIN_ID", LaunchConfiguration("domain_id"),
-                                          condition=IfCondition(NotEqualsSubstitution(LaunchConfiguration("domain_id"), ""))))
+        for var in FASTDDS_PROFILE_VARS:  # Fast DDS 3 (Kilted) and 2 (Jazzy) names: every process sees its own
+            actions.append(SetEnvironmentVariable(
+                var, os.path.join(share, "config", name),
+                condition=IfCondition(EqualsSubstitution(LaunchConfiguration("transport"), value))))
+    given = IfCondition(NotEqualsSubstitution(LaunchConfiguration("domain_id"), ""))
+    actions.append(SetEnvironmentVariable("ROS_DOMAIN_ID", LaunchConfiguration("domain_id"), condition=given))
     return actions
 
 

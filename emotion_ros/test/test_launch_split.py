@@ -104,6 +104,7 @@ def test_every_argument_is_described_and_network_arguments_apply(name):
     env = _environment(desc, _context(desc, transport="udp", domain_id="42"))
     assert env["FASTDDS_DEFAULT_PROFILES_FILE"].endswith(os.path.join("config", "fastdds_udp.xml"))
     assert os.path.isfile(env["FASTDDS_DEFAULT_PROFILES_FILE"])
+    assert env["FASTRTPS_DEFAULT_PROFILES_FILE"] == env["FASTDDS_DEFAULT_PROFILES_FILE"]  # Jazzy's Fast DDS 2 name
     assert env["ROS_DOMAIN_ID"] == "42"
 
 

@@ -21,13 +21,25 @@ import time
 
 import pytest
 
-from launch_helpers import write_any_emotion_rules  # noqa: E402 (sets ROS_DOMAIN_ID / ROS_HOME)
+from launch_helpers import LABELS  # noqa: E402 (sets ROS_DOMAIN_ID / ROS_HOME)
 
 from emotion_ros import paths  # noqa: E402
 from emotion_ros.tools import bench_hosts as bh  # noqa: E402
 
 PHASE_S = 8.0
 MODELS = [paths.model_path(n) for n in ("face.pt", "voice.pt")]
+
+
+def write_rules(path: str) -> str:
+    """One rule per label, any confidence, fired after 3 s: a decision is an event (volatile), published once when
+    its rule fires; 3 s leave the robot's probe time to discover the behaviour node first."""
+    lines = ["rules:"]
+    for label in LABELS:
+        lines += [f"  - name: test_{label}", f"    emotion: {label}", "    min_confidence: 0.01", "    dwell_s: 3.0",
+                  '    say: ""', "    expression: neutral", "    cooldown_s: 1"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
 
 
 def _why_not() -> str:
@@ -46,7 +58,7 @@ def run(tmp_path_factory):
     t_start = time.monotonic()
     tmp = tmp_path_factory.mktemp("two_hosts")
     video, audio = bh.make_inputs(str(tmp / "input"))
-    rules = write_any_emotion_rules(str(tmp / "rules.yaml"))
+    rules = write_rules(str(tmp / "rules.yaml"))
     link = bh.Link(two_hosts=True, rate_mbit=100)
     session = None
     out = {"link": link}
