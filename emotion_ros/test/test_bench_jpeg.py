@@ -27,7 +27,7 @@ def test_accuracy_and_bytes_per_quality_on_a_clip(tmp_path):
     res = _bench("--clips", str(tmp_path), "--every", "2", "--qualities", "30,90")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out["frames"] == 3  # every 2nd frame at 10 fps inside the face span less its edges (0.2-0.8 s): 0.2, 0.4, 0.6
+    assert out["frames"] == 3  # every 2nd frame (10 fps) inside the face span less its edges: 0.2, 0.4, 0.6 s
     rows = {r["images"]: r for r in out["rows"]}
     assert set(rows) == {"raw", "q30", "q90"}
     assert rows["raw"]["kb_per_frame"] == 921.6 and rows["q30"]["kb_per_frame"] < rows["q90"]["kb_per_frame"] < 200
