@@ -29,11 +29,12 @@ def state(t: float, label: str = "happy", conf: float = 0.9) -> EmotionState:
     return msg
 
 
+# dwell 1 s: the decision is a volatile event published once; the test's node discovers the behaviour node first
 RULES = """rules:
   - name: greet_happy
     emotion: happy
     min_confidence: 0.5
-    dwell_s: 0.3
+    dwell_s: 1.0
     say: "You look happy!"
     expression: happy
     cooldown_s: 60
