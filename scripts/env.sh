@@ -27,8 +27,13 @@ export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 if [ -z "${FASTDDS_DEFAULT_PROFILES_FILE:-}" ]; then
   export FASTDDS_DEFAULT_PROFILES_FILE="${FASTRTPS_DEFAULT_PROFILES_FILE:-$EMOTION_ROS_ROOT/emotion_ros/config/fastdds_shm.xml}"
 fi
-# Jazzy's Fast DDS 2 reads the profile only under its old name (emotion_ros/emotion_ros/ros/compat.py)
-export FASTRTPS_DEFAULT_PROFILES_FILE="$FASTDDS_DEFAULT_PROFILES_FILE"
+# Jazzy's Fast DDS 2 reads the profile only under its old name; Kilted's Fast DDS 3 warns in every process that has
+# the old name set, so it is set for a Jazzy venv only (emotion_ros/emotion_ros/ros/compat.py)
+if [ "$(cat "$EMOTION_ROS_VENV/.emotion_ros_distro" 2>/dev/null)" = jazzy ]; then
+  export FASTRTPS_DEFAULT_PROFILES_FILE="$FASTDDS_DEFAULT_PROFILES_FILE"
+elif [ "${FASTRTPS_DEFAULT_PROFILES_FILE:-}" = "$FASTDDS_DEFAULT_PROFILES_FILE" ]; then
+  unset FASTRTPS_DEFAULT_PROFILES_FILE
+fi
 # rclpy log files go to $ROS_HOME/log (default ~/.ros/log); keep them inside the repository's ignored .cache/
 export ROS_HOME="${ROS_HOME:-$EMOTION_ROS_ROOT/.cache/ros}"
 export PYTHONUNBUFFERED=1

@@ -13,7 +13,7 @@ from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit
 from launch.substitutions import EqualsSubstitution, LaunchConfiguration, NotEqualsSubstitution
 
-from emotion_ros.ros.compat import FASTDDS_PROFILE_VARS
+from emotion_ros.ros.compat import profile_vars
 
 #: ``transport`` argument value -> Fast DDS profile in the package's config/
 TRANSPORTS = {"shm": "fastdds_shm.xml", "udp": "fastdds_udp.xml"}
@@ -34,7 +34,7 @@ def network_arguments(share: str) -> List:
                         "Empty: the environment's ROS_DOMAIN_ID (unset: 0)"),
     ]
     for value, name in TRANSPORTS.items():
-        for var in FASTDDS_PROFILE_VARS:  # Fast DDS 3 (Kilted) and 2 (Jazzy) names: every process sees its own
+        for var in profile_vars():  # Kilted: Fast DDS 3's name; Jazzy: also Fast DDS 2's (ros/compat.py)
             actions.append(SetEnvironmentVariable(
                 var, os.path.join(share, "config", name),
                 condition=IfCondition(EqualsSubstitution(LaunchConfiguration("transport"), value))))

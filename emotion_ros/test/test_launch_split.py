@@ -9,6 +9,8 @@ import ast
 import os
 
 import pytest
+
+from emotion_ros.ros import compat
 import yaml
 
 PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,7 +106,10 @@ def test_every_argument_is_described_and_network_arguments_apply(name):
     env = _environment(desc, _context(desc, transport="udp", domain_id="42"))
     assert env["FASTDDS_DEFAULT_PROFILES_FILE"].endswith(os.path.join("config", "fastdds_udp.xml"))
     assert os.path.isfile(env["FASTDDS_DEFAULT_PROFILES_FILE"])
-    assert env["FASTRTPS_DEFAULT_PROFILES_FILE"] == env["FASTDDS_DEFAULT_PROFILES_FILE"]  # Jazzy's Fast DDS 2 name
+    if compat.ros_distro() == "jazzy":  # Fast DDS 2 reads only its old name
+        assert env["FASTRTPS_DEFAULT_PROFILES_FILE"] == env["FASTDDS_DEFAULT_PROFILES_FILE"]
+    else:  # Fast DDS 3 warns in every process that has the old name
+        assert "FASTRTPS_DEFAULT_PROFILES_FILE" not in env
     assert env["ROS_DOMAIN_ID"] == "42"
 
 

@@ -30,17 +30,31 @@ INTERFACE_PACKAGES = ("emotion_msgs", "audio_common_msgs", "hri_msgs")
 
 # ----------------------------------------------------------------------------------------------- profile ---
 
-def test_mirror_gives_both_names_the_fast_dds_3_value():
+def test_mirror_on_jazzy_gives_both_names_the_fast_dds_3_value():
     env = {NEW: "/a.xml"}
-    assert compat.mirror_fastdds_profile(env) == "/a.xml" and env == {NEW: "/a.xml", OLD: "/a.xml"}
+    assert compat.mirror_fastdds_profile(env, "jazzy") == "/a.xml" and env == {NEW: "/a.xml", OLD: "/a.xml"}
     env = {NEW: "/udp.xml", OLD: "/shm.xml"}  # e.g. a launch file chose udp over the shell's shm: the new name wins
-    compat.mirror_fastdds_profile(env)
+    compat.mirror_fastdds_profile(env, "jazzy")
     assert env == {NEW: "/udp.xml", OLD: "/udp.xml"}
     env = {OLD: "/jazzy.xml"}  # set by hand the Jazzy way
-    assert compat.mirror_fastdds_profile(env) == "/jazzy.xml" and env[NEW] == "/jazzy.xml"
+    assert compat.mirror_fastdds_profile(env, "jazzy") == "/jazzy.xml" and env[NEW] == "/jazzy.xml"
     env = {"OTHER": "x"}
-    assert compat.mirror_fastdds_profile(env) is None and env == {"OTHER": "x"}
-    assert compat.fastdds_profile_env("/p.xml") == {NEW: "/p.xml", OLD: "/p.xml"}
+    assert compat.mirror_fastdds_profile(env, "jazzy") is None and env == {"OTHER": "x"}
+    assert compat.fastdds_profile_env("/p.xml", "jazzy") == {NEW: "/p.xml", OLD: "/p.xml"}
+
+
+def test_mirror_on_kilted_sets_only_the_fast_dds_3_name():
+    env = {NEW: "/a.xml"}
+    assert compat.mirror_fastdds_profile(env, "kilted") == "/a.xml" and env == {NEW: "/a.xml"}
+    env = {NEW: "/a.xml", OLD: "/a.xml"}  # a Jazzy-style mirror inherited from a shell: dropped (Fast DDS 3 warns)
+    compat.mirror_fastdds_profile(env, "kilted")
+    assert env == {NEW: "/a.xml"}
+    env = {OLD: "/old.xml"}  # set by hand the old way
+    assert compat.mirror_fastdds_profile(env, "kilted") == "/old.xml" and env == {NEW: "/old.xml"}
+    env = {NEW: "/udp.xml", OLD: "/mine.xml"}  # two different values set by someone: theirs to keep
+    compat.mirror_fastdds_profile(env, "kilted")
+    assert env == {NEW: "/udp.xml", OLD: "/mine.xml"}
+    assert compat.fastdds_profile_env("/p.xml", "kilted") == {NEW: "/p.xml"}
 
 
 SEGMENT = textwrap.dedent("""
