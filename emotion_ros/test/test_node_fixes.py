@@ -178,6 +178,22 @@ def test_every_numeric_node_parameter_has_a_range_holding_its_default():
             assert (rng[0] is None or rng[0] <= default) and (rng[1] is None or default <= rng[1]), (mod.NODE_NAME, key)
     assert not missing, missing
 
+def test_every_node_default_equals_the_yaml_default():
+    """config/emotion.yaml is the documented default; `ros2 run` without a params file must behave the same."""
+    import yaml
+    from emotion_ros.nodes import behaviour, camera, face, fusion, voice
+    cfg = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "config", "emotion.yaml")))
+    differ, undeclared = [], []
+    for mod in (camera, microphone, face, voice, fusion, behaviour):
+        section = cfg.get(mod.NODE_NAME, {}).get("ros__parameters", {})
+        assert section, f"no {mod.NODE_NAME} section in config/emotion.yaml"
+        for key, value in section.items():
+            if key not in mod.PARAMS:
+                undeclared.append(f"{mod.NODE_NAME}.{key}")
+            elif mod.PARAMS[key][0] != value:
+                differ.append(f"{mod.NODE_NAME}.{key}: node {mod.PARAMS[key][0]!r}, yaml {value!r}")
+    assert not differ and not undeclared, (differ, undeclared)
+
 
 def test_parameter_help_lists_type_default_range_and_description():
     text = parameter_help("x_node", SPEC, "x_node: does x.")

@@ -72,16 +72,16 @@ PARAMS = {
                       {"range": (0.001, None)}),
     "stale_s": (1.0, "Legacy staleness (s), used only when face_stale_s / voice_stale_s are <= 0",
                       {"range": (0.001, None)}),
-    "face_stale_s": (0.4, "A face observation older than this (s, node clock vs message stamps) no longer counts; "
+    "face_stale_s": (0.5, "A face observation older than this (s, node clock vs message stamps) no longer counts; "
                           "the face evidence is the recency-weighted average of the person's fresher frames",
                       {"range": (0.0, None)}),
-    "face_hold_s": (0.15, "A face observation weighs fully up to this age (s), then linearly less until face_stale_s",
+    "face_hold_s": (0.1, "A face observation weighs fully up to this age (s), then linearly less until face_stale_s",
                       {"range": (0.0, None)}),
-    "voice_stale_s": (3.5, "A voice segment whose end is older than this (s) no longer counts (a voice result comes "
+    "voice_stale_s": (3.0, "A voice segment whose end is older than this (s) no longer counts (a voice result comes "
                            "~0.4 s after the words and speaks for the seconds that follow)", {"range": (0.0, None)}),
-    "voice_hold_s": (1.5, "A voice segment weighs fully up to this age (s) after its end, then linearly less until "
+    "voice_hold_s": (1.0, "A voice segment weighs fully up to this age (s) after its end, then linearly less until "
                           "voice_stale_s", {"range": (0.0, None)}),
-    "conf_power": (1.0, "Weight of a modality ~ ((top calibrated probability - 1/7) / (6/7)) ** conf_power: evidence "
+    "conf_power": (2.0, "Weight of a modality ~ ((top calibrated probability - 1/7) / (6/7)) ** conf_power: evidence "
                         "at chance weighs nothing", {"range": (0.0, 10.0)}),
     "ood_min_conf": (0.35, "Out-of-distribution gate: a modality whose top calibrated probability (maximum-softmax "
                            "score) is below this looks unlike its training data; its weight is multiplied by "
@@ -94,15 +94,15 @@ PARAMS = {
                                     "top probability is below this (0 = trust the flag only)", {"range": (0.0, 1.0)}),
     "model_min_weight": (0.15, "fusion_mode model: a modality whose reliability share is below this is masked out "
                                "of the learned fusion", {"range": (0.0, 1.0)}),
-    "voice_prior": (1.0, "How much a voice counts against a face of the same calibrated confidence (voices of new "
+    "voice_prior": (0.1, "How much a voice counts against a face of the same calibrated confidence (voices of new "
                          "speakers are wrong more often than their confidence says; chosen on the dev clips)",
                       {"range": (0.0, 10.0)}),
-    "smoothing_tau_s": (0.3, "Time constant (s) of the exponential smoothing of each person's fused probabilities "
+    "smoothing_tau_s": (0.2, "Time constant (s) of the exponential smoothing of each person's fused probabilities "
                              "(0 = none)", {"range": (0.0, None)}),
-    "switch_margin": (0.1, "Hysteresis: the reported emotion changes only when a new top emotion leads it by this "
+    "switch_margin": (0.05, "Hysteresis: the reported emotion changes only when a new top emotion leads it by this "
                            "much (smoothed probability) ...", {"range": (0.0, 1.0)}),
     "min_dwell_s": (0.3, "... for this long (s) without interruption", {"range": (0.0, None)}),
-    "fast_switch_margin": (1.0, "... or at once when it leads by this much (clear evidence; 1 = never)",
+    "fast_switch_margin": (0.25, "... or at once when it leads by this much (clear evidence; 1 = never)",
                            {"range": (0.0, 1.0)}),
     "rate": (10.0, "Steady publishing rate of emotion/state and emotion/states (Hz)", {"range": (0.01, 1000.0)}),
     "publish_on_change": (True, "Also publish at once when the primary person's top emotion changes"),
