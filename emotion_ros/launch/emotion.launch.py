@@ -20,8 +20,8 @@ import sys
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import (DeclareLaunchArgument, ExecuteProcess, OpaqueFunction, RegisterEventHandler,
-                            SetEnvironmentVariable)
-from launch.conditions import IfCondition
+                            SetEnvironmentVariable, UnsetEnvironmentVariable)
+from launch.conditions import IfCondition, UnlessCondition
 from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
@@ -87,14 +87,21 @@ def generate_launch_description():
                                           "/humans/persons/<id>/expression for persons a person manager matched "
                                           "to a face; overrides params_file's hri"),
         DeclareLaunchArgument("shm_transport", default_value="true",
-                              description="Fast DDS shared-memory transport profile for large images (true/false)"),
+                              description="true: emotion_ros' Fast DDS profile with 16 MiB shared-memory segments for large "
+                                          "images; false: no profile of ours (Fast DDS's built-in transports)"),
     ]
     params = cfg("params_file")
     image_remap = [("image_raw", cfg("image_topic"))]
     audio_remap = [("audio", cfg("audio_topic")), ("audio_info", cfg("audio_info_topic"))]
-    shm = SetEnvironmentVariable(
+    # shm_transport true: emotion_ros' 16 MiB shared-memory profile; false: none of ours (Fast DDS's built-in
+    # transports), also over a profile the shell set and over the one the nodes would set themselves when unset.
+    shm = [SetEnvironmentVariable(
         "FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(share, "config", "fastdds_shm.xml"),
-        condition=IfCondition(cfg("shm_transport")))
+        condition=IfCondition(cfg("shm_transport")))]
+    shm += [UnsetEnvironmentVariable(var, condition=UnlessCondition(cfg("shm_transport")))
+            for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")]
+    shm.append(SetEnvironmentVariable("EMOTION_ROS_FASTDDS_PROFILE", "0",
+                                      condition=UnlessCondition(cfg("shm_transport"))))
     # Typed, so that video:=0 stays the string the camera expects and loop:=1 / True / true are all booleans.
     def text(arg):
         return ParameterValue(cfg(arg), value_type=str)
@@ -123,4 +130,4 @@ def generate_launch_description():
             output="screen", condition=IfCondition(cfg("record"))),
     ]
     on_failure = RegisterEventHandler(OnProcessExit(on_exit=_end_launch_on_failure))
-    return LaunchDescription(args + [shm, on_failure, OpaqueFunction(function=_check_files)] + processes)
+    return LaunchDescription(args + shm + [on_failure, OpaqueFunction(function=_check_files)] + processes)

@@ -138,3 +138,18 @@ def test_server_face_node_reads_compressed_by_default():
     assert face["image_transport"] == "raw" and face["device"] == "cpu" and face["autostart"] is True
     for exe in ("voice_node", "fusion_node"):
         assert _params(*_built("server", device="cpu"), exe)["device"] == "cpu"
+
+
+def test_emotion_launch_shm_transport_false_removes_every_profile_of_ours():
+    """shm_transport:=false must win over a profile the shell set (env.sh) and over the one a node would set itself
+    when the variable is unset (emotion_ros.env.ensure_fastdds_profile honours EMOTION_ROS_FASTDDS_PROFILE=0)."""
+    from launch.actions import UnsetEnvironmentVariable
+    desc = _description("emotion")
+    on = _environment(desc, _context(desc, shm_transport="true"))
+    assert on["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("fastdds_shm.xml") and "EMOTION_ROS_FASTDDS_PROFILE" not in on
+    ctx = _context(desc, shm_transport="false")
+    off = _environment(desc, ctx)
+    assert "FASTDDS_DEFAULT_PROFILES_FILE" not in off and off["EMOTION_ROS_FASTDDS_PROFILE"] == "0"
+    unset = {"".join(s.perform(ctx) for s in e.name) for e in desc.entities
+             if isinstance(e, UnsetEnvironmentVariable) and e.condition.evaluate(ctx)}
+    assert unset == {"FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"}
