@@ -110,12 +110,20 @@ def test_out_of_range_parameter_is_refused_at_start_up(module, param, value):
 
 # -- Ctrl-C while starting; nothing left in /dev/shm -----------------------------------------------------------------
 
-def test_ctrl_c_while_the_node_is_still_importing_exits_quietly():
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_ctrl_c_while_the_node_is_still_importing_exits_quietly(inherited):
+    # "ignored": SIGINT inherited as ignored, as by a command a non-interactive shell started in the background (CI)
+    pre = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if inherited == "ignored" else None
     p = subprocess.Popen(cmd("face", "--ros-args", "-p", "device:=cpu"), env=env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
-    time.sleep(0.5)  # python is up; torch, OpenCV and rclpy take seconds to import
-    p.send_signal(signal.SIGINT)
-    out = p.communicate(timeout=120)[0]
+                         stderr=subprocess.STDOUT, text=True, preexec_fn=pre)
+    try:
+        time.sleep(0.5)  # python is up; torch, OpenCV and rclpy take seconds to import
+        p.send_signal(signal.SIGINT)
+        out = p.communicate(timeout=120)[0]
+    finally:  # never leave a running node behind to answer the next tests on this domain
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     assert p.returncode == 0, (p.returncode, out)  # a requested stop, as once it runs
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
 

@@ -31,6 +31,9 @@ def _started_as_node_command() -> bool:
     return os.path.basename(argv0) in NODE_COMMANDS or argv0 == "-m"
 
 
+# Also when SIGINT was inherited as ignored (a command started in the background by a non-interactive shell, as CI
+# scripts do): run_node stops on SIGINT whatever was inherited, so start-up must too; before, such a node ignored a
+# Ctrl-C sent while it was importing and then ran on for ever.
 if (_started_as_node_command() and threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+        and signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_IGN)):
     signal.signal(signal.SIGINT, _quiet_exit)
