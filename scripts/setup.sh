@@ -75,6 +75,8 @@ fi
 
 # --- 1. system packages ----------------------------------------------------------------------------------------
 apt_missing=()
+# one apt at a time (.ci/run sets up the Kilted and the Jazzy venv at once): a lock of ours, and apt's own lock wait
+apt_locked() { if command -v flock >/dev/null; then flock "${TMPDIR:-/tmp}/emotion_ros-setup-apt.lock" "$@"; else "$@"; fi; }
 for pkg in libportaudio2 espeak-ng sox; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || apt_missing+=("$pkg")
 done
@@ -87,12 +89,12 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   elif [ "$(id -u)" = 0 ]; then
     say "apt-get install ${apt_missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+    apt_locked apt-get -o DPkg::Lock::Timeout=300 update -qq
+    apt_locked apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
   elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
     say "sudo apt-get install ${apt_missing[*]}"
-    sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+    apt_locked sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq
+    apt_locked sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
   else
     warn "not root: skipping apt-get install ${apt_missing[*]} (microphone input needs libportaudio2; speech" \
          "test data needs espeak-ng; interface builds need cmake g++)"
