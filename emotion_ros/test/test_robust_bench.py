@@ -80,5 +80,9 @@ def test_short_run_of_the_real_graph_prints_the_summary(tmp_path):
     assert {"face", "voice", "fusion", "driver"} <= set(summary["cpu_percent"])
     assert summary["models"]["random_init"] == ["face", "voice", "fusion"]
     assert summary["details"]["exit_codes"] == {"face": 0, "voice": 0, "fusion": 0}
+    # each node's own /diagnostics report is read, not only its "<node>: lifecycle" status (which said nothing but
+    # the state and hid the voice node's real_time_factor from the summary)
+    for kind in ("face", "voice", "fusion"):
+        assert summary["details"]["diagnostics"][kind].get("device") == "cpu", summary["details"]["diagnostics"]
     assert set(summary["targets"]) >= {"face_1_30fps_no_drops", "voice_rtf_le_0.05", "total_rss_lt_1.5GB"}
     assert any(line.startswith("[bench") for line in lines[:-1])

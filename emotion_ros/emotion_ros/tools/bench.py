@@ -654,11 +654,14 @@ def voice_stats(driver: Driver, t_lo: float, t_hi: float) -> Dict[str, object]:
 
 
 def diag_for(driver: Driver, kind: str) -> Dict[str, str]:
+    """The latest values of every ``/diagnostics`` status of ``<kind>_node``, merged; the node's own report (rates,
+    real-time factor, device) wins over its ``<node>: lifecycle`` status, which comes first and says only the state."""
+    merged: Dict[str, str] = {}
     with driver.lock:
-        for name, vals in driver.diag.items():
-            if name.startswith(f"{kind}_node"):
-                return dict(vals)
-    return {}
+        statuses = [(name, vals) for name, vals in driver.diag.items() if name.startswith(f"{kind}_node")]
+    for _name, vals in sorted(statuses, key=lambda nv: not nv[0].endswith(": lifecycle")):
+        merged.update(vals)
+    return merged
 
 
 def diag_rtf(vals: Dict[str, str]) -> Optional[float]:
