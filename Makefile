@@ -34,12 +34,13 @@ setup:
 	@$(ROOT)/scripts/setup.sh
 
 # Each test session: its own ROS_HOME (logs) and a random ROS_DOMAIN_ID, so concurrent sessions do not cross-talk.
+# The 15 slowest tests are listed at the end (CI's time).
 test: setup
 	@$(ENV); \
 	export ROS_HOME="$$(mktemp -d /tmp/emotion_ros-test-XXXXXX)"; \
 	export ROS_DOMAIN_ID="$${ROS_DOMAIN_ID:-$$(( RANDOM % 200 + 1 ))}"; \
 	trap 'rm -rf "$$ROS_HOME"' EXIT; \
-	cd $(ROOT)/emotion_ros && "$$EMOTION_ROS_VENV/bin/python" -m pytest $(TESTS) -q -p no:cacheprovider $(PYTEST_ARGS)
+	cd $(ROOT)/emotion_ros && "$$EMOTION_ROS_VENV/bin/python" -m pytest $(TESTS) -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 # CI's Jazzy stage: the Jazzy venv (from nothing 5.5-8 min on 2 busy cores, then ~1 s) and JAZZY_TESTS in it (~75 s)
 test-jazzy:
