@@ -61,6 +61,12 @@ CLIPS = {
     "test_06": ("test", [("turev", "1358"), ("ravdess", 19)], 64.0),
     "dev_01": ("dev", [("ravdess", 15)], 64.0),
     "dev_02": ("dev", [("ravdess", 16)], 64.0),
+    # more dev clips (2026-12-01): two minutes were too few to choose fusion settings on (fusion.md); the same dev
+    # faces and voices, other spans and orders
+    "dev_03": ("dev", [("ravdess", 15), ("ravdess", 16)], 64.0),
+    "dev_04": ("dev", [("ravdess", 16), ("ravdess", 15)], 64.0),
+    "dev_05": ("dev", [("ravdess", 15)], 64.0),
+    "dev_06": ("dev", [("ravdess", 16)], 64.0),
 }
 
 
