@@ -19,33 +19,16 @@ import sys
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import (DeclareLaunchArgument, ExecuteProcess, OpaqueFunction, RegisterEventHandler,
-                            SetEnvironmentVariable, UnsetEnvironmentVariable)
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, SetEnvironmentVariable, UnsetEnvironmentVariable
 from launch.conditions import IfCondition, UnlessCondition
-from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 
+from emotion_ros.launch_utils import check_files, end_launch_on_failure
+from emotion_ros.ros.compat import profile_vars
+
 BAG_TOPICS = ["emotion/faces", "emotion/voice", "emotion/state", "emotion/states", "emotion/decision"]
-
-
-def _check_files(context):
-    """Refuse a params_file / rules_file that does not exist, before any node starts (rclpy would otherwise
-    fail in every node at once, or run on defaults)."""
-    for arg in ("params_file", "rules_file"):
-        path = LaunchConfiguration(arg).perform(context)
-        if path and not os.path.isfile(path):
-            raise RuntimeError(f"{arg} '{path}' does not exist (launch argument {arg}:=...)")
-    return []
-
-
-def _end_launch_on_failure(event, context):
-    """A process of the graph exited with a non-zero code: end the launch (exit code 1) with one line."""
-    if event.returncode == 0 or context.is_shutdown:
-        return None
-    raise RuntimeError(f"{event.action.name} exited with code {event.returncode} (its log above says why); "
-                       "ending the launch")
 
 
 def generate_launch_description():
@@ -95,9 +78,9 @@ def generate_launch_description():
     audio_remap = [("audio", cfg("audio_topic")), ("audio_info", cfg("audio_info_topic"))]
     # shm_transport true: emotion_ros' 16 MiB shared-memory profile; false: none of ours (Fast DDS's built-in
     # transports), also over a profile the shell set and over the one the nodes would set themselves when unset.
-    shm = [SetEnvironmentVariable(
-        "FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(share, "config", "fastdds_shm.xml"),
-        condition=IfCondition(cfg("shm_transport")))]
+    shm = [SetEnvironmentVariable(var, os.path.join(share, "config", "fastdds_shm.xml"),
+                                  condition=IfCondition(cfg("shm_transport")))
+           for var in profile_vars()]   # Kilted: Fast DDS 3's name; Jazzy: also Fast DDS 2's (ros/compat.py)
     shm += [UnsetEnvironmentVariable(var, condition=UnlessCondition(cfg("shm_transport")))
             for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")]
     shm.append(SetEnvironmentVariable("EMOTION_ROS_FASTDDS_PROFILE", "0",
@@ -129,5 +112,5 @@ def generate_launch_description():
                  "--topics", cfg("image_topic"), cfg("audio_topic"), cfg("audio_info_topic"), *BAG_TOPICS],
             output="screen", condition=IfCondition(cfg("record"))),
     ]
-    on_failure = RegisterEventHandler(OnProcessExit(on_exit=_end_launch_on_failure))
-    return LaunchDescription(args + shm + [on_failure, OpaqueFunction(function=_check_files)] + processes)
+    return LaunchDescription(args + shm + [end_launch_on_failure(), check_files(["params_file", "rules_file"])]
+                             + processes)
