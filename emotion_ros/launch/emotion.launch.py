@@ -26,7 +26,7 @@ from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 from emotion_ros.launch_utils import check_files, end_launch_on_failure
-from emotion_ros.ros.compat import profile_vars
+from emotion_ros.ros.compat import FASTDDS_PROFILE_VARS, profile_vars
 
 BAG_TOPICS = ["emotion/faces", "emotion/voice", "emotion/state", "emotion/states", "emotion/decision"]
 
@@ -82,7 +82,7 @@ def generate_launch_description():
                                   condition=IfCondition(cfg("shm_transport")))
            for var in profile_vars()]   # Kilted: Fast DDS 3's name; Jazzy: also Fast DDS 2's (ros/compat.py)
     shm += [UnsetEnvironmentVariable(var, condition=UnlessCondition(cfg("shm_transport")))
-            for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")]
+            for var in FASTDDS_PROFILE_VARS]   # both names, whichever the shell set
     shm.append(SetEnvironmentVariable("EMOTION_ROS_FASTDDS_PROFILE", "0",
                                       condition=UnlessCondition(cfg("shm_transport"))))
     # Typed, so that video:=0 stays the string the camera expects and loop:=1 / True / true are all booleans.

@@ -53,12 +53,24 @@ def ros2(*args: str, timeout: float = 90, env: Optional[Dict[str, str]] = None) 
                           text=True, timeout=timeout, start_new_session=True)
 
 
-def ros2_until(args: Sequence[str], ok, timeout: float = 90, env: Optional[Dict[str, str]] = None
-               ) -> subprocess.CompletedProcess:
-    """Repeat ``ros2 <args>`` until ``ok(result)`` (discovery on a busy machine can miss a node once)."""
+#: seconds one ``ros2`` CLI call may take before it is asked again. Service verbs (``lifecycle get``, ``param get``)
+#: call the service as soon as it is discovered and then spin with no time limit, so a reply lost in that window (the
+#: server's reply writer not yet matched to the client's reader; seen once in a fresh-clone CI run: an empty answer
+#: after 300 s) would otherwise hang the call until the whole timeout.
+PER_CALL_S = 30.0
+
+
+def ros2_until(args: Sequence[str], ok, timeout: float = 90, env: Optional[Dict[str, str]] = None,
+               per_call: float = PER_CALL_S) -> subprocess.CompletedProcess:
+    """Repeat ``ros2 <args>`` until ``ok(result)`` (discovery on a busy machine can miss a node once); one call gets
+    at most ``per_call`` seconds (``PER_CALL_S``), then it is asked again."""
     deadline = time.monotonic() + timeout
     while True:
-        res = ros2(*args, timeout=max(10.0, deadline - time.monotonic()), env=env)
+        try:
+            res = ros2(*args, timeout=max(10.0, min(per_call, deadline - time.monotonic())), env=env)
+        except subprocess.TimeoutExpired as e:  # run() killed it; keep what it printed
+            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            res = subprocess.CompletedProcess(e.cmd, -9, stdout=out or f"(no answer in {per_call:.0f} s)")
         if ok(res) or time.monotonic() > deadline:
             return res
         time.sleep(1.0)
@@ -72,14 +84,10 @@ def lifecycle_state(node: str, env: Optional[Dict[str, str]] = None, want: str =
 
 
 def lifecycle_states(nodes: Sequence[str], env: Optional[Dict[str, str]] = None, want: str = "active",
-                     timeout: float = 90, per_call: float = 30) -> Dict[str, str]:
+                     timeout: float = 90, per_call: float = PER_CALL_S) -> Dict[str, str]:
     """``ros2 lifecycle get`` of several nodes at once (each CLI start costs seconds on 2 cores); a node not in
-    ``want`` yet is asked again until ``timeout``. Returns {node: last answer}.
-
-    One ask gets at most ``per_call`` seconds: ``ros2 lifecycle get`` calls the service as soon as it is
-    discovered and then spins with no time limit, so a reply lost in that window (the server's reply writer
-    not yet matched to the client's reader; seen once in a fresh-clone CI run, an empty answer after 300 s)
-    would otherwise hang the CLI until the whole timeout."""
+    ``want`` yet is asked again until ``timeout``, one ask at most ``per_call`` seconds (``PER_CALL_S``: a lost
+    service reply hangs the CLI). Returns {node: last answer}."""
     env = env or cli_env()
     deadline = time.monotonic() + timeout
     answers: Dict[str, str] = {}
