@@ -39,6 +39,7 @@ from ..core.errors import DataError
 from ..core.labels import LABELS, NUM_LABELS
 from ..core.modelio import save_checkpoint
 from ..core.voice.features import FeatureSpec, load_audio, trim_silence, utterance_features
+from ..core.voice.segment import segment_offline
 from ..core.voice.model import ARCH, SpeechCNNBiLSTM
 from .augment import add_noise, augment_voice, spec_augment
 from .calibration import calibrate_report, calibration_summary
@@ -77,6 +78,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conv-channels", default="64,128,128")
     p.add_argument("--lstm-hidden", type=int, default=96)
     p.add_argument("--crop-frames", type=int, default=300)
+    p.add_argument("--crop-min-frames", type=int, default=0,
+                   help="> 0: each batch is cropped to a random length between this and --crop-frames (the node "
+                        "classifies utterances from 0.3 s and windows of 3 s)")
+    p.add_argument("--cut", choices=("node", "trim"), default="node",
+                   help="node: each recording (and each augmented copy of it) goes through the voice node's own "
+                        "segmenter and trimming, so that training sees the extents the node classifies; trim: "
+                        "the whole file with its leading and trailing silence trimmed (before 2026-12-01)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--cache-dir", default=None,
@@ -129,11 +137,23 @@ def predict_feats(net, feats: List[np.ndarray], batch: int = 32) -> np.ndarray:
 
 # ---------------------------------------------------------------- data
 
-def _load_waves(items: List[VoiceItem], what: str) -> Tuple[List[np.ndarray], List[VoiceItem], List[str]]:
+def node_cut(wave: np.ndarray) -> np.ndarray:
+    """What the voice node classifies of a recording: its segmenter's longest utterance, trimmed as the node trims
+    it (the whole recording trimmed when the segmenter finds none, as ``classify_wave`` does)."""
+    segs = segment_offline(wave)
+    if not segs:
+        return trim_silence(wave)
+    return trim_silence(max(segs, key=lambda s: s.samples.size).samples)
+
+
+def _load_waves(items: List[VoiceItem], what: str, cut: str = "trim"
+                ) -> Tuple[List[np.ndarray], List[VoiceItem], List[str]]:
+    """Readable recordings: trimmed (``cut='trim'``) or whole (``'node'``: cut per copy by :func:`node_cut`)."""
     waves, kept, bad = [], [], []
     for it in tqdm(items, desc=f"load {what}", mininterval=10, file=sys.stdout):
         try:
-            w = trim_silence(load_audio(it.path))
+            w = load_audio(it.path)
+            w = trim_silence(w) if cut == "trim" else w
         except ValueError as exc:              # InputError: unreadable, empty, all NaN
             bad.append(f"{it.path}: {exc}")
             continue
@@ -148,7 +168,8 @@ def _load_waves(items: List[VoiceItem], what: str) -> Tuple[List[np.ndarray], Li
 def _cache_key(args, items: List[VoiceItem], spec: FeatureSpec) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"spec": spec.to_dict(), "augment": args.augment, "copies": args.augment_copies,
-                         "pitch": args.pitch_prob, "seed": args.seed, "v": 2}, sort_keys=True).encode())
+                         "pitch": args.pitch_prob, "seed": args.seed, "v": 2,
+                         **({"cut": args.cut} if getattr(args, "cut", "trim") != "trim" else {})}, sort_keys=True).encode())
     for it in items:
         st = os.stat(it.path)
         h.update(f"{it.path}|{st.st_size}|{int(st.st_mtime)}|{it.label}\n".encode())
@@ -164,14 +185,16 @@ def _features(args, spec: FeatureSpec, waves, items, rng, augment: bool, what: s
             out = pickle.load(f)
         print(f"features for {what} from {path}", flush=True)
         return [[a.astype(np.float32) for a in copy] for copy in out]
-    copies = [[utterance_features(w, spec) for w in waves]]
+    cut = node_cut if getattr(args, "cut", "trim") == "node" else (lambda w: w)
+    copies = [[utterance_features(cut(w), spec) for w in tqdm(waves, desc=f"features {what}", mininterval=15,
+                                                               file=sys.stdout)]]
     n_aug = args.augment_copies if (augment and args.augment != "none") else 0
     for k in range(n_aug):
         feats = []
         for w in tqdm(waves, desc=f"augment {what} {k + 1}/{n_aug}", mininterval=15, file=sys.stdout):
             aw = augment_voice(w, spec.sample_rate, rng, p_pitch=args.pitch_prob) if args.augment == "room" \
                 else _augment_basic(w, spec.sample_rate, rng, args.pitch_prob)
-            feats.append(utterance_features(aw, spec))
+            feats.append(utterance_features(cut(aw), spec))
         copies.append(feats)
     os.makedirs(cache_dir, exist_ok=True)
     with open(path + ".tmp", "wb") as f:
@@ -228,7 +251,7 @@ def run(args) -> dict:
     loaded, unreadable = {}, []
     for part in ("train", "dev", "test"):
         items = [it for it, _ in parts[part]]
-        waves, kept, bad = _load_waves(items, part)
+        waves, kept, bad = _load_waves(items, part, args.cut)
         unreadable += bad
         ci_of = {id(it): ci for it, ci in parts[part]}
         loaded[part] = (waves, kept, np.array([ci_of[id(it)] for it in kept], np.int64))
@@ -300,7 +323,10 @@ def run(args) -> dict:
         tot, correct, seen = 0.0, 0, 0
         for b in tqdm(range(steps), desc=f"voice {epoch + 1}/{args.epochs}", mininterval=30, file=sys.stdout):
             idx = draw[b * args.batch_size:(b + 1) * args.batch_size]
-            x, lens = _batchify([X[i] for i in idx], args.crop_frames, erng, True)
+            crop = args.crop_frames
+            if args.crop_min_frames and crop:
+                crop = int(erng.integers(min(args.crop_min_frames, crop), crop + 1))
+            x, lens = _batchify([X[i] for i in idx], crop, erng, True)
             x = spec_augment(x, g)
             y = torch.from_numpy(Y[idx])
             ci = torch.from_numpy(C[idx])
