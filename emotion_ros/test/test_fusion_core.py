@@ -382,3 +382,47 @@ def test_fast_switch_on_clear_evidence():
     assert slow.estimate(0.1)[0].emotion == "happy"  # waits min_dwell_s
     st = fast.estimate(0.1)[0]
     assert st.emotion == "sad" and st.changed
+
+
+# -- HMM forward filter (smoothing_filter="hmm") -------------------------------------------------------------------
+
+def _hmm_run(tf, frames, step):
+    """Feed (t, label, p) face frames and estimate at each: -> [(t, emotion, probs)]."""
+    out = []
+    for t, label, p in frames:
+        tf.add_face(t, "p", 100, onehot(label, p))
+        (st,) = tf.estimate(t)
+        out.append((t, st.emotion, st.probs))
+    return out
+
+
+def test_hmm_filter_absorbs_flicker_and_follows_a_real_change():
+    tf = TemporalFusion(None, **NEW, smoothing_filter="hmm", hmm_switch_rate=0.5, hmm_evidence_rate=8.0)
+    # 3 s of happy with a one-frame "sad" blip every 0.5 s (10 frames a second), then 2 s of sad
+    frames = [(0.1 * i, "sad" if i % 5 == 4 else "happy", 0.6) for i in range(30)]
+    frames += [(0.1 * i, "sad", 0.6) for i in range(30, 50)]
+    out = _hmm_run(tf, frames, 0.1)
+    assert {e for t, e, _ in out if t < 2.95} == {"happy"}
+    switched = [t for t, e, _ in out if t >= 2.95 and e == "sad"]
+    assert switched and switched[0] - 3.0 <= 0.6                   # clear evidence overturns it within 0.6 s
+    assert all(e == "sad" for t, e, _ in out if t >= switched[0])
+    p = out[-1][2]
+    assert abs(float(p.sum()) - 1) < 1e-5 and p.min() > 0          # a posterior: normalised, never exactly 0
+
+
+def test_hmm_filter_does_not_depend_on_the_call_rate():
+    """Evidence counts per second, not per call: 10 and 30 estimates a second give the same posterior."""
+    posts = []
+    for rate in (10, 30):
+        tf = TemporalFusion(None, **NEW, smoothing_filter="hmm", hmm_switch_rate=1.0, hmm_evidence_rate=2.0)
+        frames = [(i / rate, "happy", 0.3) for i in range(rate + 1)]     # weak, steady evidence for 1 s
+        posts.append(_hmm_run(tf, frames, 1 / rate)[-1][2])
+    assert np.allclose(posts[0], posts[1], atol=0.01)
+    assert all(0.4 < q[INDEX["happy"]] < 0.7 for q in posts)    # 0.50 and 0.49 (counted per call, 30 Hz: 0.85)
+
+
+@pytest.mark.parametrize("kw", [{"smoothing_filter": "kalman"}, {"hmm_switch_rate": 0.0},
+                                {"hmm_evidence_rate": -1.0}, {"hmm_switch_rate": float("nan")}])
+def test_hmm_filter_bad_settings_raise(kw):
+    with pytest.raises(ValueError):
+        TemporalFusion(None, **NEW, **kw)

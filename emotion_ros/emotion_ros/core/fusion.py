@@ -63,6 +63,8 @@ from .labels import LABELS, NUM_LABELS, valence_arousal
 __all__ = ["TemporalFusion", "FusedState", "FaceObs", "VoiceObs", "FusionModel", "FusionNet", "ARCH"]
 
 _MIN_FRESHNESS = 0.05
+#: ``smoothing_filter`` values: exponential smoothing of the probabilities, or an HMM forward filter.
+SMOOTHING_FILTERS = ("exp", "hmm")
 
 
 @dataclass
@@ -187,7 +189,8 @@ class TemporalFusion:
                  conf_power: float = 1.0, ood_min_conf: float = 0.0, ood_weight: float = 1.0,
                  unsure_weight: float = 1.0, voice_unsure_threshold: float = 0.0, model_min_weight: float = 0.0,
                  voice_prior: float = 1.0,
-                 switch_margin: float = 0.0, min_dwell_s: float = 0.0, fast_switch_margin: float = 1.0):
+                 switch_margin: float = 0.0, min_dwell_s: float = 0.0, fast_switch_margin: float = 1.0,
+                 smoothing_filter: str = "exp", hmm_switch_rate: float = 0.5, hmm_evidence_rate: float = 10.0):
         for name, v in (("window_s", window_s), ("stale_s", stale_s)):
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v}")
@@ -205,6 +208,11 @@ class TemporalFusion:
                         ("voice_unsure_threshold", voice_unsure_threshold), ("model_min_weight", model_min_weight)):
             if not (math.isfinite(v) and 0 <= v <= 1):
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if smoothing_filter not in SMOOTHING_FILTERS:
+            raise ValueError(f"smoothing_filter must be one of {', '.join(SMOOTHING_FILTERS)}, got {smoothing_filter!r}")
+        for name, v in (("hmm_switch_rate", hmm_switch_rate), ("hmm_evidence_rate", hmm_evidence_rate)):
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be > 0, got {v}")
         if voice_to not in ("primary", "all"):
             raise ValueError(f"voice_to must be 'primary' or 'all', got {voice_to!r}")
         if fusion_mode not in FUSION_MODES:
@@ -236,6 +244,9 @@ class TemporalFusion:
         self.switch_margin = float(switch_margin)
         self.min_dwell_s = float(min_dwell_s)
         self.fast_switch_margin = float(fast_switch_margin)
+        self.smoothing_filter = smoothing_filter
+        self.hmm_switch_rate = float(hmm_switch_rate)
+        self.hmm_evidence_rate = float(hmm_evidence_rate)
         self._faces: Dict[str, Deque[FaceObs]] = {}
         self._voice: Deque[VoiceObs] = collections.deque(maxlen=self.buffer_len)
         self._smooth: Dict[str, _Smoother] = {}
@@ -459,8 +470,10 @@ class TemporalFusion:
     def _smooth_probs(self, key: str, raw: np.ndarray, now: float) -> Tuple[np.ndarray, str, bool]:
         """Exponential smoothing, then the hysteresis on the reported emotion -> (probs, emotion, changed)."""
         s = self._smooth.get(key)
-        if s is None or self.smoothing_tau_s <= 0:
+        if s is None or (self.smoothing_tau_s <= 0 and self.smoothing_filter == "exp"):
             p = raw.copy()
+        elif self.smoothing_filter == "hmm":
+            p = self._hmm_step(s, raw, now)
         else:
             dt = now - s.t
             if dt <= 0:
@@ -485,6 +498,22 @@ class TemporalFusion:
         changed = emotion != s.emotion
         self._smooth[key] = _Smoother(p, now, emotion, now, cand, since)
         return p, emotion, changed
+
+    def _hmm_step(self, s: "_Smoother", raw: np.ndarray, now: float) -> np.ndarray:
+        """One forward step of an HMM over the emotions: the person stays in their emotion with probability
+        ``exp(-hmm_switch_rate * dt)`` and otherwise jumps to any (uniform); the fused probabilities of this step are
+        evidence counted ``hmm_evidence_rate * dt`` times (per second, so the call rate does not change the
+        filter). Clear evidence overturns the posterior in a few tenths of a second; flicker is absorbed."""
+        dt = now - s.t
+        if dt <= 0:
+            return s.probs.copy() if dt == 0 else raw.copy()       # same instant: keep; time went back: restart
+        stay = math.exp(-self.hmm_switch_rate * dt)
+        prior = stay * s.probs.astype(np.float64) + (1.0 - stay) / NUM_LABELS
+        logp = np.log(np.maximum(prior, 1e-12)) + self.hmm_evidence_rate * dt * np.log(
+            np.clip(raw.astype(np.float64), 1e-4, 1.0))
+        logp -= logp.max()
+        p = np.exp(logp)
+        return (p / p.sum()).astype(np.float32)
 
     def _hand_over(self, pid: str) -> None:
         """Keep the primary stream continuous across face <-> voice-only switches (the same person, presumably, who

@@ -97,6 +97,13 @@ PARAMS = {
     "voice_prior": (0.1, "How much a voice counts against a face of the same calibrated confidence (voices of new "
                          "speakers are wrong more often than their confidence says; chosen on the dev clips)",
                       {"range": (0.0, 10.0)}),
+    "smoothing_filter": ("exp", "Steady output: 'exp' = exponential smoothing of each person's fused probabilities "
+                                "(smoothing_tau_s) | 'hmm' = an HMM forward filter over the emotions (hmm_switch_rate, "
+                                "hmm_evidence_rate); the hysteresis below applies to either"),
+    "hmm_switch_rate": (0.5, "smoothing_filter hmm: expected changes of emotion per second (the person stays in "
+                             "their emotion with probability exp(-rate x dt))", {"range": (0.001, 100.0)}),
+    "hmm_evidence_rate": (10.0, "smoothing_filter hmm: how many times a second the fused probabilities count as "
+                                "evidence (higher: faster and less steady)", {"range": (0.001, 1000.0)}),
     "smoothing_tau_s": (0.2, "Time constant (s) of the exponential smoothing of each person's fused probabilities "
                              "(0 = none)", {"range": (0.0, None)}),
     "switch_margin": (0.05, "Hysteresis: the reported emotion changes only when a new top emotion leads it by this "
@@ -243,7 +250,8 @@ class FusionNode(LifecycleNode):
                 smoothing_tau_s=float(p.smoothing_tau_s),
                 switch_margin=float(p.switch_margin), min_dwell_s=float(p.min_dwell_s),
                 fast_switch_margin=float(p.fast_switch_margin), forget_s=float(p.forget_s),
-                voice_to=str(p.voice_to))
+                voice_to=str(p.voice_to), smoothing_filter=str(p.smoothing_filter).strip().lower(),
+                hmm_switch_rate=float(p.hmm_switch_rate), hmm_evidence_rate=float(p.hmm_evidence_rate))
         except ValueError as exc:
             self.get_logger().error(f"cannot configure: {exc}")
             self.model = None
