@@ -265,3 +265,49 @@ def test_metrics_report_collapse_table():
     assert m["prediction_share"]["angry"] == {"predicted": pytest.approx(4 / 6, abs=1e-3), "true": 0.0}
     m = metrics_from_predictions([0, 0, 1, 1], [0, 0, 0, 1])
     assert m["most_predicted"] == "neutral" and m["collapse_ratio"] == pytest.approx(1.5)
+
+
+# ---------------------------------------------------------------- voice: ensembles in one checkpoint
+
+from emotion_ros.training.cli import train_main  # noqa: E402
+
+
+def _tiny_voice(ravdess_like, tmp_path, name, *extra):
+    out = str(tmp_path / f"{name}.pt")
+    train_voice.main(["--data", ravdess_like, "--out", out, "--run-dir", str(tmp_path / name), "--test-speakers", "4",
+                      "--dev-speakers", "3", "--epochs", "1", "--augment-copies", "0", "--batch-size", "8",
+                      "--threads", "1", *extra])
+    return out
+
+
+def test_voice_ensemble_averages_tempered_logits_and_fits_its_temperature(ravdess_like, tmp_path, capsys):
+    from emotion_ros.core.voice.features import load_audio
+
+    a = _tiny_voice(ravdess_like, tmp_path, "a", "--seed", "1")
+    b = _tiny_voice(ravdess_like, tmp_path, "b", "--seed", "2", "--lstm-hidden", "32")
+    out = str(tmp_path / "ens.pt")
+    assert train_main(["voice-ensemble", "--members", a, b, "--data", ravdess_like, "--dev-speakers", "3",
+                       "--out", out]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["members"] == 2 and line["dev"]["n"] == 16 and len(line["dev"]["members"]) == 2
+    ens, ma, mb = (VoiceModel(p, device="cpu") for p in (out, a, b))
+    assert ens.n_members == 2 and ma.n_members == 1
+    assert ens.temperature == pytest.approx(line["temperature"]) and ens.embed_dim == ma.embed_dim
+    wave = load_audio(os.path.join(ravdess_like, "Actor_04", "03-01-05-01-01-01-04.wav"))
+    p, emb = ens.predict(wave)
+    _, emb_a = ma.predict(wave)
+    za = ma.net(torch.from_numpy(ma.features(wave)).unsqueeze(0)).detach() / ma.temperature
+    zb = mb.net(torch.from_numpy(mb.features(wave)).unsqueeze(0)).detach() / mb.temperature
+    want = torch.softmax((za + zb) / 2 / ens.temperature, 1)[0].numpy()
+    assert np.allclose(p, want, atol=1e-5)
+    assert np.allclose(emb, emb_a, atol=1e-6)                   # the main network's embedding
+
+
+def test_voice_ensemble_refuses_members_with_other_features(ravdess_like, tmp_path, capsys):
+    a = _tiny_voice(ravdess_like, tmp_path, "a")
+    c = _tiny_voice(ravdess_like, tmp_path, "c", "--no-utterance-cmn")
+    code = train_main(["voice-ensemble", "--members", a, c, "--data", ravdess_like, "--dev-speakers", "3",
+                       "--out", str(tmp_path / "bad.pt")])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("emotion-train")]
+    assert code == 2 and len(err) == 1 and "computes other features" in err[0] and c in err[0]
+    assert not os.path.exists(tmp_path / "bad.pt")

@@ -75,7 +75,13 @@ class SpeechCNNBiLSTM(nn.Module):
 
 
 class VoiceModel:
-    """A loaded voice model: 16 kHz mono float32 utterance in, probabilities and embedding out."""
+    """A loaded voice model: 16 kHz mono float32 utterance in, probabilities and embedding out.
+
+    A checkpoint may hold an **ensemble** (``ckpt["ensemble"]``, built by ``emotion-train voice-ensemble``): the main
+    network plus further members trained the same way with other settings or seeds. Each member's logits are divided
+    by its own temperature, averaged, and divided by the ensemble's temperature (fitted on held-out speakers) before
+    the softmax; the embedding is the main network's (so that its size and meaning stay those of one network).
+    """
 
     def __init__(self, path: str, device: str = "auto"):
         ckpt = load_checkpoint(path, "voice")
@@ -84,47 +90,94 @@ class VoiceModel:
         spec = ckpt.get("input", {})
         try:
             self.spec = FeatureSpec.from_dict(spec.get("features", {}))
-            self.mean = np.asarray(spec["mean"], np.float32)
-            self.std = np.asarray(spec["std"], np.float32)
         except (KeyError, TypeError) as exc:
             raise ModelFileError(f"voice model file {path!r}: input spec incomplete ({exc})") from exc
-        if self.mean.shape != (self.spec.n_mels,) or self.std.shape != (self.spec.n_mels,):
-            raise ModelFileError(f"voice model file {path!r}: normalisation does not match {self.spec.n_mels} mels")
-        cfg = ckpt.get("config", {}).get("model", {})
-        self.net = SpeechCNNBiLSTM(n_mels=self.spec.n_mels,
-                                   conv_channels=tuple(cfg.get("conv_channels", (64, 128, 128))),
-                                   lstm_hidden=int(cfg.get("lstm_hidden", 96)),
-                                   embed_dim=int(cfg.get("embed_dim", 128)))
-        try:
-            self.net.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as exc:
-            raise ModelFileError(f"voice model file {path!r} does not fit {ARCH}: {exc}") from exc
         self.path = path
         self.device = resolve_device(device)
-        self.net.to(self.device).eval()
         self.min_samples = int(spec.get("min_seconds", 0.3) * self.spec.sample_rate)
         self.metrics = ckpt.get("metrics", {})
-        self.embed_dim = self.net.embed_dim
         # Temperature fitted on held-out speakers (emotion-train voice); 1.0 for older checkpoints.
         cal = ckpt.get("calibration") or {}
+        main_t = self._temperature(cal.get("temperature", 1.0), path)
+        main = self._member(ckpt["state_dict"], spec, ckpt.get("config", {}).get("model", {}), main_t, path, "main")
+        self._members = [main]
+        self.net, self.mean, self.std = main[0], main[1], main[2]
+        self.embed_dim = self.net.embed_dim
+        self.calibration = cal
+        self.temperature = main_t
+        ens = ckpt.get("ensemble")
+        if ens:
+            try:
+                members = list(ens["members"])
+                self.temperature = self._temperature(ens.get("temperature", 1.0), path)
+            except (KeyError, TypeError) as exc:
+                raise ModelFileError(f"voice model file {path!r}: ensemble entry incomplete ({exc})") from exc
+            for i, m in enumerate(members, 1):
+                try:
+                    inp = m["input"]
+                    if FeatureSpec.from_dict(inp.get("features", {})) != self.spec:
+                        raise ModelFileError(f"voice model file {path!r}: ensemble member {i} computes other "
+                                             "features than the main network")
+                    self._members.append(self._member(m["state_dict"], inp, m.get("model", {}),
+                                                      self._temperature(m.get("temperature", 1.0), path), path,
+                                                      f"ensemble member {i}"))
+                except (KeyError, TypeError, AttributeError) as exc:
+                    raise ModelFileError(f"voice model file {path!r}: ensemble member {i} incomplete ({exc})") \
+                        from exc
+            self.calibration = {**cal, "ensemble": {k: v for k, v in ens.items() if k != "members"}}
+
+    @staticmethod
+    def _temperature(value, path: str) -> float:
         try:
-            self.temperature = float(cal.get("temperature", 1.0))
+            t = float(value)
         except (TypeError, ValueError) as exc:
             raise ModelFileError(f"voice model file {path!r}: bad calibration temperature ({exc})") from exc
-        if not (0.05 <= self.temperature <= 20.0):
-            raise ModelFileError(f"voice model file {path!r}: calibration temperature {self.temperature} "
-                                 "outside [0.05, 20]")
-        self.calibration = cal
+        if not (0.05 <= t <= 20.0):
+            raise ModelFileError(f"voice model file {path!r}: calibration temperature {t} outside [0.05, 20]")
+        return t
+
+    def _member(self, state_dict, spec: dict, cfg: dict, temperature: float, path: str, what: str):
+        try:
+            mean = np.asarray(spec["mean"], np.float32)
+            std = np.asarray(spec["std"], np.float32)
+        except (KeyError, TypeError) as exc:
+            raise ModelFileError(f"voice model file {path!r}: input spec of the {what} incomplete ({exc})") from exc
+        if mean.shape != (self.spec.n_mels,) or std.shape != (self.spec.n_mels,):
+            raise ModelFileError(f"voice model file {path!r}: normalisation of the {what} does not match "
+                                 f"{self.spec.n_mels} mels")
+        net = SpeechCNNBiLSTM(n_mels=self.spec.n_mels, conv_channels=tuple(cfg.get("conv_channels", (64, 128, 128))),
+                              lstm_hidden=int(cfg.get("lstm_hidden", 96)), embed_dim=int(cfg.get("embed_dim", 128)))
+        try:
+            net.load_state_dict(state_dict)
+        except RuntimeError as exc:
+            raise ModelFileError(f"voice model file {path!r}: the {what} does not fit {ARCH}: {exc}") from exc
+        net.to(self.device).eval()
+        return net, mean, std, temperature
+
+    @property
+    def n_members(self) -> int:
+        return len(self._members)
 
     def features(self, wave: np.ndarray) -> np.ndarray:
+        """Log-mel features of one utterance, normalised for the main network."""
         f = utterance_features(wave, self.spec)
         return (f - self.mean) / self.std
 
     @torch.inference_mode()
     def predict_features(self, feats: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).unsqueeze(0).to(self.device)
-        logits, emb = self.net(x, return_embedding=True)
-        p = torch.softmax(logits.float() / self.temperature, 1)[0].cpu().numpy().astype(np.float32)
+        """Features normalised for the main network (``features``) -> (calibrated probs, main embedding)."""
+        feats = np.ascontiguousarray(feats, dtype=np.float32)
+        logits, emb = self.net(torch.from_numpy(feats).unsqueeze(0).to(self.device), return_embedding=True)
+        if len(self._members) == 1:
+            z = logits.float() / self.temperature
+        else:
+            z = logits.float() / self._members[0][3]
+            raw = feats * self.std + self.mean
+            for net, mean, std, t in self._members[1:]:
+                x = torch.from_numpy(np.ascontiguousarray((raw - mean) / std, dtype=np.float32)).unsqueeze(0)
+                z = z + net(x.to(self.device)).float() / t
+            z = z / len(self._members) / self.temperature
+        p = torch.softmax(z, 1)[0].cpu().numpy().astype(np.float32)
         return p, emb[0].float().cpu().numpy().astype(np.float32)
 
     def predict(self, wave: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -135,4 +188,5 @@ class VoiceModel:
         return self.predict_features(self.features(wave))
 
     def info(self) -> Dict[str, object]:
-        return {"path": self.path, "arch": ARCH, "device": str(self.device), "temperature": self.temperature}
+        return {"path": self.path, "arch": ARCH, "device": str(self.device), "temperature": self.temperature,
+                "members": len(self._members)}
