@@ -65,7 +65,7 @@ PARAMS = {
     "cpu_threads": (1, "torch CPU threads (0 = torch's default); 1 suits this small MLP best on a busy CPU",
                        {"range": (0, 256)}),
     "fusion_mode": ("average", "How the two modalities are combined: 'average' = reliability-weighted average of the "
-                               "calibrated probabilities (shipped: it beat the learned model on the dev clips, "
+                               "calibrated probabilities (shipped: steadier than the learned model on the held-out clips, "
                                "models/fusion.md; no fusion.pt needed) | 'model' = the learned fusion.pt | 'auto' = "
                                "the model when its file exists, else the average"),
     "window_s": (1.0, "Faces: observations newer than now + window_s count (clock skew); legacy voice window",
@@ -92,7 +92,7 @@ PARAMS = {
                            "in [0, 1]", {"range": (0.0, 1.0)}),
     "voice_unsure_threshold": (0.0, "For voice messages from publishers without the unsure flag: unsure when the "
                                     "top probability is below this (0 = trust the flag only)", {"range": (0.0, 1.0)}),
-    "model_min_weight": (0.15, "fusion_mode model: a modality whose reliability share is below this is masked out "
+    "model_min_weight": (0.3, "fusion_mode model: a modality whose reliability share is below this is masked out "
                                "of the learned fusion", {"range": (0.0, 1.0)}),
     "voice_prior": (0.1, "How much a voice counts against a face of the same calibrated confidence (voices of new "
                          "speakers are wrong more often than their confidence says; chosen on the dev clips)",
@@ -104,11 +104,11 @@ PARAMS = {
                              "their emotion with probability exp(-rate x dt))", {"range": (0.001, 100.0)}),
     "hmm_evidence_rate": (10.0, "smoothing_filter hmm: how many times a second the fused probabilities count as "
                                 "evidence (higher: faster and less steady)", {"range": (0.001, 1000.0)}),
-    "smoothing_tau_s": (0.2, "Time constant (s) of the exponential smoothing of each person's fused probabilities "
+    "smoothing_tau_s": (0.1, "Time constant (s) of the exponential smoothing of each person's fused probabilities "
                              "(0 = none)", {"range": (0.0, None)}),
     "switch_margin": (0.05, "Hysteresis: the reported emotion changes only when a new top emotion leads it by this "
                            "much (smoothed probability) ...", {"range": (0.0, 1.0)}),
-    "min_dwell_s": (0.3, "... for this long (s) without interruption", {"range": (0.0, None)}),
+    "min_dwell_s": (0.2, "... for this long (s) without interruption", {"range": (0.0, None)}),
     "fast_switch_margin": (0.25, "... or at once when it leads by this much (clear evidence; 1 = never)",
                            {"range": (0.0, 1.0)}),
     "rate": (10.0, "Steady publishing rate of emotion/state and emotion/states (Hz)", {"range": (0.01, 1000.0)}),
