@@ -253,7 +253,9 @@ def test_fusion_diagnostics_report_a_face_input_that_stopped(ctx, tmp_path):
         assert spin_until(lambda: len(diags) > n and f"no publisher on {ns}/emotion/faces" in diags[-1].message
                           and "face input stopped" in diags[-1].message, 30), [d.message for d in diags[-3:]]
         assert diags[-1].level in (DiagnosticStatus.WARN, DiagnosticStatus.ERROR)
-        assert float(latest()["face_input_age_s"]) > 2.0
+        # "stopped" is raised once the age passes FACE_STOPPED_S (2 s); the value is printed to 2 decimals, so an age
+        # of 2.004 s reads "2.00" (a full local run saw exactly that): at least the threshold
+        assert float(latest()["face_input_age_s"]) >= 2.0
     finally:
         ex.shutdown()
         face_node.destroy_node()
