@@ -10,7 +10,8 @@ A small grid over the staleness, weighting and hysteresis settings is searched o
 mean fused accuracy minus penalties for flips above 1.1x the labels' change rate, for fused below the better
 single modality and for median delays above 0.9 s);
 the test clips are only measured. With ``--fusion-model``, the learned fusion is compared with the reliability-weighted
-average on the test clips by that same objective (the learned fusion trains on the dev clips' faces and voices, so dev cannot judge it).
+average on the test clips by that same objective (the learned fusion trains on the dev clips' faces and voices, so
+dev cannot judge it).
 The last line is one JSON object: the chosen settings, the dev and test figures, and which fusion wins.
 """
 from __future__ import annotations

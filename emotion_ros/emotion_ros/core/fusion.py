@@ -209,7 +209,8 @@ class TemporalFusion:
             if not (math.isfinite(v) and 0 <= v <= 1):
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
         if smoothing_filter not in SMOOTHING_FILTERS:
-            raise ValueError(f"smoothing_filter must be one of {', '.join(SMOOTHING_FILTERS)}, got {smoothing_filter!r}")
+            raise ValueError(f"smoothing_filter must be one of {', '.join(SMOOTHING_FILTERS)}, "
+                             f"got {smoothing_filter!r}")
         for name, v in (("hmm_switch_rate", hmm_switch_rate), ("hmm_evidence_rate", hmm_evidence_rate)):
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v}")
@@ -468,19 +469,18 @@ class TemporalFusion:
         return (p / p.sum()).astype(np.float32), fw, vw, "probs"
 
     def _smooth_probs(self, key: str, raw: np.ndarray, now: float) -> Tuple[np.ndarray, str, bool]:
-        """Exponential smoothing, then the hysteresis on the reported emotion -> (probs, emotion, changed)."""
+        """Exponential smoothing (or the HMM filter), then the hysteresis on the reported emotion -> (probs, emotion,
+        changed)."""
         s = self._smooth.get(key)
         if s is None or (self.smoothing_tau_s <= 0 and self.smoothing_filter == "exp"):
             p = raw.copy()
+        elif now <= s.t:
+            p = s.probs.copy() if now == s.t else raw.copy()  # same instant: keep; time went back: restart
         elif self.smoothing_filter == "hmm":
-            p = self._hmm_step(s, raw, now)
+            p = self._hmm_step(s.probs, raw, now - s.t)
         else:
-            dt = now - s.t
-            if dt <= 0:
-                p = s.probs.copy() if dt == 0 else raw.copy()  # same instant: keep; time went back: restart
-            else:
-                a = 1.0 - math.exp(-dt / self.smoothing_tau_s)
-                p = (s.probs + a * (raw - s.probs)).astype(np.float32)
+            a = 1.0 - math.exp(-(now - s.t) / self.smoothing_tau_s)
+            p = (s.probs + a * (raw - s.probs)).astype(np.float32)
         top = LABELS[int(np.argmax(p))]
         if s is None:
             self._smooth[key] = _Smoother(p, now, top, now)
@@ -499,16 +499,13 @@ class TemporalFusion:
         self._smooth[key] = _Smoother(p, now, emotion, now, cand, since)
         return p, emotion, changed
 
-    def _hmm_step(self, s: "_Smoother", raw: np.ndarray, now: float) -> np.ndarray:
-        """One forward step of an HMM over the emotions: the person stays in their emotion with probability
-        ``exp(-hmm_switch_rate * dt)`` and otherwise jumps to any (uniform); the fused probabilities of this step are
-        evidence counted ``hmm_evidence_rate * dt`` times (per second, so the call rate does not change the
-        filter). Clear evidence overturns the posterior in a few tenths of a second; flicker is absorbed."""
-        dt = now - s.t
-        if dt <= 0:
-            return s.probs.copy() if dt == 0 else raw.copy()       # same instant: keep; time went back: restart
+    def _hmm_step(self, prev: np.ndarray, raw: np.ndarray, dt: float) -> np.ndarray:
+        """One forward step (``dt`` > 0 s) of an HMM over the emotions: the person stays in their emotion with
+        probability ``exp(-hmm_switch_rate * dt)`` and otherwise jumps to any (uniform); the fused probabilities of
+        this step are evidence counted ``hmm_evidence_rate * dt`` times (per second, so the call rate does not change
+        the filter). Clear evidence overturns the posterior in a few tenths of a second; flicker is absorbed."""
         stay = math.exp(-self.hmm_switch_rate * dt)
-        prior = stay * s.probs.astype(np.float64) + (1.0 - stay) / NUM_LABELS
+        prior = stay * prev.astype(np.float64) + (1.0 - stay) / NUM_LABELS
         logp = np.log(np.maximum(prior, 1e-12)) + self.hmm_evidence_rate * dt * np.log(
             np.clip(raw.astype(np.float64), 1e-4, 1.0))
         logp -= logp.max()

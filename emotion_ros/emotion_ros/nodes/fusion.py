@@ -65,9 +65,9 @@ PARAMS = {
     "cpu_threads": (1, "torch CPU threads (0 = torch's default); 1 suits this small MLP best on a busy CPU",
                        {"range": (0, 256)}),
     "fusion_mode": ("average", "How the two modalities are combined: 'average' = reliability-weighted average of the "
-                               "calibrated probabilities (shipped: steadier than the learned model on the held-out clips, "
-                               "models/fusion.md; no fusion.pt needed) | 'model' = the learned fusion.pt | 'auto' = "
-                               "the model when its file exists, else the average"),
+                               "calibrated probabilities (shipped: steadier than the learned model on the held-out "
+                               "clips, models/fusion.md; no fusion.pt needed) | 'model' = the learned fusion.pt | "
+                               "'auto' = the model when its file exists, else the average"),
     "window_s": (1.0, "Faces: observations newer than now + window_s count (clock skew); legacy voice window",
                       {"range": (0.001, None)}),
     "stale_s": (1.0, "Legacy staleness (s), used only when face_stale_s / voice_stale_s are <= 0",
@@ -93,7 +93,7 @@ PARAMS = {
     "voice_unsure_threshold": (0.0, "For voice messages from publishers without the unsure flag: unsure when the "
                                     "top probability is below this (0 = trust the flag only)", {"range": (0.0, 1.0)}),
     "model_min_weight": (0.3, "fusion_mode model: a modality whose reliability share is below this is masked out "
-                               "of the learned fusion", {"range": (0.0, 1.0)}),
+                              "of the learned fusion", {"range": (0.0, 1.0)}),
     "voice_prior": (0.1, "How much a voice counts against a face of the same calibrated confidence (voices of new "
                          "speakers are wrong more often than their confidence says; chosen on the dev clips)",
                       {"range": (0.0, 10.0)}),

@@ -169,7 +169,8 @@ def _cache_key(args, items: List[VoiceItem], spec: FeatureSpec) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"spec": spec.to_dict(), "augment": args.augment, "copies": args.augment_copies,
                          "pitch": args.pitch_prob, "seed": args.seed, "v": 2,
-                         **({"cut": args.cut} if getattr(args, "cut", "trim") != "trim" else {})}, sort_keys=True).encode())
+                         **({"cut": args.cut} if args.cut != "trim" else {})},   # trim: the keys of before --cut
+                        sort_keys=True).encode())
     for it in items:
         st = os.stat(it.path)
         h.update(f"{it.path}|{st.st_size}|{int(st.st_mtime)}|{it.label}\n".encode())
@@ -185,7 +186,7 @@ def _features(args, spec: FeatureSpec, waves, items, rng, augment: bool, what: s
             out = pickle.load(f)
         print(f"features for {what} from {path}", flush=True)
         return [[a.astype(np.float32) for a in copy] for copy in out]
-    cut = node_cut if getattr(args, "cut", "trim") == "node" else (lambda w: w)
+    cut = node_cut if args.cut == "node" else (lambda w: w)   # trim: _load_waves trimmed them
     copies = [[utterance_features(cut(w), spec) for w in tqdm(waves, desc=f"features {what}", mininterval=15,
                                                                file=sys.stdout)]]
     n_aug = args.augment_copies if (augment and args.augment != "none") else 0

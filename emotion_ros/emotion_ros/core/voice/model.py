@@ -7,7 +7,7 @@ the fusion model.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -74,6 +74,14 @@ class SpeechCNNBiLSTM(nn.Module):
         return logits
 
 
+class _Member(NamedTuple):
+    """One network of a (possibly one-member) voice ensemble, with its own normalisation and temperature."""
+    net: SpeechCNNBiLSTM
+    mean: np.ndarray
+    std: np.ndarray
+    temperature: float
+
+
 class VoiceModel:
     """A loaded voice model: 16 kHz mono float32 utterance in, probabilities and embedding out.
 
@@ -101,7 +109,7 @@ class VoiceModel:
         main_t = self._temperature(cal.get("temperature", 1.0), path)
         main = self._member(ckpt["state_dict"], spec, ckpt.get("config", {}).get("model", {}), main_t, path, "main")
         self._members = [main]
-        self.net, self.mean, self.std = main[0], main[1], main[2]
+        self.net, self.mean, self.std = main.net, main.mean, main.std
         self.embed_dim = self.net.embed_dim
         self.calibration = cal
         self.temperature = main_t
@@ -136,7 +144,7 @@ class VoiceModel:
             raise ModelFileError(f"voice model file {path!r}: calibration temperature {t} outside [0.05, 20]")
         return t
 
-    def _member(self, state_dict, spec: dict, cfg: dict, temperature: float, path: str, what: str):
+    def _member(self, state_dict, spec: dict, cfg: dict, temperature: float, path: str, what: str) -> _Member:
         try:
             mean = np.asarray(spec["mean"], np.float32)
             std = np.asarray(spec["std"], np.float32)
@@ -152,7 +160,7 @@ class VoiceModel:
         except RuntimeError as exc:
             raise ModelFileError(f"voice model file {path!r}: the {what} does not fit {ARCH}: {exc}") from exc
         net.to(self.device).eval()
-        return net, mean, std, temperature
+        return _Member(net, mean, std, temperature)
 
     @property
     def n_members(self) -> int:
@@ -171,7 +179,7 @@ class VoiceModel:
         if len(self._members) == 1:
             z = logits.float() / self.temperature
         else:
-            z = logits.float() / self._members[0][3]
+            z = logits.float() / self._members[0].temperature
             raw = feats * self.std + self.mean
             for net, mean, std, t in self._members[1:]:
                 x = torch.from_numpy(np.ascontiguousarray((raw - mean) / std, dtype=np.float32)).unsqueeze(0)
