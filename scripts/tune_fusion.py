@@ -43,6 +43,7 @@ GRID = {
     "switch_margin": [0.05, 0.15],
     "min_dwell_s": [0.1, 0.2, 0.3],
     "fast_switch_margin": [0.25, 1.0],
+    "voice_switch_margin": [0.0, 0.2, 0.4],
 }
 
 

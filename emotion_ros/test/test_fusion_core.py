@@ -426,3 +426,35 @@ def test_hmm_filter_does_not_depend_on_the_call_rate():
 def test_hmm_filter_bad_settings_raise(kw):
     with pytest.raises(ValueError):
         TemporalFusion(None, **NEW, **kw)
+
+
+def test_voice_switch_margin_makes_a_voice_driven_change_argue_harder():
+    """A confident voice against a moderate face: without voice_switch_margin it turns the output; with it the face's
+    emotion holds (the lead stays under switch_margin + voice_switch_margin x voice share); a change the face drives
+    is followed as before."""
+    def run(vsm):
+        tf = TemporalFusion(None, **NEW, voice_prior=0.6, switch_margin=0.05, voice_switch_margin=vsm)
+        out = []
+        for i in range(31):
+            t = 0.5 + 0.1 * i
+            if i == 10:  # after a second of the face alone, a voice says "sad"
+                tf.add_voice(0.5, 1.5, onehot("sad", 0.95), None)
+            tf.add_face(t, "p", 100, onehot("happy", 0.6))
+            (st,) = tf.estimate(t)
+            out.append(st)
+        return tf, out
+
+    _, plain = run(0.0)
+    assert plain[-1].emotion == "sad"
+    tf, held = run(0.5)
+    assert {st.emotion for st in held} == {"happy"}
+    leads = [st.probs[INDEX["sad"]] - st.probs[INDEX["happy"]] for st in held]
+    assert max(leads) > 0.05  # the plain hysteresis would have switched: the voice margin held it
+    assert all(lead < 0.05 + 0.5 * st.voice_weight for lead, st in zip(leads, held))
+    for i in range(10):  # the face itself changes (the voice has gone stale): followed
+        t = 3.6 + 0.1 * i + 3.5
+        tf.add_face(t, "p", 100, onehot("sad", 0.6))
+        (st,) = tf.estimate(t)
+    assert st.emotion == "sad" and st.voice_weight == 0.0
+    with pytest.raises(ValueError, match="voice_switch_margin"):
+        TemporalFusion(None, voice_switch_margin=1.5)

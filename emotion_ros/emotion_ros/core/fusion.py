@@ -35,7 +35,11 @@ A modality without a usable embedding contributes its probabilities at its weigh
 Steady output: each person's fused probabilities are smoothed exponentially (time constant ``smoothing_tau_s``),
 and the reported emotion changes only on evidence (hysteresis): a new top emotion must lead the current one by
 ``switch_margin`` for ``min_dwell_s`` without interruption, or by ``fast_switch_margin`` at once (clear evidence
-needs no waiting). ``probs`` stay the smoothed probabilities; ``emotion`` is the held one.
+needs no waiting). A change the face does not support (the face evidence's own top emotion is another, or there is
+no face) needs a lead of ``switch_margin + voice_switch_margin x voice_weight``: a voice, wrong more often than a face
+on new speakers, must make a bigger case before it changes what the robot is told; a change the face shows is as
+quick as before. ``probs`` stay the
+smoothed probabilities; ``emotion`` is the held one.
 
 Voice has no speaker id: it is attached to the primary person (the largest fresh face) only, or to every person with
 ``voice_to="all"``. With no fresh face, fresh voice gives one voice-only state (``person_id=""``); when the primary
@@ -190,6 +194,7 @@ class TemporalFusion:
                  unsure_weight: float = 1.0, voice_unsure_threshold: float = 0.0, model_min_weight: float = 0.0,
                  voice_prior: float = 1.0,
                  switch_margin: float = 0.0, min_dwell_s: float = 0.0, fast_switch_margin: float = 1.0,
+                 voice_switch_margin: float = 0.0,
                  smoothing_filter: str = "exp", hmm_switch_rate: float = 0.5, hmm_evidence_rate: float = 10.0):
         for name, v in (("window_s", window_s), ("stale_s", stale_s)):
             if not (math.isfinite(v) and v > 0):
@@ -204,7 +209,8 @@ class TemporalFusion:
                 raise ValueError(f"{name} must be >= 0, got {v}")
         if not (math.isfinite(voice_prior) and voice_prior >= 0):
             raise ValueError(f"voice_prior must be >= 0, got {voice_prior}")
-        for name, v in (("fast_switch_margin", fast_switch_margin), ("ood_min_conf", ood_min_conf), ("ood_weight", ood_weight), ("unsure_weight", unsure_weight),
+        for name, v in (("fast_switch_margin", fast_switch_margin), ("voice_switch_margin", voice_switch_margin),
+                        ("ood_min_conf", ood_min_conf), ("ood_weight", ood_weight), ("unsure_weight", unsure_weight),
                         ("voice_unsure_threshold", voice_unsure_threshold), ("model_min_weight", model_min_weight)):
             if not (math.isfinite(v) and 0 <= v <= 1):
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
@@ -245,6 +251,7 @@ class TemporalFusion:
         self.switch_margin = float(switch_margin)
         self.min_dwell_s = float(min_dwell_s)
         self.fast_switch_margin = float(fast_switch_margin)
+        self.voice_switch_margin = float(voice_switch_margin)
         self.smoothing_filter = smoothing_filter
         self.hmm_switch_rate = float(hmm_switch_rate)
         self.hmm_evidence_rate = float(hmm_evidence_rate)
@@ -468,9 +475,12 @@ class TemporalFusion:
         p = sum(w * q for w, q in parts)
         return (p / p.sum()).astype(np.float32), fw, vw, "probs"
 
-    def _smooth_probs(self, key: str, raw: np.ndarray, now: float) -> Tuple[np.ndarray, str, bool]:
+    def _smooth_probs(self, key: str, raw: np.ndarray, now: float, voice_share: float = 0.0,
+                      face_top: Optional[int] = None) -> Tuple[np.ndarray, str, bool]:
         """Exponential smoothing (or the HMM filter), then the hysteresis on the reported emotion -> (probs, emotion,
-        changed)."""
+        changed). ``voice_share``: the voice's weight in this estimate; ``face_top``: the face evidence's top emotion
+        (None: no face). A change to an emotion other than ``face_top`` needs ``voice_switch_margin x voice_share``
+        more lead."""
         s = self._smooth.get(key)
         if s is None or (self.smoothing_tau_s <= 0 and self.smoothing_filter == "exp"):
             p = raw.copy()
@@ -488,7 +498,8 @@ class TemporalFusion:
         emotion, cand, since = s.emotion, s.candidate, s.candidate_since
         if top == emotion:
             cand = None
-        elif (lead := p[LABELS.index(top)] - p[LABELS.index(emotion)]) >= self.switch_margin:
+        elif (lead := p[LABELS.index(top)] - p[LABELS.index(emotion)]) >= self.switch_margin + (
+                0.0 if face_top == LABELS.index(top) else self.voice_switch_margin * voice_share):
             if cand != top:
                 cand, since = top, now
             if now - since >= self.min_dwell_s - 1e-9 or lead >= self.fast_switch_margin:
@@ -552,7 +563,8 @@ class TemporalFusion:
             if primary:
                 self._hand_over(pid)
             raw, fw, vw, mode = self._fuse(face, v)
-            p, emotion, changed = self._smooth_probs(pid, raw, now)
+            p, emotion, changed = self._smooth_probs(pid, raw, now, vw,
+                                                     None if face is None else int(np.argmax(face.probs)))
             val, aro = valence_arousal(p)
             stamps = ([face.t] if face is not None else []) + ([v.t] if v is not None else [])
             out.append(FusedState(

@@ -111,6 +111,9 @@ PARAMS = {
     "min_dwell_s": (0.2, "... for this long (s) without interruption", {"range": (0.0, None)}),
     "fast_switch_margin": (0.25, "... or at once when it leads by this much (clear evidence; 1 = never)",
                            {"range": (0.0, 1.0)}),
+    "voice_switch_margin": (0.4, "... and the lead needed grows by this much x the voice's weight share of the estimate "
+                                 "(a change the voice drives must make a bigger case than one the face drives)",
+                            {"range": (0.0, 1.0)}),
     "rate": (10.0, "Steady publishing rate of emotion/state and emotion/states (Hz)", {"range": (0.01, 1000.0)}),
     "publish_on_change": (True, "Also publish at once when the primary person's top emotion changes"),
     "publish_on_face": (True, "Also publish at once on every face array (frame to emotion/state in a few ms; the "
@@ -249,7 +252,8 @@ class FusionNode(LifecycleNode):
                 model_min_weight=float(p.model_min_weight), voice_prior=float(p.voice_prior),
                 smoothing_tau_s=float(p.smoothing_tau_s),
                 switch_margin=float(p.switch_margin), min_dwell_s=float(p.min_dwell_s),
-                fast_switch_margin=float(p.fast_switch_margin), forget_s=float(p.forget_s),
+                fast_switch_margin=float(p.fast_switch_margin), voice_switch_margin=float(p.voice_switch_margin),
+                forget_s=float(p.forget_s),
                 voice_to=str(p.voice_to), smoothing_filter=str(p.smoothing_filter).strip().lower(),
                 hmm_switch_rate=float(p.hmm_switch_rate), hmm_evidence_rate=float(p.hmm_evidence_rate))
         except ValueError as exc:
