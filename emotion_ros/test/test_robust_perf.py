@@ -283,3 +283,24 @@ def test_face_node_sets_opencv_threads(ckpts):
     finally:
         rclpy.shutdown(context=ctx)
         cv2.setNumThreads(before)
+
+
+def test_flip_averaging_only_up_to_flip_tta_max_faces(ckpts):
+    """With flip_tta_max_faces 2, batches of one or two crops are mirror-averaged and larger ones are classified
+    once (the frame rate with a crowd); 0 = always."""
+    rng = np.random.default_rng(2)
+    models = {k: FaceModel(ckpts["full"], device="cpu", **k_kw) for k, k_kw in
+              (("flip", dict(flip_tta=True)), ("plain", dict(flip_tta=False)),
+               ("capped", dict(flip_tta=True, flip_tta_max_faces=2)),
+               ("always", dict(flip_tta=True, flip_tta_max_faces=0)))}
+    for m in models.values():
+        _trained_like(m)
+    crops = rng.integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    for n in (1, 2, 3, 5):
+        got = models["capped"].predict(crops[:n])[0]
+        want = models["flip" if n <= 2 else "plain"].predict(crops[:n])[0]
+        other = models["plain" if n <= 2 else "flip"].predict(crops[:n])[0]
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        assert not np.allclose(got, other, atol=1e-6)  # flipping makes a difference on these crops
+        np.testing.assert_allclose(models["always"].predict(crops[:n])[0], models["flip"].predict(crops[:n])[0],
+                                   atol=1e-6)

