@@ -38,8 +38,8 @@ and the reported emotion changes only on evidence (hysteresis): a new top emotio
 needs no waiting). A change the face does not support (the face evidence's own top emotion is another, or there is
 no face) needs a lead of ``switch_margin + voice_switch_margin x voice_weight``: a voice, wrong more often than a face
 on new speakers, must make a bigger case before it changes what the robot is told; a change the face shows is as
-quick as before. ``probs`` stay the
-smoothed probabilities; ``emotion`` is the held one.
+quick as before (without a face the voice share is 1: a voice-only state changes only on a clear lead). ``probs``
+stay the smoothed probabilities; ``emotion`` is the held one.
 
 Voice has no speaker id: it is attached to the primary person (the largest fresh face) only, or to every person with
 ``voice_to="all"``. With no fresh face, fresh voice gives one voice-only state (``person_id=""``); when the primary

@@ -111,8 +111,9 @@ PARAMS = {
     "min_dwell_s": (0.2, "... for this long (s) without interruption", {"range": (0.0, None)}),
     "fast_switch_margin": (0.25, "... or at once when it leads by this much (clear evidence; 1 = never)",
                            {"range": (0.0, 1.0)}),
-    "voice_switch_margin": (0.4, "... and the lead needed grows by this much x the voice's weight share of the estimate "
-                                 "(a change the voice drives must make a bigger case than one the face drives)",
+    "voice_switch_margin": (0.4, "... and a change the face evidence does not show (its own top emotion is another, or "
+                                 "no face) needs this much x the voice's weight share more lead (voices of new "
+                                 "speakers are wrong more often than faces)",
                             {"range": (0.0, 1.0)}),
     "rate": (10.0, "Steady publishing rate of emotion/state and emotion/states (Hz)", {"range": (0.01, 1000.0)}),
     "publish_on_change": (True, "Also publish at once when the primary person's top emotion changes"),
