@@ -167,8 +167,7 @@ class FaceNode(LifecycleNode):
                 torch.set_num_threads(int(p.cpu_threads))
             if int(p.opencv_threads) > 0:
                 cv2.setNumThreads(int(p.opencv_threads))
-            self.model = FaceModel(path, device=p.device, flip_tta=bool(p.flip_tta),
-                                   flip_tta_max_faces=int(p.flip_tta_max_faces))
+            self.model = FaceModel.for_node(path, vars(p), device=p.device)
             self.pipeline = build_pipeline(self.model, vars(p), background=bool(p.async_full_detect))
             if self.pipeline.detector_fallback:
                 self.get_logger().warning(f"detector {p.detector}: {self.pipeline.detector_fallback}")

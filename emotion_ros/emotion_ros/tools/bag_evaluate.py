@@ -292,8 +292,7 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
             from emotion_ros.core.face.model import FaceModel
             from emotion_ros.core.face.pipeline import build_pipeline
 
-            fm = FaceModel(face_path, device=device, flip_tta=bool(fparams.get("flip_tta", True)),
-                           flip_tta_max_faces=int(fparams.get("flip_tta_max_faces", 0)))
+            fm = FaceModel.for_node(face_path, fparams, device=device)
             face_pipe = build_pipeline(fm, fparams)  # the face node's construction, config/emotion.yaml settings
         if voice_path:
             from emotion_ros.core.voice.model import VoiceModel

@@ -873,8 +873,7 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
                               "torch_threads": torch.get_num_threads(), "opencv_threads": cv2.getNumThreads()}
 
     def pipeline(full_every: int, flip: bool, background: bool = False):
-        model = FaceModel(model_path, device=device, flip_tta=flip,
-                          flip_tta_max_faces=int(p.get("flip_tta_max_faces", 0)))
+        model = FaceModel.for_node(model_path, {**p, "flip_tta": flip}, device=device)
         return build_pipeline(model, {**p, "full_detect_every": full_every}, background=background)
 
     def stats(v):

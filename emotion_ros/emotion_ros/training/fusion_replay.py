@@ -94,8 +94,7 @@ def collect(bag: str, face_model: str, voice_model: str, name: Optional[str] = N
 
     fparams = _load_yaml_params("emotion.yaml", "face_node")
     vparams = _load_yaml_params("emotion.yaml", "voice_node")
-    rec = _RecordingModel(FaceModel(face_model, device="cpu", flip_tta=bool(fparams.get("flip_tta", True)),
-                                    flip_tta_max_faces=int(fparams.get("flip_tta_max_faces", 0))))
+    rec = _RecordingModel(FaceModel.for_node(face_model, fparams, device="cpu"))
     face_pipe = build_pipeline(rec, fparams)
     voice_pipe = VoicePipeline(VoiceModel(voice_model, device="cpu"), segmenter=Segmenter(**segmenter_kwargs(vparams)))
     f_t, f_id, f_area, f_crop, f_p, f_e = [], [], [], [], [], []

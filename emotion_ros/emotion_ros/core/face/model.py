@@ -7,7 +7,7 @@ the fusion model and the class logits.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -125,6 +125,14 @@ class FaceModel:
     def refresh(self) -> None:
         """Rebuild the fast CPU copy of ``net`` (after its weights changed)."""
         self._fast_net = inference_copy(self.net).cpu() if self.fast else None
+
+    @classmethod
+    def for_node(cls, path: str, params: Mapping[str, Any], device: str = "auto") -> "FaceModel":
+        """The model as the face node builds it from its parameters (``flip_tta``, ``flip_tta_max_faces``; e.g.
+        config/emotion.yaml's ``face_node`` block): one place for the node, ``emotion-bag evaluate``, the fusion
+        replay and the bench."""
+        return cls(path, device=device, flip_tta=bool(params.get("flip_tta", True)),
+                   flip_tta_max_faces=int(params.get("flip_tta_max_faces", 0)))
 
     def to_tensor(self, crops: np.ndarray) -> torch.Tensor:
         """``crops``: uint8 or float in [0, 1], shape (N, S, S)."""
