@@ -2,14 +2,15 @@
 """Choose the fusion node's weighting and smoothing settings on the **dev** clips, then measure them on the test clips.
 
     .venv/bin/python scripts/tune_fusion.py --clips /work/eval_clips [--face-model M] [--voice-model M]
-        [--fusion-model models/fusion.pt] [--json out.json]
+        [--fusion-model models/fusion.pt] [--json out.json] [--jobs 2]
 
 The face and voice pipelines run once per clip (cached in ``CLIP/cache-<models>.npz``, keyed on the model files);
 fusion settings are then replayed in seconds (``training/fusion_replay.py``, scored like ``emotion-bag evaluate``).
 A small grid over the staleness, weighting and hysteresis settings is searched on the ``dev_*`` clips only (objective:
 mean fused accuracy minus penalties for flips above 1.1x the labels' change rate, for fused below the better
 single modality and for median delays above 0.9 s);
-the test clips are only measured. With ``--fusion-model``, the learned fusion is compared with the reliability-weighted
+the test clips are only measured. ``best_by`` in the output gives the best setting for each value of the grid's named
+alternatives (``pool``: linear or log), to show by how much the others lose. With ``--fusion-model``, the learned fusion is compared with the reliability-weighted
 average on the test clips by that same objective (the learned fusion trains on the dev clips' faces and voices, so
 dev cannot judge it).
 The last line is one JSON object: the chosen settings, the dev and test figures, and which fusion wins.
@@ -38,7 +39,8 @@ GRID = {
     "conf_power": [2.0],
     "ood_min_conf": [0.35],
     "ood_weight": [0.3],
-    "voice_prior": [0.1, 0.3, 0.6],
+    "voice_prior": [0.1, 0.2, 0.3, 0.6],
+    "pool": ["linear", "log"],
     "smoothing_tau_s": [0.1, 0.2],
     "switch_margin": [0.05, 0.15],
     "min_dwell_s": [0.1, 0.2, 0.3],
@@ -115,6 +117,15 @@ def run_set(clips, names, kw, model=None) -> dict:
     return res
 
 
+_WORK: dict = {}
+
+
+def _score(kw):
+    """(objective, per-clip figures) of one setting on the clips in _WORK (a module global: forked workers share it)."""
+    res = run_set(_WORK["clips"], _WORK["names"], kw)
+    return objective(res), res
+
+
 def objective(res) -> float:
     score = 0.0
     for f in res.values():
@@ -152,6 +163,7 @@ def main(argv=None) -> int:
     p.add_argument("--voice-model", default=paths.model_path("voice.pt"))
     p.add_argument("--fusion-model", default=None, help="also judge this learned fusion against the average")
     p.add_argument("--json", default=None)
+    p.add_argument("--jobs", type=int, default=1, help="search the grid in this many processes (fork)")
     p.add_argument("--only", nargs="*", default=None, help="clip names to use (default: all)")
     p.add_argument("--write-config", action="store_true",
                    help="write the chosen settings (and fusion_mode) into config/emotion.yaml's fusion_node block")
@@ -169,15 +181,27 @@ def main(argv=None) -> int:
         print(f"tune_fusion: no dev_* clips under {args.clips!r} (scripts/make_eval_clips.py)", file=sys.stderr)
         return 2
     keys = list(GRID)
-    best = None
-    for values in itertools.product(*(GRID[k] for k in keys)):
-        kw = {**BASE, **dict(zip(keys, values))}
-        res = run_set(clips, dev, kw)
-        o = objective(res)
-        if best is None or o > best[0]:
-            best = (o, kw, res)
-    o, kw, dev_res = best
-    out = {"settings": {k: kw[k] for k in keys + ["face_hold_s", "unsure_weight"]}, "objective_dev": round(o, 4), "dev": dev_res,
+    combos = [{**BASE, **dict(zip(keys, values))} for values in itertools.product(*(GRID[k] for k in keys))]
+    _WORK.update(clips=clips, names=dev)
+    if args.jobs > 1:
+        import multiprocessing as mp
+        with mp.get_context("fork").Pool(args.jobs) as pool:
+            scored = pool.map(_score, combos, chunksize=16)
+    else:
+        scored = [_score(kw) for kw in combos]
+    # the first best in grid order (as the sequential search chose)
+    best_i = max(range(len(combos)), key=lambda i: (scored[i][0], -i))
+    o, dev_res = scored[best_i]
+    kw = combos[best_i]
+    # the best setting for each value of the grid's named alternatives (e.g. pool), to show by how much each loses
+    best_by = {}
+    for k in (k for k in keys if all(isinstance(v, str) for v in GRID[k]) and len(GRID[k]) > 1):
+        best_by[k] = {}
+        for v in GRID[k]:
+            i = max((i for i, c in enumerate(combos) if c[k] == v), key=lambda i: (scored[i][0], -i))
+            best_by[k][v] = {"objective_dev": round(scored[i][0], 4), "settings": {q: combos[i][q] for q in keys}}
+    out = {"settings": {k: kw[k] for k in keys + ["face_hold_s", "unsure_weight"]}, "grid_size": len(combos),
+           "best_by": best_by, "objective_dev": round(o, 4), "dev": dev_res,
            "test": run_set(clips, test, kw)}
     if args.fusion_model:
         from emotion_ros.core.fusion import FusionModel

@@ -458,3 +458,34 @@ def test_voice_switch_margin_makes_a_voice_driven_change_argue_harder():
     assert st.emotion == "sad" and st.voice_weight == 0.0
     with pytest.raises(ValueError, match="voice_switch_margin"):
         TemporalFusion(None, voice_switch_margin=1.5)
+
+
+def test_log_pool_lets_a_light_voice_break_a_face_tie_but_not_overrule_a_clear_face():
+    """pool='log' (weighted geometric mean): with the same weights as the linear pool, a voice of small weight decides
+    between two emotions the face finds about equally likely, and an emotion the face rules out needs a larger weight
+    share from the voice than in the linear pool; with one modality both pools return its probabilities."""
+    def face(p):
+        v = np.full(len(LABELS), 1e-3, np.float32)
+        for k, x in p.items():
+            v[INDEX[k]] = x
+        return v / v.sum()
+
+    tie = face({"happy": 0.465, "sad": 0.44, "neutral": 0.085})
+    voice = onehot("sad", 0.35)
+    lin = TemporalFusion(None, **NEW, voice_prior=0.1)
+    log = TemporalFusion(None, **NEW, voice_prior=0.1, pool="log")
+    assert LABELS[int(np.argmax(lin.average(tie, voice)))] == "happy"  # a light voice is lost in the linear mean
+    assert LABELS[int(np.argmax(log.average(tie, voice)))] == "sad"
+    # a face sure it is not anger, a confident voice that says anger, the voice weighing a little more than the face:
+    # the linear pool follows the voice, the log pool does not
+    clear = face({"happy": 0.7, "neutral": 0.29})
+    angry = onehot("angry", 0.95)
+    assert LABELS[int(np.argmax(TemporalFusion(None, **NEW, voice_prior=0.8).average(clear, angry)))] == "angry"
+    p = TemporalFusion(None, **NEW, voice_prior=0.8, pool="log").average(clear, angry)
+    assert LABELS[int(np.argmax(p))] == "happy"
+    assert p.sum() == pytest.approx(1.0, abs=1e-5) and np.all(p > 0)
+    for tf in (lin, log):  # one modality: its own (floored) probabilities
+        np.testing.assert_allclose(tf.average(tie, None), tie, atol=1e-4)
+        np.testing.assert_allclose(tf.average(None, voice), voice, atol=1e-4)
+    with pytest.raises(ValueError, match="pool"):
+        TemporalFusion(None, pool="geometric")

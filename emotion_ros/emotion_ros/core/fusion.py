@@ -28,7 +28,10 @@ Reliability weight of a modality (``face_weight``/``voice_weight`` of every stat
   recordings: voices of new speakers are wrong more often than their confidence says).
 
 Fusion (``fusion_mode``): ``average`` = the reliability-weighted average of the two probability vectors (the shipped
-default, see models/fusion.md); ``model`` = the learned fusion of the embeddings (:class:`FusionModel`), with a
+default, see models/fusion.md), arithmetic (``pool="linear"``: p = fw p_face + vw p_voice) or geometric
+(``pool="log"``, a log-linear pool / product of experts: p ~ p_face^fw x p_voice^vw, each probability floored at
+``PROB_FLOOR``): in the log pool a voice of small weight still decides between emotions the face finds about equally
+likely, and an emotion one modality rules out needs a larger share of the weight from the other to win; ``model`` = the learned fusion of the embeddings (:class:`FusionModel`), with a
 modality whose weight share is below ``model_min_weight`` masked out; ``auto`` = ``model`` when a model is given.
 A modality without a usable embedding contributes its probabilities at its weight.
 
@@ -180,6 +183,8 @@ def _mean_embedding(pairs) -> Optional[np.ndarray]:
 
 
 FUSION_MODES = ("auto", "average", "model")
+POOLS = ("linear", "log")  # how the average mode combines the probability vectors
+PROB_FLOOR = 1e-4          # log pool: no modality drives a class below 1e-4 of its belief (one wrong zero cannot veto)
 
 
 class TemporalFusion:
@@ -194,7 +199,7 @@ class TemporalFusion:
                  unsure_weight: float = 1.0, voice_unsure_threshold: float = 0.0, model_min_weight: float = 0.0,
                  voice_prior: float = 1.0,
                  switch_margin: float = 0.0, min_dwell_s: float = 0.0, fast_switch_margin: float = 1.0,
-                 voice_switch_margin: float = 0.0,
+                 voice_switch_margin: float = 0.0, pool: str = "linear",
                  smoothing_filter: str = "exp", hmm_switch_rate: float = 0.5, hmm_evidence_rate: float = 10.0):
         for name, v in (("window_s", window_s), ("stale_s", stale_s)):
             if not (math.isfinite(v) and v > 0):
@@ -222,6 +227,8 @@ class TemporalFusion:
                 raise ValueError(f"{name} must be > 0, got {v}")
         if voice_to not in ("primary", "all"):
             raise ValueError(f"voice_to must be 'primary' or 'all', got {voice_to!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         if fusion_mode not in FUSION_MODES:
             raise ValueError(f"fusion_mode must be one of {', '.join(FUSION_MODES)}, got {fusion_mode!r}")
         if fusion_mode == "model" and model is None:
@@ -252,6 +259,7 @@ class TemporalFusion:
         self.min_dwell_s = float(min_dwell_s)
         self.fast_switch_margin = float(fast_switch_margin)
         self.voice_switch_margin = float(voice_switch_margin)
+        self.pool = pool
         self.smoothing_filter = smoothing_filter
         self.hmm_switch_rate = float(hmm_switch_rate)
         self.hmm_evidence_rate = float(hmm_evidence_rate)
@@ -472,7 +480,13 @@ class TemporalFusion:
             parts.append((fw, face.probs))
         if voice is not None:
             parts.append((vw, voice.probs))
-        p = sum(w * q for w, q in parts)
+        if self.pool == "log":
+            # log-linear pool (weighted geometric mean, a product of experts): each modality can veto what it finds
+            # implausible, and a modality's weight scales how sharply it does so
+            logp = sum(w * np.log(np.maximum(q, PROB_FLOOR)) for w, q in parts)
+            p = np.exp(logp - np.max(logp))
+        else:
+            p = sum(w * q for w, q in parts)
         return (p / p.sum()).astype(np.float32), fw, vw, "probs"
 
     def _smooth_probs(self, key: str, raw: np.ndarray, now: float, voice_share: float = 0.0,

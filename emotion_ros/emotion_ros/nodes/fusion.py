@@ -68,6 +68,10 @@ PARAMS = {
                                "calibrated probabilities (shipped: steadier than the learned model on the held-out "
                                "clips, models/fusion.md; no fusion.pt needed) | 'model' = the learned fusion.pt | "
                                "'auto' = the model when its file exists, else the average"),
+    "pool": ("linear", "fusion_mode average: how the weighted probability vectors combine: 'linear' = weighted "
+                       "arithmetic mean | 'log' = weighted geometric mean (log-linear pool, a product of experts: "
+                       "a light voice can settle a near-tie of the face, and an emotion one modality rules out "
+                       "needs more of the weight from the other to win)"),
     "window_s": (1.0, "Faces: observations newer than now + window_s count (clock skew); legacy voice window",
                       {"range": (0.001, None)}),
     "stale_s": (1.0, "Legacy staleness (s), used only when face_stale_s / voice_stale_s are <= 0",
@@ -254,7 +258,7 @@ class FusionNode(LifecycleNode):
                 smoothing_tau_s=float(p.smoothing_tau_s),
                 switch_margin=float(p.switch_margin), min_dwell_s=float(p.min_dwell_s),
                 fast_switch_margin=float(p.fast_switch_margin), voice_switch_margin=float(p.voice_switch_margin),
-                forget_s=float(p.forget_s),
+                pool=str(p.pool).strip().lower(), forget_s=float(p.forget_s),
                 voice_to=str(p.voice_to), smoothing_filter=str(p.smoothing_filter).strip().lower(),
                 hmm_switch_rate=float(p.hmm_switch_rate), hmm_evidence_rate=float(p.hmm_evidence_rate))
         except ValueError as exc:
