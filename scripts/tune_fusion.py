@@ -10,9 +10,10 @@ A small grid over the staleness, weighting and hysteresis settings is searched o
 mean fused accuracy minus penalties for flips above 1.1x the labels' change rate, for fused below the better
 single modality and for median delays above 0.9 s);
 the test clips are only measured. ``best_by`` in the output gives the best setting for each value of the grid's named
-alternatives (``pool``: linear or log), to show by how much the others lose. With ``--fusion-model``, the learned fusion is compared with the reliability-weighted
-average on the test clips by that same objective (the learned fusion trains on the dev clips' faces and voices, so
-dev cannot judge it).
+alternatives (``pool``: linear or log), to show by how much the others lose. ``--jobs N`` searches the grid in N forked
+processes (the same choice as one). With ``--fusion-model``, the learned fusion is compared with the
+reliability-weighted average on the test clips by that same objective (the learned fusion trains on the dev clips'
+faces and voices, so dev cannot judge it).
 The last line is one JSON object: the chosen settings, the dev and test figures, and which fusion wins.
 """
 from __future__ import annotations

@@ -31,8 +31,9 @@ Fusion (``fusion_mode``): ``average`` = the reliability-weighted average of the 
 default, see models/fusion.md), arithmetic (``pool="linear"``: p = fw p_face + vw p_voice) or geometric
 (``pool="log"``, a log-linear pool / product of experts: p ~ p_face^fw x p_voice^vw, each probability floored at
 ``PROB_FLOOR``): in the log pool a voice of small weight still decides between emotions the face finds about equally
-likely, and an emotion one modality rules out needs a larger share of the weight from the other to win; ``model`` = the learned fusion of the embeddings (:class:`FusionModel`), with a
-modality whose weight share is below ``model_min_weight`` masked out; ``auto`` = ``model`` when a model is given.
+likely, and an emotion one modality rules out needs a larger share of the weight from the other to win; ``model`` =
+the learned fusion of the embeddings (:class:`FusionModel`), with a modality whose weight share is below
+``model_min_weight`` masked out; ``auto`` = ``model`` when a model is given.
 A modality without a usable embedding contributes its probabilities at its weight.
 
 Steady output: each person's fused probabilities are smoothed exponentially (time constant ``smoothing_tau_s``),
