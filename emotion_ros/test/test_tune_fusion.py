@@ -1,0 +1,71 @@
+"""scripts/tune_fusion.py's search: the forked search (--jobs 2) chooses what the sequential one chooses, and best_by
+reports the best setting of each pool (synthetic clips: the script's replay and scoring, its pipelines skipped)."""
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from emotion_ros.core.labels import LABELS
+from emotion_ros.tools.bag_evaluate import Span
+from emotion_ros.training.fusion_replay import ClipCache
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "tune_fusion.py")
+pytestmark = pytest.mark.skipif(not os.path.isfile(SCRIPT), reason="scripts/ not beside the package (installed copy)")
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("tune_fusion_under_test", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # as an import would: the forked workers find _score by its module's name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _noisy(rng, label, right):
+    """Probabilities whose top is ``label`` with probability ``right``, else a random other label."""
+    k = label if rng.random() < right else int(rng.choice([i for i in range(len(LABELS)) if i != label]))
+    p = rng.dirichlet(np.ones(len(LABELS))) * 0.4
+    p[k] += 0.6
+    return (p / p.sum()).astype(np.float32)
+
+
+def _clip(name, seed, duration=24.0):
+    rng = np.random.default_rng(seed)
+    spans = [Span(s, s + 4.0, LABELS[int(rng.integers(len(LABELS)))]) for s in np.arange(0.0, duration, 4.0)]
+    truth = lambda t: LABELS.index(next(sp.label for sp in spans if sp.start <= t < sp.end))  # noqa: E731
+    face_t = np.arange(0.05, duration, 0.1)
+    vs = np.arange(0.5, duration - 1.5, 2.0)
+    return ClipCache(
+        name, 0, int(duration * 1e9), face_t, ["p1"] * len(face_t), np.full(len(face_t), 5000.0),
+        np.zeros((len(face_t), 48, 48), np.uint8), np.stack([_noisy(rng, truth(t), 0.6) for t in face_t]),
+        np.zeros((len(face_t), 4), np.float32), vs + 1.9, vs, vs + 1.5,
+        np.stack([_noisy(rng, truth(t), 0.3) for t in vs]), np.zeros((len(vs), 3), np.float32),
+        np.ones(len(vs), bool)), spans
+
+
+def test_forked_search_chooses_as_the_sequential_one_and_reports_each_pool(tmp_path, monkeypatch):
+    tf = _load()
+    clips = {n: _clip(n, i) for i, n in enumerate(["dev_a", "dev_b", "test_a"])}
+    monkeypatch.setattr(tf, "load_clips", lambda *a, **k: clips)
+    monkeypatch.setattr(tf, "GRID", {"face_stale_s": [0.5], "voice_stale_s": [3.0], "voice_prior": [0.1, 0.6],
+                                     "pool": ["linear", "log"], "switch_margin": [0.05, 0.15]})
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"x")  # the script checks that the model files exist; its pipelines are not run here
+    outs = []
+    for jobs in (1, 2):
+        path = tmp_path / f"out{jobs}.json"
+        assert tf.main(["--clips", str(tmp_path), "--face-model", str(model), "--voice-model", str(model),
+                        "--jobs", str(jobs), "--json", str(path)]) == 0
+        outs.append(json.loads(path.read_text()))
+    seq, par = outs
+    assert seq["settings"] == par["settings"] and seq["objective_dev"] == par["objective_dev"]
+    assert seq["grid_size"] == 8 and seq["dev"] == par["dev"] and set(seq["test"]) == {"test_a"}
+    best = seq["best_by"]["pool"]
+    assert set(best) == {"linear", "log"}
+    chosen = seq["settings"]["pool"]
+    assert best[chosen]["objective_dev"] == seq["objective_dev"] and best[chosen]["settings"]["pool"] == chosen
+    other = "log" if chosen == "linear" else "linear"
+    assert best[other]["objective_dev"] <= seq["objective_dev"] and best[other]["settings"]["pool"] == other
