@@ -170,10 +170,13 @@ class Peer:
 
 def test_fused_states_then_voice_only_when_faces_stop(ctx, launch, model_file):
     ns = f"/fus{os.getpid()}"
-    # the shipped parameter file, some values overridden
+    # the shipped parameter file, some values overridden: smoothing and hysteresis off, so that every state is the
+    # model's output of that moment (with the shipped hysteresis, a first state computed before both modalities
+    # arrived, as on a loaded machine, may hold its emotion against this random model's small leads)
     proc = launch("-r", f"__ns:={ns}", "--params-file", os.path.join(PKG_ROOT, "config", "emotion.yaml"),
                   "-p", f"model_path:={model_file}", "-p", "device:=cpu", "-p", "fusion_mode:=model",
-                  "-p", "model_min_weight:=0.0", "-p", "smoothing_tau_s:=0.0", "-p", "rate:=20.0")
+                  "-p", "model_min_weight:=0.0", "-p", "smoothing_tau_s:=0.0", "-p", "rate:=20.0",
+                  "-p", "switch_margin:=0.0", "-p", "min_dwell_s:=0.0", "-p", "voice_switch_margin:=0.0")
     peer = Peer(ctx, ns)
     try:
         assert peer.spin_until(peer.matched, 30), "fusion_node did not come up"
