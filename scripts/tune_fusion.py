@@ -190,8 +190,11 @@ def main(argv=None) -> int:
             scored = pool.map(_score, combos, chunksize=16)
     else:
         scored = [_score(kw) for kw in combos]
-    # the first best in grid order (as the sequential search chose)
-    best_i = max(range(len(combos)), key=lambda i: (scored[i][0], -i))
+    def first_best(indices):
+        """The best setting among ``indices``, the first in grid order on a tie (as the sequential search chose)."""
+        return max(indices, key=lambda i: (scored[i][0], -i))
+
+    best_i = first_best(range(len(combos)))
     o, dev_res = scored[best_i]
     kw = combos[best_i]
     # the best setting for each value of the grid's named alternatives (e.g. pool), to show by how much each loses
@@ -199,7 +202,7 @@ def main(argv=None) -> int:
     for k in (k for k in keys if all(isinstance(v, str) for v in GRID[k]) and len(GRID[k]) > 1):
         best_by[k] = {}
         for v in GRID[k]:
-            i = max((i for i, c in enumerate(combos) if c[k] == v), key=lambda i: (scored[i][0], -i))
+            i = first_best(i for i, c in enumerate(combos) if c[k] == v)
             best_by[k][v] = {"objective_dev": round(scored[i][0], 4), "settings": {q: combos[i][q] for q in keys}}
     out = {"settings": {k: kw[k] for k in keys + ["face_hold_s", "unsure_weight"]}, "grid_size": len(combos),
            "best_by": best_by, "objective_dev": round(o, 4), "dev": dev_res,
