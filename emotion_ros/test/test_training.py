@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from emotion_ros.core.errors import DataError
 from emotion_ros.core.face.model import FaceModel
 from emotion_ros.core.labels import INDEX, LABELS
 from emotion_ros.core.voice.model import VoiceModel
@@ -235,6 +236,41 @@ def test_voice_sampling_balances_corpora_and_labels():
     assert w[corpus == 0].sum() == pytest.approx(0.5) and w[corpus == 1].sum() == pytest.approx(0.5)
     assert w[:60].sum() == pytest.approx(w[60:90].sum())              # each label of a corpus equally often
     assert np.allclose(train_voice._sample_weights(corpus, y, False), 0.01)
+
+
+def test_voice_training_with_speaker_normalisation(ravdess_like, tmp_path, capsys):
+    """--speaker-norm N: the checkpoint says so (FeatureSpec.speaker_window), the node's pipeline keeps a running
+    reference for it; the training references hold 1..N utterances of the same speaker (1: the utterance alone,
+    offset 0, as the node starts); held-out speakers are normalised as the node would hear them in turn."""
+    from emotion_ros.core.voice.pipeline import VoicePipeline
+    out = str(tmp_path / "voice.pt")
+    train_voice.main(["--data", ravdess_like, "--out", out, "--run-dir", str(tmp_path / "run"),
+                      "--test-speakers", "4", "--dev-speakers", "3", "--epochs", "1", "--augment-copies", "1",
+                      "--pitch-prob", "0", "--batch-size", "8", "--threads", "1", "--speaker-norm", "3"])
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["config"]["features"]["speaker_window"] == 3 and ckpt["config"]["args"]["speaker_norm"] == 3
+    pipe = VoicePipeline(VoiceModel(out, device="cpu"))
+    assert pipe.speaker is not None and pipe.speaker.window == 3
+
+    rng = np.random.default_rng(0)
+    bm = rng.normal(size=(6, 4)).astype(np.float32)
+    group_of = np.array([0, 0, 0, 1, 1, 1])
+    groups = [np.flatnonzero(group_of == g) for g in (0, 1)]
+    off = train_voice.random_offsets(bm, groups, group_of, np.array([0] * 400), 3, rng)
+    zero = np.all(off == 0, axis=1)
+    assert 0.2 < zero.mean() < 0.47                               # k = 1 in a third of the draws
+    refs = {tuple(np.round(bm[0] - (bm[0] + bm[j]) / 2, 5)) for j in (1, 2)} | \
+        {tuple(np.round(bm[0] - bm[:3].mean(0), 5))}
+    assert {tuple(np.round(o, 5)) for o in off[~zero]} <= refs    # only speaker 0's own utterances
+    seq = train_voice.sequential_offsets(bm, ["a", "a", "a", "b", "b", "b"], 2, seed=1)
+    order = np.random.default_rng(1).permutation(6)
+    first = {}
+    for i in order:
+        first.setdefault(group_of[i], i)
+    assert np.allclose(seq[list(first.values())], 0)                # each speaker starts from itself
+    with pytest.raises(DataError, match="speaker-norm"):
+        train_voice.main(["--data", ravdess_like, "--out", out, "--run-dir", str(tmp_path / "run2"),
+                          "--speaker-norm", "3", "--no-utterance-cmn"])
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "unlabelled", "one_label"])

@@ -205,3 +205,101 @@ def test_espeak_speech(model, tmp_path):
     for r, s in zip(fr, fins):
         check_result(r)
         assert r.start_t == pytest.approx(s.start_t, abs=0.03)
+
+
+# ---------------------------------------------------------------- speaker normalisation (FeatureSpec.speaker_window)
+
+def test_speaker_normaliser_running_reference():
+    from emotion_ros.core.voice.features import SpeakerNormaliser
+    sn = SpeakerNormaliser(window=3, reset_after_s=10.0)
+    a, b, c, d = (np.full(4, v, np.float32) for v in (1.0, 3.0, 5.0, 7.0))
+    np.testing.assert_allclose(sn.offset(a, t=0.0), 0.0)               # start-up: the utterance is its own reference
+    np.testing.assert_allclose(sn.offset(b, t=1.0), b - (a + b) / 2)
+    np.testing.assert_allclose(sn.offset(d, t=1.5, commit=False), d - (a + b + d) / 3)   # partial: read only
+    assert len(sn) == 2
+    np.testing.assert_allclose(sn.offset(c, t=2.0), c - (a + b + c) / 3)
+    np.testing.assert_allclose(sn.offset(d, t=3.0), d - (b + c + d) / 3)  # the window holds the last 3
+    np.testing.assert_allclose(sn.offset(a, t=20.0), 0.0)             # a long pause: a new speaker
+    assert sn.resets == 1 and len(sn) == 1
+    sn.reset()
+    np.testing.assert_allclose(sn.offset(b), 0.0)
+    with pytest.raises(ValueError):
+        SpeakerNormaliser(window=0)
+
+
+def _coloured(seconds: float, tilt: float, seed: int) -> np.ndarray:
+    """Speech-like noise bursts whose spectrum is tilted by ``tilt`` (first-order filter): a darker or brighter
+    voice."""
+    from scipy.signal import lfilter
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    x = lfilter([1.0, -tilt], [1.0], rng.normal(0, 1, n))
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * np.arange(n) / SR) ** 2
+    return (0.1 * x / np.abs(x).max() * env).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def speaker_model(tmp_path_factory):
+    path = make_voice_checkpoint(str(tmp_path_factory.mktemp("voice_spk") / "voice.pt"), utterance_cmn=True,
+                                 speaker_window=3)
+    return VoiceModel(path, device="cpu")
+
+
+def test_speaker_normalised_model_in_the_pipeline(speaker_model, model):
+    """A model trained with a speaker reference gets the pipeline's running reference: the first utterance is
+    normalised by itself, the next ones by the mean of the last 3 final utterances; a fixed microphone colouring
+    of the whole stream leaves the shape of the offsets unchanged; a per-utterance model has no reference."""
+    from scipy.signal import lfilter
+    from emotion_ros.core.voice.features import SpeakerNormaliser, utterance_band_mean
+    assert VoicePipeline(model).speaker is None
+    utts = [_coloured(1.0, t, i) for i, t in enumerate((0.9, -0.5, 0.2))]
+    parts = []
+    for u in utts:
+        parts += [("s", silence(0.8)), ("v", u)]
+    wave, _ = concat(parts + [("s", silence(0.8))])
+    wave += silence(wave.size / SR, level=0.001)
+    pipe = VoicePipeline(speaker_model)
+    assert pipe.speaker is not None and pipe.speaker.window == 3
+    results = pipe.classify_segments(pipe.segment_wave(wave))
+    assert len(results) == 3 and len(pipe.speaker) == 3
+    segs = pipe.segment_wave(wave)
+    ref = SpeakerNormaliser(3)
+    for r, s in zip(results, segs):
+        w = trim_silence(s.samples)
+        expect, _ = speaker_model.predict(w, ref, s.end_t)
+        np.testing.assert_allclose(r.probs, expect, atol=1e-5)
+    first = trim_silence(segs[0].samples)
+    np.testing.assert_allclose(results[0].probs, speaker_model.predict(first)[0], atol=1e-5)
+    # the offsets: large between a dark and a bright voice, nearly the same through a coloured microphone
+    bms = [utterance_band_mean(trim_silence(s.samples)) for s in segs]
+    eq = lfilter([1.0, -0.6], [1.0], wave).astype(np.float32)
+    bms_eq = [utterance_band_mean(trim_silence(s.samples)) for s in pipe.segment_wave(eq)]
+    off, off_eq = SpeakerNormaliser(3), SpeakerNormaliser(3)
+    o = [off.offset(m) for m in bms]
+    o_eq = [off_eq.offset(m) for m in bms_eq]
+    assert np.abs(o[1]).max() > 1.0
+    # the shape of the offset survives the microphone; what moves is one level for all bands (about 0.4 here:
+    # loudness normalisation levels each utterance through the colouring, not as the clean one)
+    d = o[1] - o_eq[1]
+    assert np.abs(d - d.mean()).mean() < 0.05 * np.abs(o[1]).mean() and abs(d.mean()) < 0.5
+    assert np.abs(bms[1] - bms_eq[1]).mean() > 10 * np.abs(d - d.mean()).mean()   # the colouring itself is large
+
+
+def test_voice_outputs_by_speaker_keep_the_order(speaker_model, model):
+    """Evaluation hears each speaker's recordings together in a seeded order (a fresh reference per speaker) and
+    returns the outputs in the order given; the first of each speaker is the model on it alone."""
+    from emotion_ros.training.embed import speaker_order, voice_outputs, voice_outputs_by_speaker
+    waves = [np.concatenate([silence(0.3), _coloured(0.8, t, i), silence(0.3)]) for i, t in
+             enumerate((0.9, -0.5, 0.2, 0.7, -0.2))]
+    spk = ["a", "b", "a", "b", "a"]
+    order = speaker_order(spk, seed=3)
+    assert sorted(order) == list(range(5)) and [spk[i] for i in order] == ["a", "a", "a", "b", "b"]
+    plain, _ = voice_outputs(model, waves)
+    by_spk, _ = voice_outputs_by_speaker(model, waves, spk, seed=3)
+    np.testing.assert_allclose(by_spk.probs, plain.probs, atol=1e-6)     # per-utterance model: order is moot
+    out, _ = voice_outputs_by_speaker(speaker_model, waves, spk, seed=3)
+    first_b = [i for i in order if spk[i] == "b"][0]
+    for i in (order[0], first_b):
+        np.testing.assert_allclose(out.probs[i], voice_outputs(speaker_model, [waves[i]])[0].probs[0], atol=1e-5)
+    assert not np.allclose(out.probs[order[2]], voice_outputs(speaker_model, [waves[order[2]]])[0].probs[0],
+                           atol=1e-4)

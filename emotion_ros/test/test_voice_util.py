@@ -50,8 +50,9 @@ def concat(parts: List[Tuple[str, np.ndarray]]) -> Tuple[np.ndarray, List[Tuple[
     return np.concatenate(out).astype(np.float32), spans
 
 
-def make_voice_checkpoint(path: str, embed_dim: int = 16) -> str:
-    """A small randomly initialised voice model file in the real checkpoint format."""
+def make_voice_checkpoint(path: str, embed_dim: int = 16, **features) -> str:
+    """A small randomly initialised voice model file in the real checkpoint format (``features``: FeatureSpec
+    fields, e.g. ``utterance_cmn=True, speaker_window=3``)."""
     import torch
     from emotion_ros.core.modelio import save_checkpoint
     from emotion_ros.core.voice.features import FeatureSpec
@@ -62,7 +63,7 @@ def make_voice_checkpoint(path: str, embed_dim: int = 16) -> str:
     net = SpeechCNNBiLSTM(n_mels=64, conv_channels=tuple(cfg["conv_channels"]), lstm_hidden=cfg["lstm_hidden"],
                           embed_dim=cfg["embed_dim"])
     save_checkpoint(path, kind="voice", arch=ARCH, model=net,
-                    input_spec={"features": FeatureSpec().to_dict(), "mean": [0.0] * 64, "std": [1.0] * 64,
+                    input_spec={"features": FeatureSpec(**features).to_dict(), "mean": [0.0] * 64, "std": [1.0] * 64,
                                 "min_seconds": 0.3},
                     config={"model": cfg})
     return path

@@ -122,6 +122,11 @@ PARAMS = {
                               "(fusion discounts an unsure voice; 0 never sets it). On held-out speakers the "
                               "calibrated voice model is right about as often as its confidence says",
                          {"range": (0.0, 1.0)}),
+    "speaker_reset_s": (60.0, "Models trained with speaker normalisation keep a running reference spectrum of "
+                              "the voice they hear (the last N utterances, N from the model); after this many "
+                              "seconds without an utterance it starts again (a new person, most likely). Until "
+                              "it has utterances each one is normalised by itself. Ignored by per-utterance "
+                              "models", {"range": (0.0, 86400.0)}),
     "autostart": (True, "Configure and activate on start (false: wait for a lifecycle manager)"),
 }
 
@@ -250,7 +255,8 @@ class VoiceNode(LifecycleNode):
         if self.model is None:
             self.get_logger().error("activate: no model loaded")
             return TransitionCallbackReturn.FAILURE
-        self.pipeline = VoicePipeline(self.model, Segmenter(**self.segmenter_kwargs))
+        self.pipeline = VoicePipeline(self.model, Segmenter(**self.segmenter_kwargs),
+                                      speaker_reset_s=float(self.p.speaker_reset_s))
         self._clear_queue()
         self._unstamped_next = None
         self._idle_expected = None
@@ -545,6 +551,8 @@ class VoiceNode(LifecycleNode):
                 diag.set_value("noise_floor_db", f"{pipeline.segmenter.noise_floor_db:.1f}")
                 self._diag_input_counters()
                 diag.set_value("stream_gaps", pipeline.gaps + self.idle_gaps)
+                if pipeline.speaker is not None:
+                    diag.set_value("speaker_reference_utterances", len(pipeline.speaker))
         return out
 
     @staticmethod

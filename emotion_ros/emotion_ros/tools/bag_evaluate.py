@@ -300,7 +300,8 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
             from emotion_ros.core.voice.segment import Segmenter, segmenter_kwargs
 
             vm = VoiceModel(voice_path, device=device)
-            voice_pipe = VoicePipeline(vm, segmenter=Segmenter(**segmenter_kwargs(vparams)))
+            voice_pipe = VoicePipeline(vm, segmenter=Segmenter(**segmenter_kwargs(vparams)),
+                                       speaker_reset_s=float(vparams.get("speaker_reset_s", 60.0)))
         if fusion_path and os.path.isfile(fusion_path):
             from emotion_ros.core.fusion import FusionModel
             fusion_model = FusionModel(fusion_path, device=device)

@@ -141,7 +141,7 @@ def eval_face(args) -> Dict:
 def eval_voice(args) -> Dict:
     from ..core.voice.features import SAMPLE_RATE, load_audio
     from ..core.voice.model import VoiceModel
-    from .embed import voice_outputs
+    from .embed import speaker_order, voice_outputs
     from .perturb import perturb_voice
     from .voice_data import list_voice_data
 
@@ -171,11 +171,16 @@ def eval_voice(args) -> Dict:
         except ValueError as exc:
             unreadable += 1
             print(f"skipping {exc}", file=sys.stderr)
+    # each speaker's recordings one after another in a seeded random order: a model with a running speaker
+    # reference hears them as the node hears one person (a fresh reference per speaker)
+    speakers = [data.items[i].speaker for i in index]
+    order = speaker_order(speakers, args.seed)
+    waves, index, ys, speakers = ([v[k] for k in order] for v in (waves, index, ys, speakers))
     if names:  # lazily, one recording at a time (44.1 kHz stereo is 5.5 times the size)
         inputs = (perturb_voice(w, SAMPLE_RATE, names, args.seed, i) for w, i in zip(waves, index))
     else:
         inputs = waves
-    out, no_speech = voice_outputs(model, inputs)
+    out, no_speech = voice_outputs(model, inputs, speakers=speakers)
     report = metrics_from_predictions(ys, out.probs.argmax(1))
     if not ys:
         raise DataError(f"none of the {len(data.items)} audio files under {args.data} could be read")
@@ -208,7 +213,7 @@ def eval_fused(args) -> Dict:
     from ..core.fusion_model import FusionModel
     from ..core.voice.features import load_audio
     from ..core.voice.model import VoiceModel
-    from .embed import face_outputs, voice_outputs
+    from .embed import face_outputs, voice_outputs_by_speaker
     from .face_data import load_face_folder
     from .train_fusion import paired_report
     from .voice_data import list_voice_data
@@ -221,7 +226,8 @@ def eval_fused(args) -> Dict:
     voices = list_voice_data(args.voice_data)
     skipped = {"face": faces.skipped_classes, "voice": voices.skipped_classes}
     fo = face_outputs(fm, faces.images)
-    vo, no_speech = voice_outputs(vm, [load_audio(i.path) for i in voices.items])
+    vo, no_speech = voice_outputs_by_speaker(vm, [load_audio(i.path) for i in voices.items],
+                                             [i.speaker for i in voices.items], args.seed)
     vy = np.array([i.label for i in voices.items])
     rep, y, pred = paired_report(fus, fo, faces.labels, vo, vy, args.pairs, args.seed)
     # the headline is what the fusion node does: its fusion_mode (config/emotion.yaml) average or the learned model

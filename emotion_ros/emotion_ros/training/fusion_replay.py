@@ -96,7 +96,8 @@ def collect(bag: str, face_model: str, voice_model: str, name: Optional[str] = N
     vparams = _load_yaml_params("emotion.yaml", "voice_node")
     rec = _RecordingModel(FaceModel.for_node(face_model, fparams, device="cpu"))
     face_pipe = build_pipeline(rec, fparams)
-    voice_pipe = VoicePipeline(VoiceModel(voice_model, device="cpu"), segmenter=Segmenter(**segmenter_kwargs(vparams)))
+    voice_pipe = VoicePipeline(VoiceModel(voice_model, device="cpu"), segmenter=Segmenter(**segmenter_kwargs(vparams)),
+                               speaker_reset_s=float(vparams.get("speaker_reset_s", 60.0)))
     f_t, f_id, f_area, f_crop, f_p, f_e = [], [], [], [], [], []
     v_rows = []
     rate, ch, fmt = 16000, 1, "S16LE"

@@ -31,7 +31,7 @@ from ..core.modelio import load_checkpoint, save_checkpoint
 from ..core.voice.features import load_audio
 from ..core.voice.model import VoiceModel
 from .common import args_config, metrics_from_predictions, seed_everything, stratified_holdout, write_json
-from .embed import Outputs, face_outputs, voice_outputs
+from .embed import Outputs, face_outputs, voice_outputs_by_speaker
 from .face_data import load_faces
 from .voice_data import list_voice_data, parse_speakers, split_by_speaker
 
@@ -169,7 +169,9 @@ def run(args) -> dict:
     waves = [load_audio(i.path) for i in dev_items]
     wy = [i.label for i in dev_items]
     aug = [augment_voice(w, 16000, rng) for _ in range(args.voice_augment_copies) for w in waves]
-    voice_dev, _ = voice_outputs(vm, waves + aug, progress=True)
+    spk = [i.speaker for i in dev_items]
+    voice_dev, _ = voice_outputs_by_speaker(vm, waves + aug, spk * (1 + args.voice_augment_copies), args.seed,
+                                            progress=True)
     voice_dev_y = np.array(wy * (1 + args.voice_augment_copies))
 
     net = FusionNet(fm.embed_dim, vm.embed_dim, hidden=args.hidden)
@@ -209,7 +211,8 @@ def run(args) -> dict:
     if args.face_test and test_items:
         ft = load_faces(args.face_test, cache_dir=args.cache_dir, aligner=FaceAligner())
         face_test = face_outputs(fm, ft.images, progress=True)
-        voice_test, _ = voice_outputs(vm, [load_audio(i.path) for i in test_items], progress=True)
+        voice_test, _ = voice_outputs_by_speaker(vm, [load_audio(i.path) for i in test_items],
+                                                 [i.speaker for i in test_items], args.seed + 1, progress=True)
         metrics["test_pairs"] = paired_report(fusion, face_test, ft.labels, voice_test,
                                               np.array([i.label for i in test_items]), args.test_pairs,
                                               args.seed + 1)[0]

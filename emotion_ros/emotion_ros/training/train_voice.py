@@ -8,7 +8,11 @@ One or more corpora (``--data`` repeated: RAVDESS-named files or one folder per 
 - **partial labels**: a corpus that covers only some labels (TurEV-DB: angry, calm, happy, sad) is trained with
   a softmax over *its* labels only, so it never teaches that the others do not occur;
 - **input that forgets the recording**: per-utterance loudness normalisation (as before) and per-utterance
-  mean normalisation of each mel band (``FeatureSpec.utterance_cmn``);
+  mean normalisation of each mel band (``FeatureSpec.utterance_cmn``); with ``--speaker-norm N`` the model
+  sees each utterance's mean spectrum relative to a running mean over N utterances of its speaker instead
+  (``FeatureSpec.speaker_window``, :class:`~emotion_ros.core.voice.features.SpeakerNormaliser`): in training the
+  reference is drawn from 1 to N utterances of the same speaker (1: the utterance alone, as the node starts), and
+  the channel of an augmented copy is removed with its own mean, so that the reference carries the same channel;
 - **augmentation** (``--augment room``, precomputed copies): speed and pitch, generated room impulse
   responses, telephone / laptop / far-field / tilted microphones, noise at 0-20 dB SNR, gain over +-20 dB with
   clipping; SpecAugment and within-corpus mixup during training;
@@ -38,7 +42,8 @@ from tqdm import tqdm
 from ..core.errors import DataError
 from ..core.labels import LABELS, NUM_LABELS
 from ..core.modelio import save_checkpoint
-from ..core.voice.features import FeatureSpec, load_audio, trim_silence, utterance_features
+from ..core.voice.features import (FeatureSpec, SpeakerNormaliser, load_audio, trim_silence, utterance_band_mean,
+                                   utterance_features)
 from ..core.voice.segment import segment_offline
 from ..core.voice.model import ARCH, SpeechCNNBiLSTM
 from .augment import add_noise, augment_voice, spec_augment
@@ -71,6 +76,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixup", type=float, default=0.2, help="mixup Beta(a, a) within a corpus; 0 disables")
     p.add_argument("--no-utterance-cmn", dest="utterance_cmn", action="store_false",
                    help="keep each utterance's mean log-mel spectrum (no per-utterance band normalisation)")
+    p.add_argument("--speaker-norm", type=int, default=0, metavar="N",
+                   help="> 0: normalise each utterance's mean spectrum by a running mean over up to N utterances "
+                        "of its speaker (the node keeps that estimate per stream); 0: per utterance only")
     p.add_argument("--no-balance", dest="balance", action="store_false",
                    help="sample files uniformly instead of balancing corpora and labels")
     p.add_argument("--no-partial-labels", dest="partial_labels", action="store_false",
@@ -167,7 +175,8 @@ def _load_waves(items: List[VoiceItem], what: str, cut: str = "trim"
 
 def _cache_key(args, items: List[VoiceItem], spec: FeatureSpec) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"spec": spec.to_dict(), "augment": args.augment, "copies": args.augment_copies,
+    fspec = {k: v for k, v in spec.to_dict().items() if k != "speaker_window"}   # applied after the cache
+    h.update(json.dumps({"spec": fspec, "augment": args.augment, "copies": args.augment_copies,
                          "pitch": args.pitch_prob, "seed": args.seed, "v": 2,
                          **({"cut": args.cut} if args.cut != "trim" else {})},   # trim: the keys of before --cut
                         sort_keys=True).encode())
@@ -204,6 +213,47 @@ def _features(args, spec: FeatureSpec, waves, items, rng, augment: bool, what: s
     return copies
 
 
+def _band_means(args, spec: FeatureSpec, waves, items, what: str) -> np.ndarray:
+    """(N, n_mels) band means of the clean recordings, cut as the features are (the speaker references)."""
+    cache_dir = args.cache_dir or os.path.join(args.run_dir, "cache")
+    path = os.path.join(cache_dir, f"{what}-bandmeans-{_cache_key(args, items, spec)}.npy")
+    if os.path.isfile(path):
+        return np.load(path)
+    cut = node_cut if args.cut == "node" else (lambda w: w)
+    bm = np.stack([utterance_band_mean(cut(w), spec) for w in tqdm(waves, desc=f"band means {what}",
+                                                                    mininterval=15, file=sys.stdout)])
+    os.makedirs(cache_dir, exist_ok=True)
+    np.save(path + ".tmp.npy", bm.astype(np.float32))
+    os.replace(path + ".tmp.npy", path)
+    return bm.astype(np.float32)
+
+
+def sequential_offsets(band_means: np.ndarray, speakers: List[str], window: int, seed: int) -> np.ndarray:
+    """What the node's :class:`SpeakerNormaliser` gives each utterance when every speaker's utterances arrive in
+    a random (seeded) order, one speaker after another: (N, n_mels) band means minus the running reference."""
+    order = np.random.default_rng(seed).permutation(len(speakers))
+    norms: Dict[str, SpeakerNormaliser] = {}
+    out = np.zeros_like(band_means)
+    for i in order:
+        out[i] = norms.setdefault(speakers[i], SpeakerNormaliser(window)).offset(band_means[i])
+    return out
+
+
+def random_offsets(band_means: np.ndarray, groups: List[np.ndarray], group_of: np.ndarray, items: np.ndarray,
+                   window: int, rng: np.random.Generator) -> np.ndarray:
+    """Training offsets: for each of ``items``, its band means minus the mean over itself and 0..window-1 other
+    utterances of its speaker, the count drawn uniformly (a reference as the node has it at start-up and after)."""
+    out = np.zeros((len(items), band_means.shape[1]), np.float32)
+    for b, i in enumerate(items):
+        k = int(rng.integers(1, window + 1))
+        if k > 1:
+            g = groups[group_of[i]]
+            others = g[g != i]
+            pick = rng.choice(others, size=min(k - 1, others.size), replace=False) if others.size else others
+            out[b] = band_means[i] - band_means[np.concatenate([[i], pick])].mean(0)
+    return out
+
+
 def _sample_weights(corpus_of: np.ndarray, y: np.ndarray, balance: bool) -> np.ndarray:
     if not balance:
         return np.full(len(y), 1.0 / len(y))
@@ -223,7 +273,11 @@ def run(args) -> dict:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     rng = np.random.default_rng(args.seed)
-    spec = FeatureSpec(utterance_cmn=bool(args.utterance_cmn))
+    if args.speaker_norm < 0:
+        raise DataError(f"--speaker-norm must be >= 0, got {args.speaker_norm}")
+    if args.speaker_norm and not args.utterance_cmn:
+        raise DataError("--speaker-norm needs the per-utterance band normalisation (drop --no-utterance-cmn)")
+    spec = FeatureSpec(utterance_cmn=bool(args.utterance_cmn), speaker_window=int(args.speaker_norm))
     corpora = load_corpora(args.data, args.speaker_regex)
     test_spk, dev_spk = parse_speakers(args.test_speakers), parse_speakers(args.dev_speakers)
     all_speakers = {i.speaker for c in corpora for i in c.items}
@@ -285,12 +339,23 @@ def run(args) -> dict:
         masks[:] = True
     masks_t = torch.from_numpy(masks)
 
+    n_train = len(it_train)
+    if spec.speaker_window:
+        bm_train = _band_means(args, spec, w_train, it_train, "train")
+        spk_names = sorted({i.speaker for i in it_train})
+        group_of = np.array([spk_names.index(i.speaker) for i in it_train])
+        groups = [np.flatnonzero(group_of == g) for g in range(len(spk_names))]
+
     evalsets = {}
     for part in ("dev", "test"):
         waves, items, cis = loaded[part]
         if items:
-            evalsets[part] = (norm(_features(args, spec, waves, items, rng, False, part)[0]),
-                              np.array([i.label for i in items], np.int64), cis)
+            feats = _features(args, spec, waves, items, rng, False, part)[0]
+            if spec.speaker_window:
+                off = sequential_offsets(_band_means(args, spec, waves, items, part), [i.speaker for i in items],
+                                         spec.speaker_window, args.seed)
+                feats = [f + o for f, o in zip(feats, off)]
+            evalsets[part] = (norm(feats), np.array([i.label for i in items], np.int64), cis)
     print(f"features ready in {time.time() - t0:.0f}s: {len(X)} training sequences", flush=True)
 
     conv = [int(c) for c in str(args.conv_channels).split(",")]
@@ -328,6 +393,10 @@ def run(args) -> dict:
             if args.crop_min_frames and crop:
                 crop = int(erng.integers(min(args.crop_min_frames, crop), crop + 1))
             x, lens = _batchify([X[i] for i in idx], crop, erng, True)
+            if spec.speaker_window:
+                off = random_offsets(bm_train, groups, group_of, idx % n_train, spec.speaker_window, erng) / std
+                valid = (torch.arange(x.shape[1]).unsqueeze(0) < lens.unsqueeze(1)).unsqueeze(-1)
+                x = x + valid * torch.from_numpy(off).unsqueeze(1)
             x = spec_augment(x, g)
             y = torch.from_numpy(Y[idx])
             ci = torch.from_numpy(C[idx])

@@ -49,7 +49,7 @@ def _dev_items(roots, speakers):
 
 def run(args) -> dict:
     from ..core.voice.model import VoiceModel
-    from .embed import voice_outputs
+    from .embed import voice_outputs_by_speaker
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -61,16 +61,17 @@ def run(args) -> dict:
         if s != specs[0]:
             raise ModelFileError(f"voice model file {m!r} computes other features than {args.members[0]!r}")
     items = _dev_items(args.data, args.dev_speakers)
-    waves, ys = [], []
+    waves, ys, spk = [], [], []
     for it in items:
         try:
             waves.append(load_audio(it.path))
             ys.append(it.label)
+            spk.append(it.speaker)
         except ValueError as exc:
             print(f"skipping {exc}", file=sys.stderr)
     y = np.asarray(ys)
     singles = [VoiceModel(m, device="cpu") for m in args.members]
-    member_acc = [float((voice_outputs(vm, waves)[0].probs.argmax(1) == y).mean()) for vm in singles]
+    member_acc = [float((voice_outputs_by_speaker(vm, waves, spk)[0].probs.argmax(1) == y).mean()) for vm in singles]
 
     main = dict(ckpts[0])
     main.pop("ensemble", None)
@@ -86,7 +87,7 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:        # the ensemble at T = 1, through the node's pipeline
         probe = os.path.join(tmp, "ensemble.pt")
         torch.save(main, probe)
-        p1 = voice_outputs(VoiceModel(probe, device="cpu"), waves)[0].probs
+        p1 = voice_outputs_by_speaker(VoiceModel(probe, device="cpu"), waves, spk)[0].probs
     logp = np.log(np.clip(p1, 1e-8, 1.0))              # log-softmax of the averaged logits: a temperature fits it
     report = calibrate_report(logp, y, fitted_on=f"dev speakers {args.dev_speakers} (held out of every member's "
                                                   "training), through the voice node's pipeline")

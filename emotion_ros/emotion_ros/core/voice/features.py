@@ -7,7 +7,7 @@ by > 20 dB), ``trim_silence`` and ``logmel``.
 from __future__ import annotations
 
 from dataclasses import dataclass, asdict
-from typing import Dict, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -30,6 +30,11 @@ class FeatureSpec:
     # (microphone, room colouration, EQ) from the log-mel. Needs no running statistics: each segment the
     # node classifies is normalised by itself. Off in checkpoints from before it existed.
     utterance_cmn: bool = False
+    # Speaker normalisation (on top of ``utterance_cmn``): > 0 means the model was trained to see each utterance's
+    # mean spectrum relative to the running mean of the last ``speaker_window`` utterances of its speaker (the
+    # utterance itself included; :class:`SpeakerNormaliser`), which removes the channel as the per-utterance mean
+    # does but keeps how this utterance differs from the speaker's usual voice (tilt, brightness). 0: per utterance.
+    speaker_window: int = 0
 
     def to_dict(self) -> Dict[str, float]:
         return asdict(self)
@@ -155,25 +160,87 @@ def logmel(x: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.ndarray:
     return np.log(mel + 1e-6).astype(np.float32)
 
 
-def utterance_features(x: np.ndarray, spec: FeatureSpec = FeatureSpec(),
-                       normalise: bool = True) -> np.ndarray:
-    """16 kHz mono utterance -> loudness-normalised log-mel (T, n_mels)."""
+def utterance_features(x: np.ndarray, spec: FeatureSpec = FeatureSpec(), normalise: bool = True,
+                       reference: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> np.ndarray:
+    """16 kHz mono utterance -> loudness-normalised log-mel (T, n_mels).
+
+    With ``spec.utterance_cmn`` each band's speech-frame mean is removed; ``reference``, when given, maps those
+    band means (n_mels,) to the offset added back afterwards: the band means minus the speaker's running reference
+    (``SpeakerNormaliser.offset``), for models with ``spec.speaker_window > 0``.
+    """
     if normalise:
         x = loudness_normalise(x, spec)
     f = logmel(x, spec)
     if spec.utterance_cmn and f.shape[0] > 1:
-        f = utterance_mean_normalise(f)
-    return f
+        bm = speech_band_mean(f)
+        f = f - bm
+        if reference is not None:
+            f = f + np.asarray(reference(bm[0]), np.float32).reshape(1, -1)
+    return f.astype(np.float32)
 
 
-def utterance_mean_normalise(f: np.ndarray) -> np.ndarray:
-    """Subtract each mel band's mean over the utterance's speech frames (frames within 40 dB of the loudest;
-    silence would otherwise pull the mean towards the noise floor)."""
+def speech_band_mean(f: np.ndarray) -> np.ndarray:
+    """Each mel band's mean over the utterance's speech frames (frames within 40 dB of the loudest; silence
+    would otherwise pull the mean towards the noise floor): (T, n_mels) -> (1, n_mels)."""
     energy = np.log(np.exp(f).sum(1) + 1e-6)
     speech = energy > energy.max() - np.log(10 ** 4.0)
     if speech.sum() < 2:
         speech = np.ones_like(speech)
-    return (f - f[speech].mean(0, keepdims=True)).astype(np.float32)
+    return f[speech].mean(0, keepdims=True).astype(np.float32)
+
+
+def utterance_mean_normalise(f: np.ndarray) -> np.ndarray:
+    """Subtract each mel band's mean over the utterance's speech frames (:func:`speech_band_mean`)."""
+    return (f - speech_band_mean(f)).astype(np.float32)
+
+
+def utterance_band_mean(x: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.ndarray:
+    """16 kHz mono utterance -> (n_mels,) speech-frame mean of its loudness-normalised log-mel: what
+    :class:`SpeakerNormaliser` averages."""
+    return speech_band_mean(logmel(loudness_normalise(x, spec), spec))[0]
+
+
+class SpeakerNormaliser:
+    """Running reference spectrum of the current speaker: the mean of the band means (:func:`utterance_band_mean`)
+    of the last ``window`` utterances, the one being classified included.
+
+    At start-up (no history) the reference is the utterance's own mean, so the first utterance is normalised
+    exactly as per-utterance normalisation does; the estimate grows to ``window`` utterances after that.  A gap of
+    more than ``reset_after_s`` seconds between utterances (a new person, most likely) or :meth:`reset` starts it
+    again.  Partial results (windows of an utterance still going on) use the history but are not added to it.
+    """
+
+    def __init__(self, window: int = 10, reset_after_s: float = 60.0):
+        if int(window) < 1:
+            raise ValueError(f"speaker window must be >= 1 utterance, got {window}")
+        self.window = int(window)
+        self.reset_after_s = float(reset_after_s)
+        self._history: List[np.ndarray] = []
+        self._last_t: Optional[float] = None
+        self.resets = 0
+
+    def __len__(self) -> int:
+        return len(self._history)
+
+    def reset(self) -> None:
+        if self._history:
+            self.resets += 1
+        self._history = []
+        self._last_t = None
+
+    def offset(self, band_mean: np.ndarray, t: Optional[float] = None, commit: bool = True) -> np.ndarray:
+        """``band_mean`` (n_mels,) of the utterance ending at ``t`` -> its band means minus the reference."""
+        m = np.asarray(band_mean, np.float32).reshape(-1)
+        if t is not None and self._last_t is not None and (t - self._last_t > self.reset_after_s
+                                                           or t < self._last_t - self.reset_after_s):
+            self.reset()
+        recent = self._history[-(self.window - 1):] if self.window > 1 else []
+        ref = np.mean(np.stack(recent + [m]), axis=0)
+        if commit:
+            self._history = (recent + [m])[-self.window:]
+            if t is not None:
+                self._last_t = float(t)
+        return (m - ref).astype(np.float32)
 
 
 def load_audio(path: str, target: int = SAMPLE_RATE) -> np.ndarray:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..labels import NUM_LABELS
 from ..modelio import ModelFileError, load_checkpoint, resolve_device
-from .features import FeatureSpec, utterance_features
+from .features import FeatureSpec, SpeakerNormaliser, utterance_features
 
 ARCH = "ser_cnn_bilstm"
 
@@ -166,10 +166,23 @@ class VoiceModel:
     def n_members(self) -> int:
         return len(self._members)
 
-    def features(self, wave: np.ndarray) -> np.ndarray:
-        """Log-mel features of one utterance, normalised for the main network."""
-        f = utterance_features(wave, self.spec)
+    def features(self, wave: np.ndarray, speaker: Optional[SpeakerNormaliser] = None, t: Optional[float] = None,
+                 commit: bool = True) -> np.ndarray:
+        """Log-mel features of one utterance, normalised for the main network.
+
+        ``speaker``: the running per-speaker reference of the stream (models with ``spec.speaker_window > 0``);
+        the utterance (ending at ``t``) is added to it unless ``commit`` is False.  Without one such a model sees
+        the utterance normalised by itself, as at the node's start-up."""
+        ref = None
+        if speaker is not None and self.spec.speaker_window:
+            def ref(band_mean):
+                return speaker.offset(band_mean, t, commit)
+        f = utterance_features(wave, self.spec, reference=ref)
         return (f - self.mean) / self.std
+
+    def speaker_normaliser(self, reset_after_s: float = 60.0) -> Optional[SpeakerNormaliser]:
+        """A fresh running speaker reference for one audio stream, or None for a per-utterance model."""
+        return SpeakerNormaliser(self.spec.speaker_window, reset_after_s) if self.spec.speaker_window else None
 
     @torch.inference_mode()
     def predict_features(self, feats: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -188,13 +201,15 @@ class VoiceModel:
         p = torch.softmax(z, 1)[0].cpu().numpy().astype(np.float32)
         return p, emb[0].float().cpu().numpy().astype(np.float32)
 
-    def predict(self, wave: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """One utterance (float32 mono at the model's rate) -> (probs (7,), embedding (D,))."""
+    def predict(self, wave: np.ndarray, speaker: Optional[SpeakerNormaliser] = None, t: Optional[float] = None,
+                commit: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+        """One utterance (float32 mono at the model's rate) -> (probs (7,), embedding (D,)); ``speaker``, ``t``,
+        ``commit``: see :meth:`features`."""
         wave = np.asarray(wave, np.float32).reshape(-1)
         if wave.size < self.min_samples:
             wave = np.pad(wave, (0, self.min_samples - wave.size))
-        return self.predict_features(self.features(wave))
+        return self.predict_features(self.features(wave, speaker, t, commit))
 
     def info(self) -> Dict[str, object]:
         return {"path": self.path, "arch": ARCH, "device": str(self.device), "temperature": self.temperature,
-                "members": len(self._members)}
+                "members": len(self._members), "speaker_window": self.spec.speaker_window}

@@ -9,7 +9,9 @@ resampler is drained, the open utterance closed) and starts a new one there; a c
 continuous time only replaces the resampler.
 
 Each segment is trimmed with :func:`~emotion_ros.core.voice.features.trim_silence` before the model sees it, as
-training trims each clip (the model then loudness-normalises it).
+training trims each clip (the model then loudness-normalises it).  A model trained with speaker normalisation
+(``FeatureSpec.speaker_window``) gets the pipeline's running speaker reference (``VoicePipeline.speaker``) with
+every segment; final utterances update it, partial windows only read it.
 
 Offline: ``classify_file(path)`` / ``classify_wave(wave16k)`` run the same segmenter settings over a whole
 recording (``emotion-eval``).
@@ -93,8 +95,14 @@ class VoicePipeline:
     (discontinuities met), ``n_results``.
     """
 
-    def __init__(self, model, segmenter: Optional[Segmenter] = None, trim: bool = True, quality: str = "HQ"):
+    def __init__(self, model, segmenter: Optional[Segmenter] = None, trim: bool = True, quality: str = "HQ",
+                 speaker_reset_s: float = 60.0):
         self.model = model
+        # Running reference spectrum of the speaker (models trained with FeatureSpec.speaker_window > 0; None
+        # otherwise): one per pipeline, i.e. per audio stream; it outlives gaps and flushes, and starts again
+        # after speaker_reset_s without an utterance (see SpeakerNormaliser).
+        make = getattr(model, "speaker_normaliser", None)
+        self.speaker = make(speaker_reset_s) if make is not None else None
         self.segmenter = segmenter if segmenter is not None else Segmenter()
         if self.segmenter.sample_rate != SAMPLE_RATE:
             raise ValueError(f"the segmenter must run at {SAMPLE_RATE} Hz")
@@ -223,7 +231,10 @@ class VoicePipeline:
         out = []
         for s in segs:
             wave = trim_silence(s.samples) if self.trim else s.samples
-            probs, emb = self.model.predict(wave)
+            if self.speaker is not None:
+                probs, emb = self.model.predict(wave, self.speaker, s.end_t, not s.partial)
+            else:
+                probs, emb = self.model.predict(wave)
             out.append(VoiceResult(start_t=s.start_t, end_t=s.end_t, probs=np.asarray(probs, np.float32),
                                    embedding=np.asarray(emb, np.float32), partial=s.partial,
                                    speech_ratio=float(s.speech_ratio), voice_activity=s.speech_ratio > 0,
@@ -259,7 +270,8 @@ class VoicePipeline:
         wave = np.where(np.isfinite(wave), wave, np.float32(0.0))
         results = self._classify(self.segment_wave(wave, finals_only=True))
         if not results:
-            probs, _ = self.model.predict(trim_silence(wave))
+            probs, _ = self.model.predict(trim_silence(wave), self.speaker) if self.speaker is not None \
+                else self.model.predict(trim_silence(wave))
             return WaveResult(np.asarray(probs, np.float32), 0)
         w = np.array([max(r.duration, 1e-3) for r in results], np.float64)
         probs = (np.stack([r.probs for r in results]).astype(np.float64) * w[:, None]).sum(0) / w.sum()
