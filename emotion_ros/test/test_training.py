@@ -273,6 +273,26 @@ def test_voice_training_with_speaker_normalisation(ravdess_like, tmp_path, capsy
                           "--speaker-norm", "3", "--no-utterance-cmn"])
 
 
+def test_voice_augmentation_sessions():
+    """augment_voice with a fresh settings generator of one seed per utterance (a speaker's session) and the noise
+    from another: every utterance gets the same speed, room, microphone, SNR and gain, each its own noise."""
+    from emotion_ros.training.augment import augment_voice
+    rng = np.random.default_rng(5)
+    a = (0.2 * rng.standard_normal(16000)).astype(np.float32)
+    quiet = dict(p_noise=0.0, p_speed=1.0, p_reverb=1.0, p_channel=1.0, p_pitch=0.0)
+    one = augment_voice(a, 16000, np.random.default_rng([7, 0, 3]), sample_rng=np.random.default_rng(1), **quiet)
+    two = augment_voice(a, 16000, np.random.default_rng([7, 0, 3]), sample_rng=np.random.default_rng(2), **quiet)
+    other = augment_voice(a, 16000, np.random.default_rng([7, 0, 4]), sample_rng=np.random.default_rng(1), **quiet)
+    assert np.array_equal(one, two)                                  # same session: the same recording chain
+    assert one.shape != other.shape or not np.allclose(one, other)   # another speaker's session: another one
+    noisy = dict(p_noise=1.0, p_speed=0.0, p_reverb=0.0, p_channel=0.0, p_pitch=0.0)
+    n1 = augment_voice(a, 16000, np.random.default_rng([7, 1, 3]), sample_rng=np.random.default_rng(1), **noisy)
+    n2 = augment_voice(a, 16000, np.random.default_rng([7, 1, 3]), sample_rng=np.random.default_rng(2), **noisy)
+    assert not np.allclose(n1, n2)                                   # its own noise ...
+    ratio = np.std(n1) / np.std(n2)
+    assert 0.9 < ratio < 1.1                                         # ... at the session's SNR and gain
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "unlabelled", "one_label"])
 def test_emotion_train_voice_bad_data_one_line_exit_2(case, tmp_path, capsys):
     from emotion_ros.training.cli import train_main

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import torch
@@ -128,10 +129,11 @@ def reverberate(wav: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarra
     return (y * np.sqrt((np.mean(wav ** 2) + 1e-10) / (np.mean(y ** 2) + 1e-10))).astype(np.float32)
 
 
-def coloured_noise(n: int, rng: np.random.Generator) -> np.ndarray:
-    """White, pink, brown or speech-shaped (low-passed, amplitude-modulated) noise."""
+def coloured_noise(n: int, rng: np.random.Generator, sample_rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """White, pink, brown or speech-shaped (low-passed, amplitude-modulated) noise; the samples are drawn from
+    ``sample_rng`` when given (the kind and modulation from ``rng``)."""
     kind = int(rng.integers(0, 4))
-    white = rng.standard_normal(n).astype(np.float32)
+    white = (sample_rng or rng).standard_normal(n).astype(np.float32)
     if kind == 0:
         return white
     spec = np.fft.rfft(white)
@@ -150,9 +152,10 @@ def coloured_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-def add_noise_snr(wav: np.ndarray, rng: np.random.Generator, snr_db=(0.0, 20.0)) -> np.ndarray:
+def add_noise_snr(wav: np.ndarray, rng: np.random.Generator, snr_db=(0.0, 20.0),
+                  sample_rng: Optional[np.random.Generator] = None) -> np.ndarray:
     p = float(np.mean(wav ** 2)) + 1e-10
-    noise = coloured_noise(wav.size, rng)
+    noise = coloured_noise(wav.size, rng, sample_rng)
     noise *= np.sqrt(p / (10 ** (rng.uniform(*snr_db) / 10)) / (np.mean(noise ** 2) + 1e-10))
     return (wav + noise).astype(np.float32)
 
@@ -183,9 +186,14 @@ def microphone_channel(wav: np.ndarray, sr: int, rng: np.random.Generator) -> np
 
 def augment_voice(wav: np.ndarray, sr: int, rng: np.random.Generator, p_speed: float = 0.7,
                   p_pitch: float = 0.3, p_reverb: float = 0.5, p_channel: float = 0.5,
-                  p_noise: float = 0.6, gain_db: float = 20.0) -> np.ndarray:
+                  p_noise: float = 0.6, gain_db: float = 20.0,
+                  sample_rng: Optional[np.random.Generator] = None) -> np.ndarray:
     """One random recording of ``wav``: speed/pitch, room, device, noise (0-20 dB SNR) and gain (+-20 dB,
-    clipped at full scale as a real converter would), in that order."""
+    clipped at full scale as a real converter would), in that order.
+
+    ``sample_rng``: draw the noise samples from it, and every setting (speed, pitch, room impulse response,
+    device, SNR, gain) from ``rng``; a fresh ``rng`` with the same seed for each utterance of a speaker then
+    records all of them in one session (one room, one microphone), each with its own noise."""
     import soxr
     out = wav
     if rng.random() < p_speed:
@@ -198,7 +206,7 @@ def augment_voice(wav: np.ndarray, sr: int, rng: np.random.Generator, p_speed: f
     if rng.random() < p_channel:
         out = microphone_channel(out, sr, rng)
     if rng.random() < p_noise:
-        out = add_noise_snr(out, rng)
+        out = add_noise_snr(out, rng, sample_rng=sample_rng)
     peak = float(np.max(np.abs(out))) + 1e-9
     out = out / peak * 0.5 * 10 ** (rng.uniform(-gain_db, gain_db) / 20)
     return np.clip(out, -1, 1).astype(np.float32)

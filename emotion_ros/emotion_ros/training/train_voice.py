@@ -11,8 +11,8 @@ One or more corpora (``--data`` repeated: RAVDESS-named files or one folder per 
   mean normalisation of each mel band (``FeatureSpec.utterance_cmn``); with ``--speaker-norm N`` the model
   sees each utterance's mean spectrum relative to a running mean over N utterances of its speaker instead
   (``FeatureSpec.speaker_window``, :class:`~emotion_ros.core.voice.features.SpeakerNormaliser`): in training the
-  reference is drawn from 1 to N utterances of the same speaker (1: the utterance alone, as the node starts), and
-  the channel of an augmented copy is removed with its own mean, so that the reference carries the same channel;
+  reference is drawn from 1 to N utterances of the same speaker (1: the utterance alone, as the node starts) in
+  the same augmented copy, which records each speaker in one session (one room, microphone and SNR);
 - **augmentation** (``--augment room``, precomputed copies): speed and pitch, generated room impulse
   responses, telephone / laptop / far-field / tilted microphones, noise at 0-20 dB SNR, gain over +-20 dB with
   clipping; SpecAugment and within-corpus mixup during training;
@@ -32,7 +32,7 @@ import os
 import pickle
 import sys
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -178,7 +178,8 @@ def _cache_key(args, items: List[VoiceItem], spec: FeatureSpec) -> str:
     fspec = {k: v for k, v in spec.to_dict().items() if k != "speaker_window"}   # applied after the cache
     h.update(json.dumps({"spec": fspec, "augment": args.augment, "copies": args.augment_copies,
                          "pitch": args.pitch_prob, "seed": args.seed, "v": 2,
-                         **({"cut": args.cut} if args.cut != "trim" else {})},   # trim: the keys of before --cut
+                         **({"cut": args.cut} if args.cut != "trim" else {}),   # trim: the keys of before --cut
+                         **({"sessions": 1} if spec.speaker_window else {})},
                         sort_keys=True).encode())
     for it in items:
         st = os.stat(it.path)
@@ -186,46 +187,58 @@ def _cache_key(args, items: List[VoiceItem], spec: FeatureSpec) -> str:
     return h.hexdigest()[:16]
 
 
-def _features(args, spec: FeatureSpec, waves, items, rng, augment: bool, what: str) -> List[List[np.ndarray]]:
-    """[copy][item] log-mel features (copy 0 clean), cached in the run's cache folder."""
+def _feature_and_band_mean(x: np.ndarray, spec: FeatureSpec) -> Tuple[np.ndarray, np.ndarray]:
+    """``utterance_features(x, spec)`` and the (n_mels,) band means it removed (the speaker reference's input)."""
+    bm = []
+    f = utterance_features(x, spec, reference=lambda m: (bm.append(m), np.zeros_like(m))[1])
+    return f, (bm[0] if bm else utterance_band_mean(x, spec))
+
+
+def _features(args, spec: FeatureSpec, waves, items, rng, augment: bool, what: str
+              ) -> Tuple[List[List[np.ndarray]], Optional[np.ndarray]]:
+    """[copy][item] log-mel features (copy 0 clean), cached in the run's cache folder, and for speaker-normalised
+    models the (copies, items, n_mels) band means of each copy (None otherwise).
+
+    Speaker-normalised models are trained on **sessions**: every augmented copy records all utterances of a
+    speaker with the same settings (speed, pitch, room, microphone, SNR; each its own noise), so that the
+    reference drawn from that copy carries the channel of the utterance it normalises, as in the node."""
     cache_dir = args.cache_dir or os.path.join(args.run_dir, "cache")
     path = os.path.join(cache_dir, f"{what}-{_cache_key(args, items, spec)}.pkl")
+    sessions = bool(spec.speaker_window)
     if os.path.isfile(path):
         with open(path, "rb") as f:
             out = pickle.load(f)
         print(f"features for {what} from {path}", flush=True)
-        return [[a.astype(np.float32) for a in copy] for copy in out]
+        bm = None
+        if sessions:
+            out, bm = out["copies"], np.asarray(out["band_means"], np.float32)
+        return [[a.astype(np.float32) for a in copy] for copy in out], bm
     cut = node_cut if args.cut == "node" else (lambda w: w)   # trim: _load_waves trimmed them
-    copies = [[utterance_features(cut(w), spec) for w in tqdm(waves, desc=f"features {what}", mininterval=15,
-                                                               file=sys.stdout)]]
+    pairs = [[_feature_and_band_mean(cut(w), spec) for w in tqdm(waves, desc=f"features {what}", mininterval=15,
+                                                                  file=sys.stdout)]]
     n_aug = args.augment_copies if (augment and args.augment != "none") else 0
+    spk_index = {s: k for k, s in enumerate(sorted({it.speaker for it in items}))}
     for k in range(n_aug):
         feats = []
-        for w in tqdm(waves, desc=f"augment {what} {k + 1}/{n_aug}", mininterval=15, file=sys.stdout):
-            aw = augment_voice(w, spec.sample_rate, rng, p_pitch=args.pitch_prob) if args.augment == "room" \
-                else _augment_basic(w, spec.sample_rate, rng, args.pitch_prob)
-            feats.append(utterance_features(cut(aw), spec))
-        copies.append(feats)
+        for w, it in tqdm(list(zip(waves, items)), desc=f"augment {what} {k + 1}/{n_aug}", mininterval=15,
+                          file=sys.stdout):
+            if args.augment == "room" and sessions:
+                session = np.random.default_rng([args.seed, k, spk_index[it.speaker]])
+                aw = augment_voice(w, spec.sample_rate, session, p_pitch=args.pitch_prob, sample_rng=rng)
+            elif args.augment == "room":
+                aw = augment_voice(w, spec.sample_rate, rng, p_pitch=args.pitch_prob)
+            else:
+                aw = _augment_basic(w, spec.sample_rate, rng, args.pitch_prob)
+            feats.append(_feature_and_band_mean(cut(aw), spec))
+        pairs.append(feats)
+    copies = [[f for f, _ in copy] for copy in pairs]
+    bm = np.stack([np.stack([b for _, b in copy]) for copy in pairs]).astype(np.float32)
     os.makedirs(cache_dir, exist_ok=True)
+    store = [[a.astype(np.float16) for a in copy] for copy in copies]
     with open(path + ".tmp", "wb") as f:
-        pickle.dump([[a.astype(np.float16) for a in copy] for copy in copies], f, protocol=4)
+        pickle.dump({"copies": store, "band_means": bm} if sessions else store, f, protocol=4)
     os.replace(path + ".tmp", path)
-    return copies
-
-
-def _band_means(args, spec: FeatureSpec, waves, items, what: str) -> np.ndarray:
-    """(N, n_mels) band means of the clean recordings, cut as the features are (the speaker references)."""
-    cache_dir = args.cache_dir or os.path.join(args.run_dir, "cache")
-    path = os.path.join(cache_dir, f"{what}-bandmeans-{_cache_key(args, items, spec)}.npy")
-    if os.path.isfile(path):
-        return np.load(path)
-    cut = node_cut if args.cut == "node" else (lambda w: w)
-    bm = np.stack([utterance_band_mean(cut(w), spec) for w in tqdm(waves, desc=f"band means {what}",
-                                                                    mininterval=15, file=sys.stdout)])
-    os.makedirs(cache_dir, exist_ok=True)
-    np.save(path + ".tmp.npy", bm.astype(np.float32))
-    os.replace(path + ".tmp.npy", path)
-    return bm.astype(np.float32)
+    return copies, (bm if sessions else None)
 
 
 def sequential_offsets(band_means: np.ndarray, speakers: List[str], window: int, seed: int) -> np.ndarray:
@@ -240,17 +253,20 @@ def sequential_offsets(band_means: np.ndarray, speakers: List[str], window: int,
 
 
 def random_offsets(band_means: np.ndarray, groups: List[np.ndarray], group_of: np.ndarray, items: np.ndarray,
-                   window: int, rng: np.random.Generator) -> np.ndarray:
+                   window: int, rng: np.random.Generator, copies: Optional[np.ndarray] = None) -> np.ndarray:
     """Training offsets: for each of ``items``, its band means minus the mean over itself and 0..window-1 other
-    utterances of its speaker, the count drawn uniformly (a reference as the node has it at start-up and after)."""
-    out = np.zeros((len(items), band_means.shape[1]), np.float32)
+    utterances of its speaker, the count drawn uniformly (a reference as the node has it at start-up and after).
+    ``band_means`` (N, D), or (C, N, D) with ``copies`` (one per item): the reference comes from the item's own
+    copy (its recording session)."""
+    out = np.zeros((len(items), band_means.shape[-1]), np.float32)
     for b, i in enumerate(items):
         k = int(rng.integers(1, window + 1))
         if k > 1:
+            bm = band_means if copies is None else band_means[copies[b]]
             g = groups[group_of[i]]
             others = g[g != i]
             pick = rng.choice(others, size=min(k - 1, others.size), replace=False) if others.size else others
-            out[b] = band_means[i] - band_means[np.concatenate([[i], pick])].mean(0)
+            out[b] = bm[i] - bm[np.concatenate([[i], pick])].mean(0)
     return out
 
 
@@ -319,7 +335,7 @@ def run(args) -> dict:
 
     w_train, it_train, c_train = loaded["train"]
     y_train = np.array([i.label for i in it_train], np.int64)
-    copies = _features(args, spec, w_train, it_train, rng, True, "train")
+    copies, bm_train = _features(args, spec, w_train, it_train, rng, True, "train")
     clean = copies[0]
     cat = np.concatenate(clean)
     mean = cat.mean(0).astype(np.float32)
@@ -341,7 +357,6 @@ def run(args) -> dict:
 
     n_train = len(it_train)
     if spec.speaker_window:
-        bm_train = _band_means(args, spec, w_train, it_train, "train")
         spk_names = sorted({i.speaker for i in it_train})
         group_of = np.array([spk_names.index(i.speaker) for i in it_train])
         groups = [np.flatnonzero(group_of == g) for g in range(len(spk_names))]
@@ -350,10 +365,10 @@ def run(args) -> dict:
     for part in ("dev", "test"):
         waves, items, cis = loaded[part]
         if items:
-            feats = _features(args, spec, waves, items, rng, False, part)[0]
+            copies_p, bm_p = _features(args, spec, waves, items, rng, False, part)
+            feats = copies_p[0]
             if spec.speaker_window:
-                off = sequential_offsets(_band_means(args, spec, waves, items, part), [i.speaker for i in items],
-                                         spec.speaker_window, args.seed)
+                off = sequential_offsets(bm_p[0], [i.speaker for i in items], spec.speaker_window, args.seed)
                 feats = [f + o for f, o in zip(feats, off)]
             evalsets[part] = (norm(feats), np.array([i.label for i in items], np.int64), cis)
     print(f"features ready in {time.time() - t0:.0f}s: {len(X)} training sequences", flush=True)
@@ -394,7 +409,8 @@ def run(args) -> dict:
                 crop = int(erng.integers(min(args.crop_min_frames, crop), crop + 1))
             x, lens = _batchify([X[i] for i in idx], crop, erng, True)
             if spec.speaker_window:
-                off = random_offsets(bm_train, groups, group_of, idx % n_train, spec.speaker_window, erng) / std
+                off = random_offsets(bm_train, groups, group_of, idx % n_train, spec.speaker_window, erng,
+                                     copies=idx // n_train) / std
                 valid = (torch.arange(x.shape[1]).unsqueeze(0) < lens.unsqueeze(1)).unsqueeze(-1)
                 x = x + valid * torch.from_numpy(off).unsqueeze(1)
             x = spec_augment(x, g)
