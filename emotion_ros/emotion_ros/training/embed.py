@@ -39,8 +39,7 @@ def _summarise(model, results, wave16: Optional[np.ndarray], speaker=None) -> Tu
     """Duration-weighted (probs, embedding) of the utterance results, and True; with none, the model on the
     trimmed whole recording (16 kHz mono ``wave16``, needed only then), and False."""
     if not results:
-        p, e = model.predict(trim_silence(wave16), speaker) if speaker is not None \
-            else model.predict(trim_silence(wave16))
+        p, e = model.predict(trim_silence(wave16), speaker)
         return np.asarray(p, np.float32), np.asarray(e, np.float32), False
     w = np.array([max(r.duration, 1e-3) for r in results], np.float64)
     w /= w.sum()

@@ -42,8 +42,7 @@ from tqdm import tqdm
 from ..core.errors import DataError
 from ..core.labels import LABELS, NUM_LABELS
 from ..core.modelio import save_checkpoint
-from ..core.voice.features import (FeatureSpec, SpeakerNormaliser, load_audio, trim_silence, utterance_band_mean,
-                                   utterance_features)
+from ..core.voice.features import FeatureSpec, SpeakerNormaliser, load_audio, trim_silence, utterance_features
 from ..core.voice.segment import segment_offline
 from ..core.voice.model import ARCH, SpeechCNNBiLSTM
 from .augment import add_noise, augment_voice, spec_augment
@@ -187,13 +186,6 @@ def _cache_key(args, items: List[VoiceItem], spec: FeatureSpec) -> str:
     return h.hexdigest()[:16]
 
 
-def _feature_and_band_mean(x: np.ndarray, spec: FeatureSpec) -> Tuple[np.ndarray, np.ndarray]:
-    """``utterance_features(x, spec)`` and the (n_mels,) band means it removed (the speaker reference's input)."""
-    bm = []
-    f = utterance_features(x, spec, reference=lambda m: (bm.append(m), np.zeros_like(m))[1])
-    return f, (bm[0] if bm else utterance_band_mean(x, spec))
-
-
 def _features(args, spec: FeatureSpec, waves, items, rng, augment: bool, what: str
               ) -> Tuple[List[List[np.ndarray]], Optional[np.ndarray]]:
     """[copy][item] log-mel features (copy 0 clean), cached in the run's cache folder, and for speaker-normalised
@@ -214,7 +206,7 @@ def _features(args, spec: FeatureSpec, waves, items, rng, augment: bool, what: s
             out, bm = out["copies"], np.asarray(out["band_means"], np.float32)
         return [[a.astype(np.float32) for a in copy] for copy in out], bm
     cut = node_cut if args.cut == "node" else (lambda w: w)   # trim: _load_waves trimmed them
-    pairs = [[_feature_and_band_mean(cut(w), spec) for w in tqdm(waves, desc=f"features {what}", mininterval=15,
+    pairs = [[utterance_features(cut(w), spec, return_band_mean=True) for w in tqdm(waves, desc=f"features {what}", mininterval=15,
                                                                   file=sys.stdout)]]
     n_aug = args.augment_copies if (augment and args.augment != "none") else 0
     spk_index = {s: k for k, s in enumerate(sorted({it.speaker for it in items}))}
@@ -229,7 +221,7 @@ def _features(args, spec: FeatureSpec, waves, items, rng, augment: bool, what: s
                 aw = augment_voice(w, spec.sample_rate, rng, p_pitch=args.pitch_prob)
             else:
                 aw = _augment_basic(w, spec.sample_rate, rng, args.pitch_prob)
-            feats.append(_feature_and_band_mean(cut(aw), spec))
+            feats.append(utterance_features(cut(aw), spec, return_band_mean=True))
         pairs.append(feats)
     copies = [[f for f, _ in copy] for copy in pairs]
     bm = np.stack([np.stack([b for _, b in copy]) for copy in pairs]).astype(np.float32)

@@ -161,22 +161,26 @@ def logmel(x: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.ndarray:
 
 
 def utterance_features(x: np.ndarray, spec: FeatureSpec = FeatureSpec(), normalise: bool = True,
-                       reference: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> np.ndarray:
+                       reference: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                       return_band_mean: bool = False):
     """16 kHz mono utterance -> loudness-normalised log-mel (T, n_mels).
 
     With ``spec.utterance_cmn`` each band's speech-frame mean is removed; ``reference``, when given, maps those
     band means (n_mels,) to the offset added back afterwards: the band means minus the speaker's running reference
-    (``SpeakerNormaliser.offset``), for models with ``spec.speaker_window > 0``.
+    (``SpeakerNormaliser.offset``), for models with ``spec.speaker_window > 0``.  ``return_band_mean``: return
+    ``(features, band means (n_mels,))`` (the band means of the log-mel before any normalisation of the bands).
     """
     if normalise:
         x = loudness_normalise(x, spec)
     f = logmel(x, spec)
-    if spec.utterance_cmn and f.shape[0] > 1:
-        bm = speech_band_mean(f)
+    cmn = spec.utterance_cmn and f.shape[0] > 1
+    bm = speech_band_mean(f) if (cmn or return_band_mean) else None
+    if cmn:
         f = f - bm
         if reference is not None:
             f = f + np.asarray(reference(bm[0]), np.float32).reshape(1, -1)
-    return f.astype(np.float32)
+    f = f.astype(np.float32)
+    return (f, bm[0]) if return_band_mean else f
 
 
 def speech_band_mean(f: np.ndarray) -> np.ndarray:
@@ -197,7 +201,7 @@ def utterance_mean_normalise(f: np.ndarray) -> np.ndarray:
 def utterance_band_mean(x: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.ndarray:
     """16 kHz mono utterance -> (n_mels,) speech-frame mean of its loudness-normalised log-mel: what
     :class:`SpeakerNormaliser` averages."""
-    return speech_band_mean(logmel(loudness_normalise(x, spec), spec))[0]
+    return utterance_features(x, spec, return_band_mean=True)[1]
 
 
 class SpeakerNormaliser:

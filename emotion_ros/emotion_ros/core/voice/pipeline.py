@@ -231,10 +231,7 @@ class VoicePipeline:
         out = []
         for s in segs:
             wave = trim_silence(s.samples) if self.trim else s.samples
-            if self.speaker is not None:
-                probs, emb = self.model.predict(wave, self.speaker, s.end_t, not s.partial)
-            else:
-                probs, emb = self.model.predict(wave)
+            probs, emb = self.model.predict(wave, self.speaker, s.end_t, not s.partial)
             out.append(VoiceResult(start_t=s.start_t, end_t=s.end_t, probs=np.asarray(probs, np.float32),
                                    embedding=np.asarray(emb, np.float32), partial=s.partial,
                                    speech_ratio=float(s.speech_ratio), voice_activity=s.speech_ratio > 0,
@@ -270,8 +267,7 @@ class VoicePipeline:
         wave = np.where(np.isfinite(wave), wave, np.float32(0.0))
         results = self._classify(self.segment_wave(wave, finals_only=True))
         if not results:
-            probs, _ = self.model.predict(trim_silence(wave), self.speaker) if self.speaker is not None \
-                else self.model.predict(trim_silence(wave))
+            probs, _ = self.model.predict(trim_silence(wave), self.speaker)
             return WaveResult(np.asarray(probs, np.float32), 0)
         w = np.array([max(r.duration, 1e-3) for r in results], np.float64)
         probs = (np.stack([r.probs for r in results]).astype(np.float64) * w[:, None]).sum(0) / w.sum()
