@@ -271,6 +271,7 @@ def test_diagnostics_report_device_and_model(running, ckpt, hopper):
     assert ok, (len(g.diags), [s.name for a in g.diags[-3:] for s in a.status], mine())
     values = mine()
     assert values["device"] == "cpu" and values["model"] == ckpt
+    assert values["precision"] == "float32"  # int8 is off by default
     assert float(values["processing_ms_p50"]) > 0
 
 
@@ -352,6 +353,13 @@ def test_configure_fails_for_unknown_detector_or_missing_yunet(inproc, tmp_path)
     assert inproc(detector="mtcnn").trigger_configure() == R.FAILURE
     n = inproc(detector="yunet", yunet_model=str(tmp_path / "yunet.onnx"))
     assert n.trigger_configure() == R.FAILURE and n.model is None
+
+
+def test_int8_without_ranges_in_the_model_file_fails_configure(inproc):
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+    n = inproc(int8=True)
+    assert n.trigger_configure() == R.FAILURE and n.model is None
+    assert inproc(int8=False).trigger_configure() == R.SUCCESS
 
 
 def test_parameters_are_declared_with_descriptions_and_yaml_defaults(inproc):

@@ -29,7 +29,7 @@ Measured:
 
 ``--profile`` adds an in-process breakdown of the face node's per-frame work (message conversion, grey conversion +
 detection, tracking, alignment, model, result message) with the node's default parameters, so one can see where
-the time goes.
+the time goes; a face model file with int8 ranges (``emotion-train quantize-face``) adds a ``face_N_int8`` row.
 
 Output: progress lines, then as the LAST line one JSON object (see ``--help``). Models: the nodes' defaults
 (``models/{face,voice,fusion}.pt``); a missing one is replaced by a randomly initialised checkpoint of the same
@@ -872,9 +872,16 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
                                                             "haar_min_neighbors")},
                               "torch_threads": torch.get_num_threads(), "opencv_threads": cv2.getNumThreads()}
 
-    def pipeline(full_every: int, flip: bool, background: bool = False):
-        model = FaceModel.for_node(model_path, {**p, "flip_tta": flip}, device=device)
+    def pipeline(full_every: int, flip: bool, background: bool = False, int8: Optional[bool] = None):
+        model = FaceModel.for_node(model_path, {**p, "flip_tta": flip, "int8": p.get("int8", False) if int8 is None
+                                                else int8}, device=device)
         return build_pipeline(model, {**p, "full_detect_every": full_every}, background=background)
+
+    # the other precision too, when the model file has int8 ranges (face node parameter int8)
+    other_precision = not bool(p.get("int8", False))
+    if other_precision:
+        from emotion_ros.core.modelio import load_checkpoint
+        other_precision = "int8" in load_checkpoint(model_path, "face")
 
     def stats(v):
         return {"mean": round(float(np.mean(v)), 3), "p50": pct(v, 50), "p95": pct(v, 95)}
@@ -883,11 +890,14 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
         frames = scene_frames(nf, 30)
         msgs = [numpy_to_image(f, "bgr8", stamp=1000.0 + i / 30.0, frame_id="camera") for i, f in enumerate(frames)]
         every, flip_default, bg_default = int(p["full_detect_every"]), bool(p["flip_tta"]), bool(p["async_full_detect"])
-        for label, full_every, flip, bg in (("default", every, flip_default, bg_default),
-                                            ("in_line_full_detect", every, flip_default, False),
-                                            ("full_detect_every_frame", 1, flip_default, False),
-                                            ("no_flip_tta", every, False, bg_default)):
-            pipe = pipeline(full_every, flip, bg)
+        variants = [("default", every, flip_default, bg_default, None),
+                    ("in_line_full_detect", every, flip_default, False, None),
+                    ("full_detect_every_frame", 1, flip_default, False, None),
+                    ("no_flip_tta", every, False, bg_default, None)]
+        if other_precision:
+            variants.append(("int8", every, flip_default, bg_default, True))
+        for label, full_every, flip, bg, int8 in variants:
+            pipe = pipeline(full_every, flip, bg, int8)
             rec = collections.defaultdict(list)
             for i in range(n_frames + 10):
                 msg = msgs[i % len(msgs)]

@@ -1,4 +1,4 @@
-"""``emotion-train face|voice|voice-ensemble|fusion|calibrate-face``: offline training of the shipped models."""
+"""``emotion-train face|voice|voice-ensemble|fusion|calibrate-face|quantize-face``: offline training of the shipped models."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import sys
 
 
 def train_main(argv=None):
-    from . import calibrate_face, train_face, train_fusion, train_voice, voice_ensemble
+    from . import calibrate_face, quantize_face, train_face, train_fusion, train_voice, voice_ensemble
 
     p = argparse.ArgumentParser(prog="emotion-train", description=__doc__)
     sub = p.add_subparsers(dest="what", required=True)
@@ -14,7 +14,8 @@ def train_main(argv=None):
                              ("voice", train_voice, "CNN + BiLSTM speech-emotion model"),
                              ("voice-ensemble", voice_ensemble, "combine voice models into one checkpoint"),
                              ("fusion", train_fusion, "model-level fusion network"),
-                             ("calibrate-face", calibrate_face, "fit the face model's temperature on its dev faces")):
+                             ("calibrate-face", calibrate_face, "fit the face model's temperature on its dev faces"),
+                             ("quantize-face", quantize_face, "store the face model's int8 activation ranges")):
         sp = sub.add_parser(name, help=help_, description=mod.__doc__)
         mod.add_args(sp)
         sp.set_defaults(func=mod.run)

@@ -107,7 +107,9 @@ def eval_face(args) -> Dict:
     from .perturb import perturb_face
 
     names = _perturb_names(args, "face")
-    model = FaceModel(args.model or default_model("face.pt"), device=args.device)
+    model = FaceModel(args.model or default_model("face.pt"), device=args.device, int8=args.int8)
+    if model.int8_fallback:
+        print(f"emotion-eval face: {model.int8_fallback}", file=sys.stderr)
     model_file = model_file_info(model.path)
     t0 = time.time()
     transform = (lambda img, i: perturb_face(img, names, args.seed, i)) if names else None
@@ -130,7 +132,7 @@ def eval_face(args) -> Dict:
     report.update({"task": "face", "data": args.data, "model": model.path, "model_file": model_file,
                    "perturb": names, "seed": args.seed, "no_face_found": data.no_face,
                    "detector": getattr(aligner.detector, "name", "?"), "eye_align": aligner.eyes,
-                   "detect_crops": aligner.detect_small,
+                   "detect_crops": aligner.detect_small, "int8": model.runs_int8,
                    "unreadable": len(data.unreadable), "skipped_classes": data.skipped_classes,
                    "seconds": round(time.time() - t0, 2)})
     print(f"{data.no_face} of {report['n']} images had no detected face: the whole image was used",
@@ -285,6 +287,9 @@ def main(argv: Optional[list] = None) -> int:
     sp.add_argument("--detect-crops", action="store_true",
                     help="images under 96 px (pre-cut crops such as FER2013's) are enlarged onto a grey canvas "
                          "and go through detection and alignment like a camera frame (default: used whole)")
+    sp.add_argument("--int8", action="store_true",
+                    help="on the CPU, run the int8 network from the model file's stored ranges (the face node's "
+                         "int8 parameter; emotion-train quantize-face)")
     perturb(sp, "face")
     common(sp)
     sp.set_defaults(func=eval_face)

@@ -7,7 +7,7 @@ the fusion model and the class logits.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -79,10 +79,14 @@ class FaceModel:
     ``calibrated`` (default): the logits are divided by the checkpoint's ``calibration["temperature"]`` (fitted on
     held-out faces) before the softmax, so that the top probability means what it says; false = raw softmax.
     ``fast`` (default): on the CPU, predictions run on :func:`inference_copy` of ``net`` (made at load time; call
-    :meth:`refresh` after changing ``net``'s weights); on other devices ``net`` itself runs."""
+    :meth:`refresh` after changing ``net``'s weights); on other devices ``net`` itself runs.
+    ``int8``: on the CPU, predictions run on the int8 network built from the checkpoint's stored activation ranges
+    (``emotion-train quantize-face``, :mod:`.quant`); a file without them fails to load, naming the command.  A torch
+    build without a quantized engine runs the float network and says why in ``int8_fallback``; other devices ignore
+    ``int8``."""
 
     def __init__(self, path: str, device: str = "auto", flip_tta: bool = True, fast: bool = True,
-                 calibrated: bool = True, flip_tta_max_faces: int = 0):
+                 calibrated: bool = True, flip_tta_max_faces: int = 0, int8: bool = False):
         ckpt = load_checkpoint(path, "face")
         if ckpt.get("arch") != ARCH:
             raise ModelFileError(f"face model file {path!r}: unknown architecture {ckpt.get('arch')!r}")
@@ -120,11 +124,32 @@ class FaceModel:
         self.embed_dim = self.net.embed_dim
         self.fast = bool(fast)
         self._fast_net = None
+        self.int8 = bool(int8)
+        self.int8_fallback: Optional[str] = None  # why int8 was asked for and the float network runs
+        self._int8_state = ckpt.get("int8") if self.int8 else None
+        if self.int8 and self.device.type == "cpu" and not (self._int8_state or {}).get("observers"):
+            raise ModelFileError(f"face model file {path!r} has no int8 activation ranges: run emotion-train "
+                                 f"quantize-face --face-model {path} --data <its training faces>, or set int8 false")
+        self._int8_net = None
         self.refresh()
 
+    @property
+    def runs_int8(self) -> bool:
+        """Whether predictions on this device run the int8 network."""
+        return self._int8_net is not None and self.device.type == "cpu"
+
     def refresh(self) -> None:
-        """Rebuild the fast CPU copy of ``net`` (after its weights changed)."""
+        """Rebuild the fast CPU copy of ``net`` (and its int8 network, when asked for) after its weights changed."""
         self._fast_net = inference_copy(self.net).cpu() if self.fast else None
+        self._int8_net = None
+        if self.int8 and self.device.type == "cpu":
+            from .quant import build_int8
+            try:
+                self._int8_net = build_int8(self.net, self._int8_state)
+            except RuntimeError as exc:  # no quantized engine in this torch build
+                self.int8_fallback = f"int8 unavailable ({exc}); running the float network"
+            except ValueError as exc:
+                raise ModelFileError(f"face model file {self.path!r}: int8 ranges unusable: {exc}") from exc
 
     @classmethod
     def for_node(cls, path: str, params: Mapping[str, Any], device: str = "auto") -> "FaceModel":
@@ -132,7 +157,7 @@ class FaceModel:
         config/emotion.yaml's ``face_node`` block): one place for the node, ``emotion-bag evaluate``, the fusion
         replay and the bench."""
         return cls(path, device=device, flip_tta=bool(params.get("flip_tta", True)),
-                   flip_tta_max_faces=int(params.get("flip_tta_max_faces", 0)))
+                   flip_tta_max_faces=int(params.get("flip_tta_max_faces", 0)), int8=bool(params.get("int8", False)))
 
     def to_tensor(self, crops: np.ndarray) -> torch.Tensor:
         """``crops``: uint8 or float in [0, 1], shape (N, S, S)."""
@@ -152,7 +177,9 @@ class FaceModel:
         flip = self.flip_tta and (self.flip_tta_max_faces == 0 or n <= self.flip_tta_max_faces)
         if flip:
             x = torch.cat([x, torch.flip(x, dims=[3])], 0)
-        if self._fast_net is not None and self.device.type == "cpu":
+        if self.runs_int8:
+            logits, emb = self._int8_net(x)
+        elif self._fast_net is not None and self.device.type == "cpu":
             logits, emb = self._fast_net(x.contiguous(memory_format=torch.channels_last), return_embedding=True)
         else:
             logits, emb = self.net(x, return_embedding=True)
@@ -164,4 +191,4 @@ class FaceModel:
 
     def info(self) -> Dict[str, object]:
         return {"path": self.path, "arch": ARCH, "device": str(self.device), "input_size": self.input_size,
-                "temperature": self.temperature}
+                "temperature": self.temperature, "int8": self.runs_int8}
