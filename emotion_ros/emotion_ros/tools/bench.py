@@ -29,7 +29,8 @@ Measured:
 
 ``--profile`` adds an in-process breakdown of the face node's per-frame work (message conversion, grey conversion +
 detection, tracking, alignment, model, result message) with the node's default parameters, so one can see where
-the time goes; a face model file with int8 ranges (``emotion-train quantize-face``) adds a ``face_N_int8`` row.
+the time goes; a face model file with int8 ranges (``emotion-train quantize-face``) adds a row of the other precision
+(``face_N_float32`` with the node's default ``int8: true``).
 
 Output: progress lines, then as the LAST line one JSON object (see ``--help``). Models: the nodes' defaults
 (``models/{face,voice,fusion}.pt``); a missing one is replaced by a randomly initialised checkpoint of the same
@@ -873,15 +874,15 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
                               "torch_threads": torch.get_num_threads(), "opencv_threads": cv2.getNumThreads()}
 
     def pipeline(full_every: int, flip: bool, background: bool = False, int8: Optional[bool] = None):
-        model = FaceModel.for_node(model_path, {**p, "flip_tta": flip, "int8": p.get("int8", False) if int8 is None
+        model = FaceModel.for_node(model_path, {**p, "flip_tta": flip, "int8": p.get("int8", True) if int8 is None
                                                 else int8}, device=device)
         return build_pipeline(model, {**p, "full_detect_every": full_every}, background=background)
 
     # the other precision too, when the model file has int8 ranges (face node parameter int8)
-    other_precision = not bool(p.get("int8", False))
-    if other_precision:
-        from emotion_ros.core.modelio import load_checkpoint
-        other_precision = "int8" in load_checkpoint(model_path, "face")
+    default_int8 = bool(p.get("int8", True))
+    from emotion_ros.core.modelio import load_checkpoint
+    other_precision = "int8" in load_checkpoint(model_path, "face")
+    out["precision"] = "int8" if default_int8 and other_precision else "float32"
 
     def stats(v):
         return {"mean": round(float(np.mean(v)), 3), "p50": pct(v, 50), "p95": pct(v, 95)}
@@ -895,7 +896,8 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
                     ("full_detect_every_frame", 1, flip_default, False, None),
                     ("no_flip_tta", every, False, bg_default, None)]
         if other_precision:
-            variants.append(("int8", every, flip_default, bg_default, True))
+            variants.append(("float32" if default_int8 else "int8", every, flip_default, bg_default,
+                             not default_int8))
         for label, full_every, flip, bg, int8 in variants:
             pipe = pipeline(full_every, flip, bg, int8)
             rec = collections.defaultdict(list)
@@ -941,7 +943,7 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
         out[f"face_{nf}_detector"] = {"faces_found": len(boxes), "full_frame_ms": stats(full),
                                        "regions_ms": stats(reg)}
         # model alone by batch size
-        model = FaceModel(model_path, device=device, flip_tta=True)
+        model = FaceModel(model_path, device=device, flip_tta=True, int8=default_int8)
         crops = np.random.default_rng(0).integers(0, 255, (nf, model.input_size, model.input_size), np.uint8)
         times = []
         for i in range(40):

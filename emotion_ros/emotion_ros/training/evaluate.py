@@ -107,7 +107,7 @@ def eval_face(args) -> Dict:
     from .perturb import perturb_face
 
     names = _perturb_names(args, "face")
-    model = FaceModel(args.model or default_model("face.pt"), device=args.device, int8=args.int8)
+    model = FaceModel(args.model or default_model("face.pt"), device=args.device, int8=not args.float)
     if model.int8_fallback:
         print(f"emotion-eval face: {model.int8_fallback}", file=sys.stderr)
     model_file = model_file_info(model.path)
@@ -287,9 +287,9 @@ def main(argv: Optional[list] = None) -> int:
     sp.add_argument("--detect-crops", action="store_true",
                     help="images under 96 px (pre-cut crops such as FER2013's) are enlarged onto a grey canvas "
                          "and go through detection and alignment like a camera frame (default: used whole)")
-    sp.add_argument("--int8", action="store_true",
-                    help="on the CPU, run the int8 network from the model file's stored ranges (the face node's "
-                         "int8 parameter; emotion-train quantize-face)")
+    sp.add_argument("--float", action="store_true",
+                    help="run the float network even where the model file has int8 ranges (the face node with "
+                         "int8: false); by default the CPU runs int8 when the file has them, as the node does")
     perturb(sp, "face")
     common(sp)
     sp.set_defaults(func=eval_face)

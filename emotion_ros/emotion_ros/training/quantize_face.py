@@ -80,7 +80,7 @@ def run(args) -> dict:
     pick = np.random.default_rng(args.seed).choice(pool, size=min(args.n, len(pool)), replace=False)
     state = observe(model.net, _batches(model, faces.images[pick]), size=model.input_size)
     build_int8(model.net, state)  # the ranges fit the network
-    rep = {"method": "post-training static quantization (torch.ao FX), per-channel weights, per-tensor activations",
+    rep = {"method": "post-training static quantization (torch.ao eager mode), per-channel weights, per-tensor activations",
            "engine": state["engine"], "torch": str(torch.__version__), "size": state["size"], "n": int(len(pick)),
            "views": 2 if model.flip_tta else 1,
            "ranges_from": f"{args.data}: {len(pick)} faces of the face model's {part}, seed {args.seed}"}

@@ -81,9 +81,9 @@ class FaceModel:
     ``fast`` (default): on the CPU, predictions run on :func:`inference_copy` of ``net`` (made at load time; call
     :meth:`refresh` after changing ``net``'s weights); on other devices ``net`` itself runs.
     ``int8``: on the CPU, predictions run on the int8 network built from the checkpoint's stored activation ranges
-    (``emotion-train quantize-face``, :mod:`.quant`); a file without them fails to load, naming the command.  A torch
-    build without a quantized engine runs the float network and says why in ``int8_fallback``; other devices ignore
-    ``int8``."""
+    (``emotion-train quantize-face``, :mod:`.quant`).  A file without them, or a torch build without a quantized
+    engine, runs the float network and says why in ``int8_fallback``; ranges that do not fit the network fail to
+    load, naming the file.  Other devices ignore ``int8``."""
 
     def __init__(self, path: str, device: str = "auto", flip_tta: bool = True, fast: bool = True,
                  calibrated: bool = True, flip_tta_max_faces: int = 0, int8: bool = False):
@@ -128,8 +128,9 @@ class FaceModel:
         self.int8_fallback: Optional[str] = None  # why int8 was asked for and the float network runs
         self._int8_state = ckpt.get("int8") if self.int8 else None
         if self.int8 and self.device.type == "cpu" and not (self._int8_state or {}).get("observers"):
-            raise ModelFileError(f"face model file {path!r} has no int8 activation ranges: run emotion-train "
-                                 f"quantize-face --face-model {path} --data <its training faces>, or set int8 false")
+            self.int8_fallback = (f"no int8 activation ranges in {path} (emotion-train quantize-face --face-model "
+                                  f"{path} --data <its training faces>); running the float network")
+            self._int8_state = None
         self._int8_net = None
         self.refresh()
 
@@ -142,7 +143,7 @@ class FaceModel:
         """Rebuild the fast CPU copy of ``net`` (and its int8 network, when asked for) after its weights changed."""
         self._fast_net = inference_copy(self.net).cpu() if self.fast else None
         self._int8_net = None
-        if self.int8 and self.device.type == "cpu":
+        if self.int8 and self.device.type == "cpu" and self._int8_state is not None:
             from .quant import build_int8
             try:
                 self._int8_net = build_int8(self.net, self._int8_state)
@@ -157,7 +158,7 @@ class FaceModel:
         config/emotion.yaml's ``face_node`` block): one place for the node, ``emotion-bag evaluate``, the fusion
         replay and the bench."""
         return cls(path, device=device, flip_tta=bool(params.get("flip_tta", True)),
-                   flip_tta_max_faces=int(params.get("flip_tta_max_faces", 0)), int8=bool(params.get("int8", False)))
+                   flip_tta_max_faces=int(params.get("flip_tta_max_faces", 0)), int8=bool(params.get("int8", True)))
 
     def to_tensor(self, crops: np.ndarray) -> torch.Tensor:
         """``crops``: uint8 or float in [0, 1], shape (N, S, S)."""

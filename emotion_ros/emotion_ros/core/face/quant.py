@@ -1,9 +1,10 @@
-"""Int8 inference of the face CNN on the CPU (post-training static quantization, PyTorch FX).
+"""Int8 inference of the face CNN on the CPU (post-training static quantization, torch.ao eager mode).
 
 The activation ranges are measured once, offline, on training faces (``emotion-train quantize-face``) and stored
 in the checkpoint as the observers' state (``ckpt["int8"]``); at load time :func:`build_int8` rebuilds the
 quantized network from the float weights and those ranges, so nothing is measured at run time and no data ships.
 Weights are quantized per output channel, activations per tensor (PyTorch's default x86/fbgemm configuration).
+Eager mode, not FX: FX's tracing imports dynamo, inductor and sympy (+105 MB of resident memory in the face node).
 
     observers = observe(net, batches)             # offline: a few hundred normalised crops
     qnet = build_int8(net, observers)             # load time: same outputs as ``net`` to int8 precision
@@ -30,26 +31,48 @@ def engine() -> Optional[str]:
     return None
 
 
-class _WithEmbedding(nn.Module):
-    """FX traces ``forward`` without keyword arguments: logits and embedding as one output."""
+class QuantFaceCNN(nn.Module):
+    """The face CNN arranged for eager-mode static quantization: batch norm folded into the convolutions and into
+    the embedding's linear layer, each convolution and linear layer fused with its ReLU, dropout gone, a quantize
+    stub at the input and dequantize stubs at both outputs.  ``forward(x) -> (logits, embedding)``."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.net = net
+        from torch.ao.quantization import DeQuantStub, QuantStub, fuse_modules
+        from torch.nn.utils.fusion import fuse_linear_bn_eval
+
+        from .model import inference_copy
+
+        fast = inference_copy(net).to(memory_format=torch.contiguous_format).cpu().eval()
+        layers = list(fast.features)
+        self.features = nn.Sequential(*layers)
+        pairs = [[str(i), str(i + 1)] for i in range(len(layers) - 1)
+                 if isinstance(layers[i], nn.Conv2d) and isinstance(layers[i + 1], nn.ReLU)]
+        fuse_modules(self.features, pairs, inplace=True)
+        self.pool = fast.pool
+        self.flatten = nn.Flatten()
+        linear, bn, relu = (m for m in fast.embed if not isinstance(m, nn.Flatten))
+        self.embed = nn.Sequential(fuse_linear_bn_eval(linear, bn), relu)
+        fuse_modules(self.embed, [["0", "1"]], inplace=True)
+        self.classifier = fast.classifier
+        self.quant = QuantStub()
+        self.dequant_logits = DeQuantStub()
+        self.dequant_embedding = DeQuantStub()
 
     def forward(self, x):
-        return self.net(x, return_embedding=True)
+        z = self.embed(self.flatten(self.pool(self.features(self.quant(x)))))
+        return self.dequant_logits(self.classifier(z)), self.dequant_embedding(z)
 
 
-def _prepare(net: nn.Module, size: int, backend: str):
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import prepare_fx
+def _prepare(net: nn.Module, backend: str) -> nn.Module:
+    from torch.ao.quantization import get_default_qconfig, prepare
 
     torch.backends.quantized.engine = backend
-    model = _WithEmbedding(copy.deepcopy(net).cpu().eval())
+    model = QuantFaceCNN(net).eval()
+    model.qconfig = get_default_qconfig(backend)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # FX's notes on the deprecated torch.ao API and on reduce_range
-        return prepare_fx(model, get_default_qconfig_mapping(backend), (torch.zeros(2, 1, size, size),))
+        warnings.simplefilter("ignore")  # torch.ao's notes on reduce_range and its deprecation
+        return prepare(model)
 
 
 @torch.no_grad()  # not inference_mode: the observers' state must load into another module later
@@ -60,7 +83,7 @@ def observe(net: nn.Module, batches: Iterable[torch.Tensor], size: int = 48,
     backend = backend or engine()
     if backend is None:
         raise RuntimeError("this torch build has no x86/fbgemm quantized engine")
-    prepared = _prepare(net, size, backend)
+    prepared = _prepare(net, backend)
     n = 0
     for x in batches:
         prepared(x.float().cpu())
@@ -76,7 +99,7 @@ def build_int8(net: nn.Module, state: Dict[str, object]) -> nn.Module:
 
     Raises ``RuntimeError`` when the build has no quantized engine and ``ValueError`` when ``state`` does not fit
     ``net`` (another architecture or torch version naming the observers differently)."""
-    from torch.ao.quantization.quantize_fx import convert_fx
+    from torch.ao.quantization import convert
 
     backend = engine()
     if backend is None:
@@ -84,7 +107,7 @@ def build_int8(net: nn.Module, state: Dict[str, object]) -> nn.Module:
     observers = dict(state.get("observers") or {})
     if not observers:
         raise ValueError("no observer ranges")
-    prepared = _prepare(net, int(state.get("size", 48)), backend)
+    prepared = _prepare(net, backend)
     wanted = {k for k in prepared.state_dict() if OBSERVER_KEY in k}
     if wanted != set(observers):
         missing, extra = sorted(wanted - set(observers)), sorted(set(observers) - wanted)
@@ -92,4 +115,4 @@ def build_int8(net: nn.Module, state: Dict[str, object]) -> nn.Module:
     prepared.load_state_dict(observers, strict=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return convert_fx(prepared).eval()
+        return convert(prepared).eval()
