@@ -104,10 +104,21 @@ def test_region_search_maps_box_and_eyes_back(blaze, hopper):
     assert blaze.detect_regions(canvas, [(0.0, 600.0, 100.0, 100.0)]) == []
 
 
-def test_region_search_of_several_faces_shares_one_pass(blaze):
+def test_region_search_of_several_faces_shares_one_pass(blaze, monkeypatch):
     img, truths = compose_scene(5)                    # ~100 px faces: one whole-frame short-range pass
     found = blaze.detect_regions(img, truths)
     assert len(found) == 5 and all(any(centre_in(d, t) for d in found) for t in truths)
+    # the five share one pass of the network, not one each
+    runs = []
+    real_run = blaze._run
+    monkeypatch.setattr(blaze, "_run", lambda image, which: runs.append(image.shape) or real_run(image, which))
+    again = blaze.detect_regions(img, truths)
+    assert len(again) == 5 and len(runs) == 1 and runs[0][:2] == img.shape[:2], runs
+    # a large tracked face the shared pass does not find (here: a box where no face is) gets its own window
+    runs.clear()
+    blaze.detect_regions(img, list(truths[:2]) + [(500.0, 360.0, 110.0, 110.0)])
+    assert len(runs) == 2 and runs[1][:2] != img.shape[:2], runs
+    monkeypatch.undo()
     assert len(blaze.detect_regions(img, truths[:2])) == 2   # only near the given boxes
     far, (t,) = compose_scene(1, face_px=40)          # small faces: a window each
     assert len(blaze.detect_regions(far, [t, (500.0, 50.0, 40.0, 40.0)])) == 1

@@ -27,7 +27,8 @@ Measured:
 - per node process: peak RSS (VmHWM), current RSS, CPU % (utime+stime over the measured window; 100 = one core);
 - device (from the nodes' diagnostics, else ``torch.cuda.is_available()``).
 
-``--profile`` adds an in-process breakdown of the face node's per-frame work (message conversion, grey conversion +
+``--profile`` adds an in-process breakdown of the face node's per-frame work (message conversion (to BGR for BlazeFace,
+grey for Haar, as the node does), grey conversion +
 detection, tracking, alignment, model, result message) with the node's default parameters, so one can see where
 the time goes; a face model file with int8 ranges (``emotion-train quantize-face``) adds a row of the other precision
 (``face_N_float32`` with the node's default ``int8: true``).
@@ -900,11 +901,12 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
                              not default_int8))
         for label, full_every, flip, bg, int8 in variants:
             pipe = pipeline(full_every, flip, bg, int8)
+            encoding = "bgr8" if pipe.detector.wants_color else "mono8"  # as the face node converts
             rec = collections.defaultdict(list)
             for i in range(n_frames + 10):
                 msg = msgs[i % len(msgs)]
                 t0 = time.perf_counter()
-                gray = image_to_numpy(msg, "mono8")
+                gray = image_to_numpy(msg, encoding)
                 t1 = time.perf_counter()
                 res = pipe.process(gray, stamp_to_sec(msg.header.stamp) + i / 30.0)
                 t2 = time.perf_counter()
@@ -929,7 +931,7 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
             out[key] = {k: stats(v) for k, v in rec.items()}
         # detector alone, whole frame vs. regions
         pipe = pipeline(1, True)
-        gray = image_to_numpy(msgs[0], "mono8")
+        gray = image_to_numpy(msgs[0], "bgr8" if pipe.detector.wants_color else "mono8")
         boxes = [d.box for d in pipe.detector.detect(gray)]
         full, reg = [], []
         for _ in range(30):

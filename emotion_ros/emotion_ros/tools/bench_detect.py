@@ -175,13 +175,19 @@ def main(argv: Sequence[str] = None) -> int:
     keys = ("frame_1", "frame_5", "regions_1", "regions_5")
     wall = {n: {k: [] for k in keys} for n in dets}
     cpu = {n: {k: [] for k in keys} for n in dets}
+
+    def tracked(d, k):
+        """The boxes the face node would track: the detector's own on the scene (the scene's where it finds none)."""
+        img = frames[k][0] if d.wants_color else cv2.cvtColor(frames[k][0], cv2.COLOR_BGR2GRAY)
+        return [x.box for x in d.detect(img)] or list(truths[k])
+    boxes = {name: {k: tracked(d, k) for k in (1, 5)} for name, d in dets.items()}
     for _ in range(args.rounds):
         for name, d in dets.items():
             for k in (1, 5):
                 for f in frames[k]:
                     img = f if d.wants_color else cv2.cvtColor(f, cv2.COLOR_BGR2GRAY)
                     for key, call in ((f"frame_{k}", lambda: d.detect(img)),
-                                      (f"regions_{k}", lambda: d.detect_regions(img, truths[k]))):
+                                      (f"regions_{k}", lambda: d.detect_regions(img, boxes[name][k]))):
                         c0, t0 = time.thread_time(), time.perf_counter()
                         call()
                         wall[name][key].append(1e3 * (time.perf_counter() - t0))
