@@ -71,6 +71,12 @@ def save_checkpoint(path: str, *, kind: str, arch: str, model: torch.nn.Module,
     }
     if extra:
         ckpt.update(extra)
+    write_checkpoint(ckpt, path)
+
+
+def write_checkpoint(ckpt: Dict[str, Any], path: str) -> None:
+    """Write the checkpoint dict ``ckpt`` to ``path`` atomically (a temporary file, then a rename), creating its
+    folder: a reader never sees half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     torch.save(ckpt, tmp)

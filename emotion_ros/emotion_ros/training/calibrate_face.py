@@ -24,7 +24,7 @@ import torch
 from ..core.errors import DataError
 from ..core.face.align import FaceAligner
 from ..core.face.model import FaceModel
-from ..core.modelio import load_checkpoint
+from ..core.modelio import load_checkpoint, write_checkpoint
 from .calibration import calibrate_report, reliability_table, softmax_t
 from .common import stratified_holdout
 from .face_data import load_faces
@@ -89,9 +89,7 @@ def run(args) -> dict:
             json.dump(rep, f, indent=2)
     ckpt["calibration"] = rep
     out = args.out or args.face_model
-    tmp = out + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, out)
+    write_checkpoint(ckpt, out)
     FaceModel(out, device="cpu")  # the written file loads
     print(json.dumps({k: rep[k] for k in ("temperature", "ece_before", "ece_after", "n_fit")}
                      | {"dev_accuracy": rep["fit"]["accuracy"], "train_part_accuracy": rep["train_part_accuracy"],

@@ -24,7 +24,7 @@ from ..core.errors import DataError
 from ..core.face.align import FaceAligner
 from ..core.face.model import FaceModel
 from ..core.face.quant import build_int8, engine, observe
-from ..core.modelio import load_checkpoint
+from ..core.modelio import load_checkpoint, write_checkpoint
 from .common import stratified_holdout
 from .face_data import load_faces
 
@@ -78,17 +78,15 @@ def run(args) -> dict:
     if len(pool) == 0:
         raise DataError(f"no faces in {args.data!r}")
     pick = np.random.default_rng(args.seed).choice(pool, size=min(args.n, len(pool)), replace=False)
-    state = observe(model.net, _batches(model, faces.images[pick]), size=model.input_size)
+    state = observe(model.net, _batches(model, faces.images[pick]))
     build_int8(model.net, state)  # the ranges fit the network
     rep = {"method": "post-training static quantization (torch.ao eager mode), per-channel weights, per-tensor activations",
-           "engine": state["engine"], "torch": str(torch.__version__), "size": state["size"], "n": int(len(pick)),
+           "engine": state["engine"], "torch": str(torch.__version__), "size": model.input_size, "n": int(len(pick)),
            "views": 2 if model.flip_tta else 1,
            "ranges_from": f"{args.data}: {len(pick)} faces of the face model's {part}, seed {args.seed}"}
     out = args.out or args.face_model
     ckpt["int8"] = {**rep, "observers": state["observers"]}
-    tmp = out + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, out)
+    write_checkpoint(ckpt, out)
     int8 = FaceModel(out, device="cpu", int8=True)  # the written file loads and runs int8
     if not int8.runs_int8:
         raise DataError(f"{out}: int8 network not built ({int8.int8_fallback})")
@@ -96,8 +94,7 @@ def run(args) -> dict:
         test = load_faces(args.test, cache_dir=args.cache_dir, aligner=FaceAligner(size=model.input_size))
         rep["test"] = {"data": args.test, **_compare(model, int8, test.images, test.labels)}
         ckpt["int8"]["test"] = rep["test"]
-        torch.save(ckpt, tmp)
-        os.replace(tmp, out)
+        write_checkpoint(ckpt, out)
     rep = json.loads(json.dumps(rep))
     if args.json:
         with open(args.json, "w") as f:

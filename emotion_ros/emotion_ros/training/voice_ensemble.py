@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..core.errors import DataError
-from ..core.modelio import ModelFileError, load_checkpoint
+from ..core.modelio import ModelFileError, load_checkpoint, write_checkpoint
 from ..core.voice.features import FeatureSpec, load_audio
 from .calibration import calibrate_report
 
@@ -96,9 +96,7 @@ def run(args) -> dict:
                                               "ensemble": round(float((p1.argmax(1) == y).mean()), 4),
                                               "n": int(len(y))},
                              "main_source": os.path.basename(args.members[0])})
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
-    torch.save(main, args.out + ".tmp")
-    os.replace(args.out + ".tmp", args.out)
+    write_checkpoint(main, args.out)
     VoiceModel(args.out, device="cpu")                 # it loads as the node loads it
     out = {"out": args.out, "members": len(args.members), "dev": main["ensemble"]["dev_accuracy"],
            "temperature": report["temperature"], "ece_before": report["ece_before"],

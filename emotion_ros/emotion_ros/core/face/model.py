@@ -140,8 +140,8 @@ class FaceModel:
         return self._int8_net is not None and self.device.type == "cpu"
 
     def refresh(self) -> None:
-        """Rebuild the fast CPU copy of ``net`` (and its int8 network, when asked for) after its weights changed."""
-        self._fast_net = inference_copy(self.net).cpu() if self.fast else None
+        """Rebuild the CPU network after ``net``'s weights changed: the int8 network when asked for and possible,
+        else the fast float copy (the CPU runs one of them, never both)."""
         self._int8_net = None
         if self.int8 and self.device.type == "cpu" and self._int8_state is not None:
             from .quant import build_int8
@@ -151,6 +151,7 @@ class FaceModel:
                 self.int8_fallback = f"int8 unavailable ({exc}); running the float network"
             except ValueError as exc:
                 raise ModelFileError(f"face model file {self.path!r}: int8 ranges unusable: {exc}") from exc
+        self._fast_net = inference_copy(self.net).cpu() if self.fast and self._int8_net is None else None
 
     @classmethod
     def for_node(cls, path: str, params: Mapping[str, Any], device: str = "auto") -> "FaceModel":

@@ -31,6 +31,13 @@ def engine() -> Optional[str]:
     return None
 
 
+def _require_engine() -> str:
+    backend = engine()
+    if backend is None:
+        raise RuntimeError("this torch build has no x86/fbgemm quantized engine")
+    return backend
+
+
 class QuantFaceCNN(nn.Module):
     """The face CNN arranged for eager-mode static quantization: batch norm folded into the convolutions and into
     the embedding's linear layer, each convolution and linear layer fused with its ReLU, dropout gone, a quantize
@@ -44,8 +51,8 @@ class QuantFaceCNN(nn.Module):
         from .model import inference_copy
 
         fast = inference_copy(net).to(memory_format=torch.contiguous_format).cpu().eval()
-        layers = list(fast.features)
-        self.features = nn.Sequential(*layers)
+        self.features = fast.features
+        layers = list(self.features)
         pairs = [[str(i), str(i + 1)] for i in range(len(layers) - 1)
                  if isinstance(layers[i], nn.Conv2d) and isinstance(layers[i + 1], nn.ReLU)]
         fuse_modules(self.features, pairs, inplace=True)
@@ -76,13 +83,10 @@ def _prepare(net: nn.Module, backend: str) -> nn.Module:
 
 
 @torch.no_grad()  # not inference_mode: the observers' state must load into another module later
-def observe(net: nn.Module, batches: Iterable[torch.Tensor], size: int = 48,
-            backend: Optional[str] = None) -> Dict[str, object]:
+def observe(net: nn.Module, batches: Iterable[torch.Tensor]) -> Dict[str, object]:
     """Run ``batches`` (normalised (N, 1, S, S) float tensors) through an observed copy of ``net`` and return what
     :func:`build_int8` needs: ``{"engine", "observers": {name: tensor}, "n"}``."""
-    backend = backend or engine()
-    if backend is None:
-        raise RuntimeError("this torch build has no x86/fbgemm quantized engine")
+    backend = _require_engine()
     prepared = _prepare(net, backend)
     n = 0
     for x in batches:
@@ -91,7 +95,7 @@ def observe(net: nn.Module, batches: Iterable[torch.Tensor], size: int = 48,
     if n == 0:
         raise ValueError("no calibration crops")
     observers = {k: v.detach().clone() for k, v in prepared.state_dict().items() if OBSERVER_KEY in k}
-    return {"engine": backend, "observers": observers, "n": n, "size": int(size)}
+    return {"engine": backend, "observers": observers, "n": n}
 
 
 def build_int8(net: nn.Module, state: Dict[str, object]) -> nn.Module:
@@ -101,9 +105,7 @@ def build_int8(net: nn.Module, state: Dict[str, object]) -> nn.Module:
     ``net`` (another architecture or torch version naming the observers differently)."""
     from torch.ao.quantization import convert
 
-    backend = engine()
-    if backend is None:
-        raise RuntimeError("this torch build has no x86/fbgemm quantized engine")
+    backend = _require_engine()
     observers = dict(state.get("observers") or {})
     if not observers:
         raise ValueError("no observer ranges")
