@@ -70,7 +70,7 @@ rclpy.shutdown()
 
 # Subscribes (typed) to what the player publishes plus /clock; exits once it has the expected counts.
 SUBSCRIBER = r"""
-import json, sys, time
+import json, os, sys, time
 import rclpy
 from rclpy.qos import QoSProfile, DurabilityPolicy
 from sensor_msgs.msg import Image
@@ -102,8 +102,11 @@ while time.time() < deadline:
         while time.time() < t_end:
             rclpy.spin_once(node, timeout_sec=0.05)
         break
-with open(out, "w") as f:
+with open(out + ".tmp", "w") as f:
     json.dump(got, f)
+os.replace(out + ".tmp", out)
+node.destroy_node()
+rclpy.shutdown()
 """
 
 
@@ -199,11 +202,23 @@ def test_record_then_play(tmp_path):
         play = subprocess.run(_bag_cmd("play", bag, "--rate", "2", "--clock", "--wait-for-subscribers", "20"),
                               env=env, cwd=PKG_ROOT, capture_output=True, text=True, timeout=90)
         assert play.returncode == 0, play.stderr
-        sub_out, sub_err = sub.communicate(timeout=90)
+        # The subscriber writes what it got, then exits; judge what it got even when its DDS teardown is slow on a
+        # loaded machine (seen once in CI: got.json written, the process still alive 90 s later).
+        deadline = time.time() + 90
+        while time.time() < deadline and sub.poll() is None and not got_file.exists():
+            time.sleep(0.1)
+        slow_exit = False
+        try:
+            sub_out, sub_err = sub.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            slow_exit = True
+            sub.kill()
+            sub_out, sub_err = sub.communicate()
+            assert got_file.exists(), f"the subscriber wrote nothing in 90 s: {sub_err}"
     finally:
         if sub.poll() is None:
             sub.kill()
-    assert sub.returncode == 0, sub_err
+    assert sub.returncode == 0 or slow_exit, sub_err
     played = json.loads(play.stdout.strip().splitlines()[-1])
     assert played["messages"] == summary["messages"]
     bag_s = (end_ns - start_ns) * 1e-9

@@ -136,8 +136,8 @@ def test_boolean_launch_arguments_accept_true_True_1_and_false_False_0():
 def test_source_parameters_keep_their_types():
     """video:=0 stays the string the camera declares; loop:=1 is a boolean (launch_ros would otherwise hand the
     node an int for both and the node would refuse it)."""
+    desc = _description()  # skips without launch_ros, before importing it
     from launch_ros.utilities import evaluate_parameters
-    desc = _description()
     ctx = _context(video="0", loop="1", audio="")
     cam = evaluate_parameters(ctx, _process(desc, "camera_node")._Node__parameters)
     values = {k: v for d in cam if isinstance(d, dict) for k, v in d.items()}
@@ -150,6 +150,7 @@ def test_source_parameters_keep_their_types():
 def test_hri_argument_sets_the_face_and_fusion_nodes_hri_parameter():
     """hri:=true|True|1 turns the ROS4HRI output of face_node and fusion_node on (a boolean, overriding params_file);
     the other nodes do not get it."""
+    _description()  # skips without launch_ros, before importing it
     from launch_ros.utilities import evaluate_parameters
     for value, want in (("true", True), ("True", True), ("1", True), ("false", False), ("False", False), ("0", False)):
         desc, ctx = _description(), _context(hri=value)  # a fresh description: a ParameterValue keeps its value

@@ -143,8 +143,8 @@ def test_server_face_node_reads_compressed_by_default():
 def test_emotion_launch_shm_transport_false_removes_every_profile_of_ours():
     """shm_transport:=false must win over a profile the shell set (env.sh) and over the one a node would set itself
     when the variable is unset (emotion_ros.env.ensure_fastdds_profile honours EMOTION_ROS_FASTDDS_PROFILE=0)."""
+    desc = _description("emotion")  # skips without launch_ros, before importing launch
     from launch.actions import UnsetEnvironmentVariable
-    desc = _description("emotion")
     on = _environment(desc, _context(desc, shm_transport="true"))
     assert on["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("fastdds_shm.xml") and "EMOTION_ROS_FASTDDS_PROFILE" not in on
     ctx = _context(desc, shm_transport="false")

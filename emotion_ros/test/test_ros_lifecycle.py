@@ -129,13 +129,13 @@ class Listener:
         self.ex = SingleThreadedExecutor(context=ctx)
         self.ex.add_node(self.node)
 
-    def spin_until(self, pred, timeout=15.0):
+    def spin_until(self, pred, timeout=30.0):  # generous: a loaded CI machine starts Python slowly
         end = time.monotonic() + timeout
         while not pred() and time.monotonic() < end:
             self.ex.spin_once(timeout_sec=0.05)
         return pred()
 
-    def call(self, srv_type, name, request, timeout=10.0):
+    def call(self, srv_type, name, request, timeout=20.0):
         cli = self.node.create_client(srv_type, name)
         assert cli.wait_for_service(timeout_sec=timeout), f"service {name} not available"
         fut = cli.call_async(request)
@@ -170,7 +170,7 @@ def test_autostart_false_waits_for_a_manager(ctx, launch):
     lis = Listener(ctx, "lc_listener_b", f"/{name}_ticks")
     p = launch("managed", name, "-p", "autostart:=false", "-r", f"ticks:=/{name}_ticks")
     try:
-        state = lis.call(GetState, f"/{name}/get_state", GetState.Request(), timeout=15)
+        state = lis.call(GetState, f"/{name}/get_state", GetState.Request(), timeout=40)  # the node is still starting
         assert state.current_state.label == "unconfigured"
         lis.spin_until(lambda: False, timeout=0.3)
         assert lis.msgs == []  # inactive lifecycle publisher stays silent

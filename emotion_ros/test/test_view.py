@@ -148,6 +148,7 @@ def test_view_over_dds(tmp_path):
             pub_states.publish(state(i, "face_1", True))
             if i < 2:
                 pub_states.publish(state(i, "face_2", False))
+            time.sleep(0.1)  # fusion's pace (10 Hz), not a burst
         outs = {k: p.communicate(timeout=60) for k, p in viewers.items()}
     finally:
         for p in viewers.values():
