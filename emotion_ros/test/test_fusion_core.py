@@ -489,3 +489,35 @@ def test_log_pool_lets_a_light_voice_break_a_face_tie_but_not_overrule_a_clear_f
         np.testing.assert_allclose(tf.average(None, voice), voice, atol=1e-4)
     with pytest.raises(ValueError, match="pool"):
         TemporalFusion(None, pool="geometric")
+
+
+def test_voice_from_before_the_face_changed_counts_less():
+    """voice_face_change_weight: once the person's face has shown another emotion for min_dwell_s, voice segments that
+    ended before that change count that many times (their words were about the earlier moment); a segment spoken
+    after the change counts fully; 1 leaves everything as it was."""
+    def run(w, late_voice=False):
+        tf = TemporalFusion(None, **NEW, voice_prior=1.0, switch_margin=0.05, min_dwell_s=0.2,
+                            voice_face_change_weight=w)
+        tf.add_voice(0.0, 1.5, onehot("sad", 0.9), None)
+        out = []
+        for i in range(30):
+            t = 1.0 + 0.1 * i
+            if late_voice and i == 20:
+                tf.add_voice(2.4, 2.9, onehot("sad", 0.9), None)  # spoken after the face changed
+            tf.add_face(t, "p", 100, onehot("sad" if t < 2.0 else "angry", 0.8))
+            (st,) = tf.estimate(t)
+            out.append(st)
+        return out
+
+    plain, cut = run(1.0), run(0.0)
+    for a, b in zip(plain[:12], cut[:12]):  # until the face's change has held 0.2 s: the same states
+        assert a.emotion == b.emotion and a.voice_weight == pytest.approx(b.voice_weight)
+    assert plain[-1].voice_weight > 0.3 and cut[-1].voice_weight == 0.0
+    first = lambda states: next(i for i, st in enumerate(states) if st.emotion == "angry")
+    assert first(cut) < first(plain)
+    half = run(0.5)
+    assert 0.0 < half[-1].voice_weight < plain[-1].voice_weight
+    late = run(0.0, late_voice=True)
+    assert late[-1].voice_weight > 0.3  # the new segment counts in full
+    with pytest.raises(ValueError, match="voice_face_change_weight"):
+        TemporalFusion(None, voice_face_change_weight=1.5)

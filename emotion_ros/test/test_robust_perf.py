@@ -7,6 +7,10 @@
 """
 from __future__ import annotations
 
+import os
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -304,3 +308,34 @@ def test_flip_averaging_only_up_to_flip_tta_max_faces(ckpts):
         assert not np.allclose(got, other, atol=1e-6)  # flipping makes a difference on these crops
         np.testing.assert_allclose(models["always"].predict(crops[:n])[0], models["flip"].predict(crops[:n])[0],
                                    atol=1e-6)
+
+
+@pytest.mark.skipif(not (hasattr(os, "setpriority") and sys.platform.startswith("linux")),
+                    reason="per-thread nice is Linux's")
+def test_background_detection_runs_at_the_lower_priority_it_is_given():
+    """full_detect_nice: the whole-frame pass's thread (and only it) runs that many nice steps lower."""
+    import threading
+    from emotion_ros.core.face.pipeline import BackgroundDetector
+
+    class Probe:
+        wants_color = False
+
+        def __init__(self):
+            self.seen = []
+
+        def detect(self, image):
+            self.seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return []
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    for nice, want in ((0, before), (5, min(19, before + 5)), (40, 19)):
+        probe = Probe()
+        bg = BackgroundDetector(probe, nice=nice)
+        assert bg.submit(np.zeros((8, 8), np.uint8))
+        end = time.monotonic() + 5
+        while not probe.seen and time.monotonic() < end:
+            time.sleep(0.01)
+        bg.stop()
+        assert probe.seen == [want], (nice, probe.seen)
+        assert bg.nice_applied is (nice > 0)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before  # the caller's thread is untouched

@@ -130,6 +130,14 @@ class _Smoother:
 
 
 @dataclass
+class _FaceChange:
+    top: int                      # the face evidence's settled top emotion
+    changed_at: float             # when it began to show (-inf: never changed since the person appeared)
+    candidate: Optional[int] = None
+    candidate_since: float = 0.0
+
+
+@dataclass
 class _Evidence:
     probs: np.ndarray             # averaged evidence of the modality
     newest: np.ndarray            # probabilities of the newest observation / segment
@@ -201,7 +209,8 @@ class TemporalFusion:
                  voice_prior: float = 1.0,
                  switch_margin: float = 0.0, min_dwell_s: float = 0.0, fast_switch_margin: float = 1.0,
                  voice_switch_margin: float = 0.0, pool: str = "linear",
-                 smoothing_filter: str = "exp", hmm_switch_rate: float = 0.5, hmm_evidence_rate: float = 10.0):
+                 smoothing_filter: str = "exp", hmm_switch_rate: float = 0.5, hmm_evidence_rate: float = 10.0,
+                 voice_face_change_weight: float = 1.0):
         for name, v in (("window_s", window_s), ("stale_s", stale_s)):
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v}")
@@ -217,7 +226,8 @@ class TemporalFusion:
             raise ValueError(f"voice_prior must be >= 0, got {voice_prior}")
         for name, v in (("fast_switch_margin", fast_switch_margin), ("voice_switch_margin", voice_switch_margin),
                         ("ood_min_conf", ood_min_conf), ("ood_weight", ood_weight), ("unsure_weight", unsure_weight),
-                        ("voice_unsure_threshold", voice_unsure_threshold), ("model_min_weight", model_min_weight)):
+                        ("voice_unsure_threshold", voice_unsure_threshold), ("model_min_weight", model_min_weight),
+                        ("voice_face_change_weight", voice_face_change_weight)):
             if not (math.isfinite(v) and 0 <= v <= 1):
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
         if smoothing_filter not in SMOOTHING_FILTERS:
@@ -264,6 +274,8 @@ class TemporalFusion:
         self.smoothing_filter = smoothing_filter
         self.hmm_switch_rate = float(hmm_switch_rate)
         self.hmm_evidence_rate = float(hmm_evidence_rate)
+        self.voice_face_change_weight = float(voice_face_change_weight)
+        self._face_change: Dict[str, _FaceChange] = {}
         self._faces: Dict[str, Deque[FaceObs]] = {}
         self._voice: Deque[VoiceObs] = collections.deque(maxlen=self.buffer_len)
         self._smooth: Dict[str, _Smoother] = {}
@@ -336,6 +348,7 @@ class TemporalFusion:
         self._faces.clear()
         self._voice.clear()
         self._smooth.clear()
+        self._face_change.clear()
         self._last_now = None
         self._last_primary = None
 
@@ -364,9 +377,10 @@ class TemporalFusion:
         return _Evidence(p.astype(np.float32), newest.probs, emb, newest.t,
                          self._recency(now - newest.t, self.face_hold_s, self.face_stale_s))
 
-    def _fresh_voice(self, now: float) -> Optional[_Evidence]:
+    def _fresh_voice(self, now: float, face_changed_at: float = -math.inf) -> Optional[_Evidence]:
         """Voice evidence: segments ending within ``voice_stale_s``, weighted by recency x duration (legacy: by
-        their overlap with [now - window_s, now])."""
+        their overlap with [now - window_s, now]); segments that ended before ``face_changed_at`` (the person's face
+        has shown another emotion since) count ``voice_face_change_weight`` times."""
         lo = now - self.window_s
         weights, segs = [], []
         for seg in self._voice:
@@ -380,17 +394,25 @@ class TemporalFusion:
                 weights.append(max(overlap, 1e-3))
             else:
                 weights.append(self._recency(age, self.voice_hold_s, self.voice_stale_s)
-                               * max(seg.t_end - seg.t_start, 0.1))
+                               * max(seg.t_end - seg.t_start, 0.1)
+                               * (self.voice_face_change_weight if seg.t_end < face_changed_at else 1.0))
             segs.append(seg)
-        if not weights:
+        if not weights or sum(weights) <= 0:
             return None
+        scale = 1.0
+        if face_changed_at > -math.inf and self.voice_face_change_weight < 1.0:
+            # the discount lowers the voice's weight against the face, not only its mix of segments: the voice
+            # evidence's recency becomes the discounted weights' share of the undiscounted ones
+            full = [self._recency(now - sg.t_end, self.voice_hold_s, self.voice_stale_s)
+                    * max(sg.t_end - sg.t_start, 0.1) for sg in segs]
+            scale = float(sum(weights) / max(sum(full), 1e-12))
         w = np.asarray(weights, dtype=np.float64)
         w /= w.sum()
         p = (w[:, None] * np.stack([s.probs for s in segs])).sum(0).astype(np.float32)
         newest = max(segs, key=lambda s: s.t_end)
         unsure = float(sum(wi for wi, s in zip(w, segs) if s.unsure))
         return _Evidence(p, newest.probs, _mean_embedding(zip(w, (s.embedding for s in segs))), newest.t_end,
-                         self._recency(now - newest.t_end, self.voice_hold_s, self.voice_stale_s), unsure)
+                         scale * self._recency(now - newest.t_end, self.voice_hold_s, self.voice_stale_s), unsure)
 
     def _prune(self, now: float) -> None:
         keep = self.keep_s
@@ -404,6 +426,9 @@ class TemporalFusion:
         for pid in list(self._smooth):
             if now - self._smooth[pid].last_seen > self.forget_s:
                 del self._smooth[pid]
+        for pid in list(self._face_change):
+            if pid not in self._faces:
+                del self._face_change[pid]
 
     def _jumped_back(self, now: float) -> None:
         """The clock jumped back (a bag restarted): drop evidence from the abandoned future and all smoothing."""
@@ -416,6 +441,7 @@ class TemporalFusion:
                 del self._faces[pid]
         self._voice = collections.deque((v for v in self._voice if v.t_start <= limit), maxlen=self.buffer_len)
         self._smooth.clear()
+        self._face_change.clear()
 
     # -- fusion ---------------------------------------------------------------------------------------------------
     def reliability(self, probs: np.ndarray, recency: float, unsure: float = 0.0) -> float:
@@ -538,6 +564,22 @@ class TemporalFusion:
         p = np.exp(logp)
         return (p / p.sum()).astype(np.float32)
 
+    def _face_changed_at(self, pid: str, face: _Evidence, now: float) -> float:
+        """When the person's face evidence last changed its top emotion, counted once the new one has held for
+        ``min_dwell_s`` (-inf: not since the person appeared)."""
+        top = int(np.argmax(face.probs))
+        fc = self._face_change.get(pid)
+        if fc is None:
+            self._face_change[pid] = _FaceChange(top, -math.inf)
+            return -math.inf
+        if top == fc.top:
+            fc.candidate = None
+        elif fc.candidate != top:
+            fc.candidate, fc.candidate_since = top, now
+        if fc.candidate is not None and now - fc.candidate_since >= self.min_dwell_s - 1e-9:
+            fc.top, fc.changed_at, fc.candidate = top, fc.candidate_since, None
+        return fc.changed_at
+
     def _hand_over(self, pid: str) -> None:
         """Keep the primary stream continuous across face <-> voice-only switches (the same person, presumably, who
         turned away or came back): the new key's smoothing starts from the previous primary's state."""
@@ -566,6 +608,12 @@ class TemporalFusion:
                 faces.append((pid, ev, self._faces[pid][-1].box_area))
         faces.sort(key=lambda f: (-f[2], f[0]))
         voice = self._fresh_voice(now)
+        if faces and voice is not None and self.voice_face_change_weight < 1.0:
+            changed_at = self._face_changed_at(faces[0][0], faces[0][1], now)
+            if changed_at > -math.inf:
+                voice = self._fresh_voice(now, changed_at)  # the primary's; voice_to all: the others get it too
+        elif faces and self.voice_face_change_weight < 1.0:
+            self._face_changed_at(faces[0][0], faces[0][1], now)
         out: List[FusedState] = []
         if faces:
             jobs = [(pid, f, voice if (i == 0 or self.voice_to == "all") else None, i == 0)

@@ -80,12 +80,15 @@ PARAMS = {
     "detect_max_width": (320, "Haar/YuNet run on the frame downscaled to at most this width (speed); "
                               "at 320, faces from ~70 px (640x480 frame) are found reliably", {"range": (32, 16384)}),
     "haar_min_neighbors": (5, "Haar: neighbours a detection needs (higher: fewer false faces)", {"range": (0, 100)}),
-    "full_detect_every": (3, "Detect on the whole frame every N-th frame; in between search only around the "
+    "full_detect_every": (6, "Detect on the whole frame every N-th frame; in between search only around the "
                              "tracked faces (1 = whole frame always; new faces appear up to N-1 frames late)",
                              {"range": (1, 1000)}),
     "async_full_detect": (True, "While faces are tracked, run the whole-frame search of every full_detect_every-th "
                                 "frame in a background thread (new faces join 1-2 frames later) so that no frame "
                                 "waits for it; false: in line (deterministic, slower frames)"),
+    "full_detect_nice": (10, "Lower the background whole-frame search's thread priority by this much (Linux nice "
+                            "steps, 0-19): the frames' own path and the other nodes get a busy CPU first",
+                         {"range": (0, 19)}),
     "max_faces": (10, "Most faces classified per frame (largest first)", {"range": (1, 100)}),
     "tracker_iou": (0.3, "Tracker: least box IoU to continue a track", {"range": (0.0, 1.0)}),
     "tracker_max_missed": (10, "Tracker: frames a face may go undetected before its id is dropped",
@@ -207,6 +210,9 @@ class FaceNode(LifecycleNode):
         self.diag.set_value("model", self.model_file)
         self.diag.set_value("detector", self.pipeline.detector.name)
         self.diag.set_value("precision", "int8" if self.model.runs_int8 else "float32")
+        bg = self.pipeline.background
+        self.diag.set_value("full_detect", f"every {self.pipeline.full_detect_every} frame(s), "
+                            + (f"background thread at nice +{bg.nice}" if bg is not None else "in line"))
         self._pub = self.create_publisher(FaceEmotionArray, "emotion/faces", reliable_qos(10))
         self._debug_pub = (self.create_publisher(Image, "emotion/face_debug", reliable_qos(1))
                            if self.p.debug_image else None)

@@ -119,6 +119,9 @@ PARAMS = {
                                  "no face) needs this much x the voice's weight share more lead (voices of new "
                                  "speakers are wrong more often than faces)",
                             {"range": (0.0, 1.0)}),
+    "voice_face_change_weight": (1.0, "Voice segments that ended before the person's face last changed its top "
+                                      "emotion (held min_dwell_s) count this many times: the words were about the "
+                                      "earlier moment (1 = no discount)", {"range": (0.0, 1.0)}),
     "rate": (10.0, "Steady publishing rate of emotion/state and emotion/states (Hz)", {"range": (0.01, 1000.0)}),
     "publish_on_change": (True, "Also publish at once when the primary person's top emotion changes"),
     "publish_on_face": (True, "Also publish at once on every face array (frame to emotion/state in a few ms; the "
@@ -260,7 +263,8 @@ class FusionNode(LifecycleNode):
                 fast_switch_margin=float(p.fast_switch_margin), voice_switch_margin=float(p.voice_switch_margin),
                 pool=str(p.pool).strip().lower(), forget_s=float(p.forget_s),
                 voice_to=str(p.voice_to), smoothing_filter=str(p.smoothing_filter).strip().lower(),
-                hmm_switch_rate=float(p.hmm_switch_rate), hmm_evidence_rate=float(p.hmm_evidence_rate))
+                hmm_switch_rate=float(p.hmm_switch_rate), hmm_evidence_rate=float(p.hmm_evidence_rate),
+                voice_face_change_weight=float(p.voice_face_change_weight))
         except ValueError as exc:
             self.get_logger().error(f"cannot configure: {exc}")
             self.model = None

@@ -10,6 +10,7 @@ face node's p95 latency.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -32,10 +33,16 @@ class BackgroundDetector:
     ``submit(image)`` hands over an image (the caller must not change it afterwards) when idle and returns
     whether it was taken; ``poll()`` returns the detections of the last finished image once (else None);
     ``discard()`` forgets pending work; ``stop()`` ends the thread.  The detector must not be used elsewhere at
-    the same time (OpenCV's detectors are not thread-safe): give it its own instance."""
+    the same time (OpenCV's detectors are not thread-safe): give it its own instance.
 
-    def __init__(self, detector: FaceDetector):
+    ``nice`` > 0 lowers the thread's own scheduling priority by that much (Linux schedules threads; elsewhere, or
+    when refused, it is left as is and ``nice_applied`` stays False): the whole-frame pass is not waited for, so the
+    frame's own path and the other nodes should get a busy CPU first."""
+
+    def __init__(self, detector: FaceDetector, nice: int = 0):
         self.detector = detector
+        self.nice = max(0, min(19, int(nice)))
+        self.nice_applied = False
         self._cond = threading.Condition()
         self._job: Optional[np.ndarray] = None
         self._busy = False
@@ -78,7 +85,18 @@ class BackgroundDetector:
             self._job = None
             self._cond.notify_all()
 
+    def _lower_priority(self) -> None:
+        if self.nice <= 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+            return
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.nice))
+            self.nice_applied = True
+        except OSError:
+            pass
+
     def _run(self) -> None:
+        self._lower_priority()
         while True:
             with self._cond:
                 while self._job is None and not self._stopped:
@@ -146,7 +164,7 @@ class FacePipeline:
 
     def __init__(self, model, detector: Optional[FaceDetector] = None, tracker: Optional[FaceTracker] = None,
                  aligner: Optional[FaceAligner] = None, max_faces: int = 10, full_detect_every: int = 1,
-                 background_detector: Optional[FaceDetector] = None):
+                 background_detector: Optional[FaceDetector] = None, background_nice: int = 0):
         self.model = model
         self.detector = detector or HaarDetector()
         self.tracker = tracker or FaceTracker()
@@ -158,7 +176,7 @@ class FacePipeline:
         if background_detector is not None and self.full_detect_every > 1:
             if background_detector is self.detector:
                 raise ValueError("background_detector must be a separate detector instance")
-            self.background = BackgroundDetector(background_detector)
+            self.background = BackgroundDetector(background_detector, nice=background_nice)
             weakref.finalize(self, self.background.stop)
         self._frames = 0
         self._since_full = 0
@@ -252,8 +270,8 @@ def build_pipeline(model, params: Optional[Mapping[str, Any]] = None, background
     off by default, whatever ``params`` say, so that offline results do not depend on timing."""
     p: Dict[str, Any] = {"detector": "blazeface", "yunet_model": "", "yunet_score_threshold": 0.6,
                          "min_face_frac": 0.08, "detect_max_width": 320, "haar_min_neighbors": 5,
-                         "full_detect_every": 3, "max_faces": 10, "tracker_iou": 0.3, "tracker_max_missed": 10,
-                         "crop_margin": 0.0}
+                         "full_detect_every": 6, "full_detect_nice": 10, "max_faces": 10, "tracker_iou": 0.3,
+                         "tracker_max_missed": 10, "crop_margin": 0.0}
     p.update(params or {})
 
     fallback: List[str] = []
@@ -276,6 +294,7 @@ def build_pipeline(model, params: Optional[Mapping[str, Any]] = None, background
         tracker=FaceTracker(iou_threshold=float(p["tracker_iou"]), max_missed=int(p["tracker_max_missed"])),
         aligner=FaceAligner(size=int(getattr(model, "input_size", 48)), margin=float(p["crop_margin"])),
         max_faces=int(p["max_faces"]), full_detect_every=full_every,
-        background_detector=detector() if background and full_every > 1 else None)
+        background_detector=detector() if background and full_every > 1 else None,
+        background_nice=int(p["full_detect_nice"]))
     pipeline.detector_fallback = fallback[0] if fallback else None
     return pipeline
