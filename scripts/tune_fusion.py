@@ -47,6 +47,7 @@ GRID = {
     "min_dwell_s": [0.1, 0.2, 0.3],
     "fast_switch_margin": [0.25, 1.0],
     "voice_switch_margin": [0.0, 0.2, 0.4],
+    "voice_face_change_weight": [1.0, 0.5],
 }
 
 

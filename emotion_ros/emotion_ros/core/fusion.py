@@ -26,6 +26,9 @@ Reliability weight of a modality (``face_weight``/``voice_weight`` of every stat
   probability under its threshold; without that flag, ``voice_unsure_threshold`` decides here);
 * ``voice_prior``: how much a voice counts against a face of the same calibrated confidence (measured on held-out
   recordings: voices of new speakers are wrong more often than their confidence says).
+* voice segments that ended before the person's face last changed its top emotion (the new one held for
+  ``min_dwell_s``) count ``voice_face_change_weight`` times, in the voice's mix and in its weight against the face:
+  the words were about the earlier moment (1 = no discount).
 
 Fusion (``fusion_mode``): ``average`` = the reliability-weighted average of the two probability vectors (the shipped
 default, see models/fusion.md), arithmetic (``pool="linear"``: p = fw p_face + vw p_voice) or geometric

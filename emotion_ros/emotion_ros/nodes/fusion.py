@@ -119,7 +119,7 @@ PARAMS = {
                                  "no face) needs this much x the voice's weight share more lead (voices of new "
                                  "speakers are wrong more often than faces)",
                             {"range": (0.0, 1.0)}),
-    "voice_face_change_weight": (1.0, "Voice segments that ended before the person's face last changed its top "
+    "voice_face_change_weight": (0.5, "Voice segments that ended before the person's face last changed its top "
                                       "emotion (held min_dwell_s) count this many times: the words were about the "
                                       "earlier moment (1 = no discount)", {"range": (0.0, 1.0)}),
     "rate": (10.0, "Steady publishing rate of emotion/state and emotion/states (Hz)", {"range": (0.01, 1000.0)}),
