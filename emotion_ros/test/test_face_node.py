@@ -273,6 +273,7 @@ def test_diagnostics_report_device_and_model(running, ckpt, hopper):
     assert values["device"] == "cpu" and values["model"] == ckpt
     assert values["precision"] == "float32"  # int8 asked for (default), but this test file has no ranges
     assert values["full_detect"] == "every 1 frame(s), in line"  # started with full_detect_every:=1
+    assert values["switch_interval_ms"] == "1"  # the node's default, set in its process
     assert float(values["processing_ms_p50"]) > 0
 
 
