@@ -383,7 +383,7 @@ class TemporalFusion:
     def _fresh_voice(self, now: float, face_changed_at: float = -math.inf) -> Optional[_Evidence]:
         """Voice evidence: segments ending within ``voice_stale_s``, weighted by recency x duration (legacy: by
         their overlap with [now - window_s, now]); segments that ended before ``face_changed_at`` (the person's face
-        has shown another emotion since) count ``voice_face_change_weight`` times."""
+        has shown another emotion since) count ``voice_face_change_weight`` times (not in the legacy overlap mode)."""
         lo = now - self.window_s
         weights, segs = [], []
         for seg in self._voice:
@@ -403,7 +403,7 @@ class TemporalFusion:
         if not weights or sum(weights) <= 0:
             return None
         scale = 1.0
-        if face_changed_at > -math.inf and self.voice_face_change_weight < 1.0:
+        if face_changed_at > -math.inf and self.voice_face_change_weight < 1.0 and not self._legacy_voice:
             # the discount lowers the voice's weight against the face, not only its mix of segments: the voice
             # evidence's recency becomes the discounted weights' share of the undiscounted ones
             full = [self._recency(now - sg.t_end, self.voice_hold_s, self.voice_stale_s)
