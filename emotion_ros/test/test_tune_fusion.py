@@ -69,3 +69,20 @@ def test_forked_search_chooses_as_the_sequential_one_and_reports_each_pool(tmp_p
     assert best[chosen]["objective_dev"] == seq["objective_dev"] and best[chosen]["settings"]["pool"] == chosen
     other = "log" if chosen == "linear" else "linear"
     assert best[other]["objective_dev"] <= seq["objective_dev"] and best[other]["settings"]["pool"] == other
+
+
+def test_cache_key_follows_what_changes_the_pipelines_outputs_only(monkeypatch):
+    """The cache of the pipelines' outputs is keyed on the face node's settings: one that changes the offline crops
+    (full_detect_every) changes the key; one that changes only how the node runs (switch_interval_ms, ...) does not."""
+    tf = _load()
+    from emotion_ros.tools import bag_evaluate
+    base = {"detector": "blazeface", "full_detect_every": 6, "flip_tta": True}
+
+    def key(**extra):
+        monkeypatch.setattr(bag_evaluate, "_load_yaml_params", lambda name, node: {**base, **extra})
+        return tf.detector_settings()
+
+    plain = key()
+    assert plain == key(switch_interval_ms=5.0, full_detect_nice=0, async_full_detect=False, opencv_threads=2,
+                        debug_image=False, hri=True, autostart=False)
+    assert plain != key(full_detect_every=3) and plain != key(flip_tta=False)
