@@ -385,7 +385,7 @@ class TemporalFusion:
         their overlap with [now - window_s, now]); segments that ended before ``face_changed_at`` (the person's face
         has shown another emotion since) count ``voice_face_change_weight`` times (not in the legacy overlap mode)."""
         lo = now - self.window_s
-        weights, segs = [], []
+        base, weights, segs = [], [], []  # each segment's weight before and after the face-change discount
         for seg in self._voice:
             age = now - seg.t_end
             if not seg.voice_activity or age > self.voice_stale_s or seg.t_start > now:
@@ -394,21 +394,18 @@ class TemporalFusion:
                 overlap = min(seg.t_end, now) - max(seg.t_start, lo)
                 if overlap < 0:
                     continue
-                weights.append(max(overlap, 1e-3))
+                base.append(max(overlap, 1e-3))
+                weights.append(base[-1])
             else:
-                weights.append(self._recency(age, self.voice_hold_s, self.voice_stale_s)
-                               * max(seg.t_end - seg.t_start, 0.1)
-                               * (self.voice_face_change_weight if seg.t_end < face_changed_at else 1.0))
+                base.append(self._recency(age, self.voice_hold_s, self.voice_stale_s)
+                            * max(seg.t_end - seg.t_start, 0.1))
+                weights.append(base[-1] * (self.voice_face_change_weight if seg.t_end < face_changed_at else 1.0))
             segs.append(seg)
         if not weights or sum(weights) <= 0:
             return None
-        scale = 1.0
-        if face_changed_at > -math.inf and self.voice_face_change_weight < 1.0 and not self._legacy_voice:
-            # the discount lowers the voice's weight against the face, not only its mix of segments: the voice
-            # evidence's recency becomes the discounted weights' share of the undiscounted ones
-            full = [self._recency(now - sg.t_end, self.voice_hold_s, self.voice_stale_s)
-                    * max(sg.t_end - sg.t_start, 0.1) for sg in segs]
-            scale = float(sum(weights) / max(sum(full), 1e-12))
+        # the discount lowers the voice's weight against the face, not only its mix of segments: the voice evidence's
+        # recency is scaled by the discounted weights' share of the undiscounted ones (exactly 1 without a discount)
+        scale = float(sum(weights) / sum(base))
         w = np.asarray(weights, dtype=np.float64)
         w /= w.sum()
         p = (w[:, None] * np.stack([s.probs for s in segs])).sum(0).astype(np.float32)
@@ -610,13 +607,10 @@ class TemporalFusion:
             if ev is not None:
                 faces.append((pid, ev, self._faces[pid][-1].box_area))
         faces.sort(key=lambda f: (-f[2], f[0]))
-        voice = self._fresh_voice(now)
-        if faces and voice is not None and self.voice_face_change_weight < 1.0:
-            changed_at = self._face_changed_at(faces[0][0], faces[0][1], now)
-            if changed_at > -math.inf:
-                voice = self._fresh_voice(now, changed_at)  # the primary's; voice_to all: the others get it too
-        elif faces and self.voice_face_change_weight < 1.0:
-            self._face_changed_at(faces[0][0], faces[0][1], now)
+        # the primary's last face change discounts older voice (voice_to all: the others get the same voice)
+        changed_at = (self._face_changed_at(faces[0][0], faces[0][1], now)
+                      if faces and self.voice_face_change_weight < 1.0 else -math.inf)
+        voice = self._fresh_voice(now, changed_at)
         out: List[FusedState] = []
         if faces:
             jobs = [(pid, f, voice if (i == 0 or self.voice_to == "all") else None, i == 0)

@@ -133,8 +133,12 @@ def main(argv: Sequence[str] = None) -> int:
         return 2
     results: Dict[str, Dict] = {n: {} for n in dets}
 
+    def view(d, img):
+        """The BGR image as ``d`` takes it (grey unless the detector wants colour), as the face node converts."""
+        return img if d.wants_color else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+
     def run(d, img):
-        return d.detect(img if d.wants_color else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))
+        return d.detect(view(d, img))
 
     if args.photos:
         files = sorted(p for p in glob.glob(os.path.join(args.photos, "**", "*"), recursive=True)
@@ -178,14 +182,13 @@ def main(argv: Sequence[str] = None) -> int:
 
     def tracked(d, k):
         """The boxes the face node would track: the detector's own on the scene (the scene's where it finds none)."""
-        img = frames[k][0] if d.wants_color else cv2.cvtColor(frames[k][0], cv2.COLOR_BGR2GRAY)
-        return [x.box for x in d.detect(img)] or list(truths[k])
+        return [x.box for x in run(d, frames[k][0])] or list(truths[k])
     boxes = {name: {k: tracked(d, k) for k in (1, 5)} for name, d in dets.items()}
     for _ in range(args.rounds):
         for name, d in dets.items():
             for k in (1, 5):
                 for f in frames[k]:
-                    img = f if d.wants_color else cv2.cvtColor(f, cv2.COLOR_BGR2GRAY)
+                    img = view(d, f)
                     for key, call in ((f"frame_{k}", lambda: d.detect(img)),
                                       (f"regions_{k}", lambda: d.detect_regions(img, boxes[name][k]))):
                         c0, t0 = time.thread_time(), time.perf_counter()
