@@ -331,6 +331,8 @@ def test_background_detection_runs_at_the_lower_priority_it_is_given():
     for nice, want in ((0, before), (5, min(19, before + 5)), (40, 19)):
         probe = Probe()
         bg = BackgroundDetector(probe, nice=nice)
+        assert bg.describe() == ("background thread" if nice == 0 else
+                                 f"background thread, nice +{min(nice, 19)} asked (thread not started yet)")
         assert bg.submit(np.zeros((8, 8), np.uint8))
         end = time.monotonic() + 5
         while not probe.seen and time.monotonic() < end:
@@ -338,4 +340,9 @@ def test_background_detection_runs_at_the_lower_priority_it_is_given():
         bg.stop()
         assert probe.seen == [want], (nice, probe.seen)
         assert bg.nice_applied is (nice > 0)
+        assert bg.describe() == ("background thread" if nice == 0 else
+                                 f"background thread at nice +{min(nice, 19)}")     # what /diagnostics shows
     assert os.getpriority(os.PRIO_PROCESS, 0) == before  # the caller's thread is untouched
+    refused = BackgroundDetector(Probe(), nice=5)
+    refused._priority_tried = True                        # as after a setpriority that raised
+    assert refused.describe() == "background thread, nice +5 asked, not applied (refused, or not Linux)"

@@ -220,9 +220,7 @@ class FaceNode(LifecycleNode):
         self.diag.set_value("detector", self.pipeline.detector.name)
         self.diag.set_value("precision", "int8" if self.model.runs_int8 else "float32")
         self.diag.set_value("switch_interval_ms", f"{sys.getswitchinterval() * 1e3:g}")
-        bg = self.pipeline.background
-        self.diag.set_value("full_detect", f"every {self.pipeline.full_detect_every} frame(s), "
-                            + (f"background thread at nice +{bg.nice}" if bg is not None else "in line"))
+        self._set_full_detect_diag(self.diag, self.pipeline)
         self._pub = self.create_publisher(FaceEmotionArray, "emotion/faces", reliable_qos(10))
         self._debug_pub = (self.create_publisher(Image, "emotion/face_debug", reliable_qos(1))
                            if self.p.debug_image else None)
@@ -420,7 +418,14 @@ class FaceNode(LifecycleNode):
             diag.set_value("faces", len(faces))
             for key in ("detect_ms", "align_ms", "model_ms"):
                 diag.set_value(key, f"{pipeline.timings.get(key, 0.0):.2f}")
+            self._set_full_detect_diag(diag, pipeline)        # the thread's priority is known once it has run
         return out
+
+    @staticmethod
+    def _set_full_detect_diag(diag, pipeline) -> None:
+        bg = pipeline.background
+        diag.set_value("full_detect", f"every {pipeline.full_detect_every} frame(s), "
+                       + (bg.describe() if bg is not None else "in line"))
 
     @staticmethod
     def to_message(img: Image, faces: List[FaceResult], embedding: bool = True,

@@ -43,6 +43,7 @@ class BackgroundDetector:
         self.detector = detector
         self.nice = max(0, min(19, int(nice)))
         self.nice_applied = False
+        self._priority_tried = False
         self._cond = threading.Condition()
         self._job: Optional[np.ndarray] = None
         self._busy = False
@@ -85,15 +86,27 @@ class BackgroundDetector:
             self._job = None
             self._cond.notify_all()
 
+    def describe(self) -> str:
+        """What ``/diagnostics`` says of this thread: the priority it runs at, once known."""
+        if self.nice <= 0:
+            return "background thread"
+        if not self._priority_tried:
+            return f"background thread, nice +{self.nice} asked (thread not started yet)"
+        if self.nice_applied:
+            return f"background thread at nice +{self.nice}"
+        return f"background thread, nice +{self.nice} asked, not applied (refused, or not Linux)"
+
     def _lower_priority(self) -> None:
-        if self.nice <= 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
-            return
         try:
+            if self.nice <= 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+                return
             tid = threading.get_native_id()
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.nice))
             self.nice_applied = True
         except OSError:
             pass
+        finally:
+            self._priority_tried = True      # after nice_applied: describe() never reads a half-done attempt
 
     def _run(self) -> None:
         self._lower_priority()
