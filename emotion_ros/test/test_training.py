@@ -1,5 +1,6 @@
 """Training tools (``emotion-train``) on tiny generated data: loaders, checkpoints and resume, time budget,
 distillation, speaker splits, and that what they write is a model the nodes load."""
+import argparse
 import csv
 import json
 import os
@@ -293,6 +294,27 @@ def test_voice_augmentation_sessions():
     assert 0.9 < ratio < 1.1                                         # ... at the session's SNR and gain
 
 
+def test_voice_augmentation_speed_and_pitch_ranges(ravdess_like, tmp_path):
+    """augment_voice's speed range sets the length (resampling), a pitch range of 0 shifts nothing; the training
+    options reach it, change the feature cache's key only when set, and a bad range is one line before any work."""
+    from emotion_ros.training.augment import augment_voice
+    a = (0.2 * np.random.default_rng(5).standard_normal(16000)).astype(np.float32)
+    only = dict(p_noise=0.0, p_reverb=0.0, p_channel=0.0, gain_db=0.0)
+    fast = augment_voice(a, 16000, np.random.default_rng(0), p_speed=1.0, p_pitch=0.0, speed=(1.25, 1.25), **only)
+    assert abs(fast.size - 16000 / 1.25) <= 2
+    same = augment_voice(a, 16000, np.random.default_rng(0), p_speed=0.0, p_pitch=1.0, pitch_semitones=0.0, **only)
+    assert same.size == a.size and np.corrcoef(same, a)[0, 1] > 0.999
+    p = argparse.ArgumentParser()
+    train_voice.add_args(p)
+    base = ["--data", ravdess_like, "--out", str(tmp_path / "v.pt")]
+    key = lambda extra: train_voice._cache_key(p.parse_args(base + extra), [], train_voice.FeatureSpec())
+    assert key([]) == key(["--speed-range", "0.9,1.1", "--pitch-semitones", "2"])     # the defaults: old caches
+    assert len({key([]), key(["--speed-range", "0.8,1.25"]), key(["--pitch-semitones", "4"])}) == 3
+    for bad in (["--speed-range", "1.2,0.8"], ["--speed-range", "fast"], ["--pitch-semitones", "-1"]):
+        with pytest.raises(DataError, match="speed-range|pitch-semitones"):
+            train_voice.main(base + ["--run-dir", str(tmp_path / "run")] + bad)
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "unlabelled", "one_label"])
 def test_emotion_train_voice_bad_data_one_line_exit_2(case, tmp_path, capsys):
     from emotion_ros.training.cli import train_main
@@ -367,3 +389,30 @@ def test_voice_ensemble_refuses_members_with_other_features(ravdess_like, tmp_pa
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("emotion-train")]
     assert code == 2 and len(err) == 1 and "computes other features" in err[0] and c in err[0]
     assert not os.path.exists(tmp_path / "bad.pt")
+
+
+def test_voice_training_speaker_adversarial(ravdess_like, tmp_path):
+    """--speaker-adversarial W: a speaker classifier behind gradient reversal trains with the model (its loss is in
+    the history, it resumes with the network), and is not part of the saved model: the node loads the checkpoint
+    as any other.  The reversal flips and scales the gradient; the weight ramps up from 0."""
+    out, run = str(tmp_path / "voice.pt"), str(tmp_path / "run")
+    base = ["--data", ravdess_like, "--out", out, "--run-dir", run, "--test-speakers", "4", "--dev-speakers", "3",
+            "--augment-copies", "1", "--pitch-prob", "0", "--batch-size", "8", "--threads", "1",
+            "--speaker-adversarial", "1.0"]
+    train_voice.main(base + ["--epochs", "2"])
+    train_voice.main(base + ["--epochs", "2", "--resume"])          # network and adversary load from the run
+    ckpt = torch.load(out, weights_only=True)
+    hist = ckpt["history"]
+    assert [h["epoch"] for h in hist] == [1, 2] and all(h["speaker_loss"] > 0 for h in hist)
+    assert ckpt["config"]["args"]["speaker_adversarial"] == 1.0
+    assert not any(k.startswith(("adversary", "net.")) for k in ckpt["state_dict"])
+    probs, _ = VoiceModel(out, device="cpu").predict(np.zeros(16000, np.float32))
+    assert probs.shape == (7,) and np.isclose(probs.sum(), 1, atol=1e-5)
+
+    x = torch.ones(3, requires_grad=True)
+    (train_voice._GradReverse.apply(x, 0.5) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([-0.5, -1.0, -1.5]))
+    assert train_voice.adversary_weight(0.8, 0.0) == 0.0
+    assert 0.79 < train_voice.adversary_weight(0.8, 1.0) <= 0.8
+    with pytest.raises(DataError, match="speaker-adversarial"):
+        train_voice.main(base[:-1] + ["-1"])

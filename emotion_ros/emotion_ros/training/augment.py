@@ -187,20 +187,24 @@ def microphone_channel(wav: np.ndarray, sr: int, rng: np.random.Generator) -> np
 def augment_voice(wav: np.ndarray, sr: int, rng: np.random.Generator, p_speed: float = 0.7,
                   p_pitch: float = 0.3, p_reverb: float = 0.5, p_channel: float = 0.5,
                   p_noise: float = 0.6, gain_db: float = 20.0,
-                  sample_rng: Optional[np.random.Generator] = None) -> np.ndarray:
+                  sample_rng: Optional[np.random.Generator] = None, pitch_semitones: float = 2.0,
+                  speed=(0.9, 1.1)) -> np.ndarray:
     """One random recording of ``wav``: speed/pitch, room, device, noise (0-20 dB SNR) and gain (+-20 dB,
     clipped at full scale as a real converter would), in that order.
 
     ``sample_rng``: draw the noise samples from it, and every setting (speed, pitch, room impulse response,
     device, SNR, gain) from ``rng``; a fresh ``rng`` with the same seed for each utterance of a speaker then
-    records all of them in one session (one room, one microphone), each with its own noise."""
+    records all of them in one session (one room, one microphone), each with its own noise.  ``speed``: the range
+    of the speed factor (resampling: tempo and pitch together); ``pitch_semitones``: the range of the pitch shift
+    (tempo kept), either way."""
     import soxr
     out = wav
     if rng.random() < p_speed:
-        out = soxr.resample(out, sr, int(sr / rng.uniform(0.9, 1.1))).astype(np.float32)
+        out = soxr.resample(out, sr, int(sr / rng.uniform(*speed))).astype(np.float32)
     if rng.random() < p_pitch:
         import librosa
-        out = librosa.effects.pitch_shift(out, sr=sr, n_steps=float(rng.uniform(-2.0, 2.0))).astype(np.float32)
+        out = librosa.effects.pitch_shift(out, sr=sr, n_steps=float(rng.uniform(-pitch_semitones, pitch_semitones))
+                                          ).astype(np.float32)
     if rng.random() < p_reverb:
         out = reverberate(out, sr, rng)
     if rng.random() < p_channel:

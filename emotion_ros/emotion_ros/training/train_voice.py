@@ -13,9 +13,14 @@ One or more corpora (``--data`` repeated: RAVDESS-named files or one folder per 
   (``FeatureSpec.speaker_window``, :class:`~emotion_ros.core.voice.features.SpeakerNormaliser`): in training the
   reference is drawn from 1 to N utterances of the same speaker (1: the utterance alone, as the node starts) in
   the same augmented copy, which records each speaker in one session (one room, microphone and SNR);
-- **augmentation** (``--augment room``, precomputed copies): speed and pitch, generated room impulse
+- **augmentation** (``--augment room``, precomputed copies): speed and pitch (``--speed-range``,
+  ``--pitch-semitones``, ``--pitch-prob``), generated room impulse
   responses, telephone / laptop / far-field / tilted microphones, noise at 0-20 dB SNR, gain over +-20 dB with
   clipping; SpecAugment and within-corpus mixup during training;
+- **speaker-adversarial training** (``--speaker-adversarial W``, off by default): a speaker classifier on the
+  embedding, behind a gradient-reversal layer, learns which training speaker spoke; the reversed gradient
+  (weight ramped from 0 to W over the first part of training) pushes the embedding to forget who is speaking.
+  Training only: the classifier is not saved with the model, and the node runs the same network;
 - **calibration**: a temperature fitted on the dev speakers (held out of training) by log-likelihood, stored in
   the checkpoint and applied by :class:`~emotion_ros.core.voice.model.VoiceModel`; the expected calibration error
   before and after is saved with it.
@@ -72,6 +77,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "earlier speed/pitch/noise/gain set")
     p.add_argument("--augment-copies", type=int, default=4, help="augmented copies of each training utterance")
     p.add_argument("--pitch-prob", type=float, default=0.3, help="probability of a pitch shift per copy")
+    p.add_argument("--pitch-semitones", type=float, default=2.0,
+                   help="--augment room: pitch shifts drawn from +-this many semitones (tempo kept)")
+    p.add_argument("--speed-range", default="0.9,1.1",
+                   help="--augment room: speed factors (resampling: tempo and pitch together) drawn from LO,HI")
     p.add_argument("--mixup", type=float, default=0.2, help="mixup Beta(a, a) within a corpus; 0 disables")
     p.add_argument("--no-utterance-cmn", dest="utterance_cmn", action="store_false",
                    help="keep each utterance's mean log-mel spectrum (no per-utterance band normalisation)")
@@ -92,6 +101,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="node: each recording (and each augmented copy of it) goes through the voice node's own "
                         "segmenter and trimming, so that training sees the extents the node classifies; trim: "
                         "the whole file with its leading and trailing silence trimmed (before 2026-12-01)")
+    p.add_argument("--speaker-adversarial", type=float, default=0.0, metavar="W",
+                   help="weight of a speaker classifier trained through gradient reversal on the embedding, so "
+                        "that the embedding forgets who is speaking (0: off)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--cache-dir", default=None,
@@ -172,11 +184,24 @@ def _load_waves(items: List[VoiceItem], what: str, cut: str = "trim"
     return waves, kept, bad
 
 
+def _speed_range(args) -> Tuple[float, float]:
+    """--speed-range LO,HI -> (LO, HI); DataError (one line) unless 0 < LO <= HI."""
+    try:
+        lo, hi = (float(v) for v in str(args.speed_range).split(","))
+    except ValueError:
+        raise DataError(f"--speed-range: expected LO,HI (e.g. 0.9,1.1), got {args.speed_range!r}") from None
+    if not 0 < lo <= hi:
+        raise DataError(f"--speed-range: expected 0 < LO <= HI, got {args.speed_range!r}")
+    return lo, hi
+
+
 def _cache_key(args, items: List[VoiceItem], spec: FeatureSpec) -> str:
     h = hashlib.sha256()
     fspec = {k: v for k, v in spec.to_dict().items() if k != "speaker_window"}   # applied after the cache
     h.update(json.dumps({"spec": fspec, "augment": args.augment, "copies": args.augment_copies,
                          "pitch": args.pitch_prob, "seed": args.seed, "v": 2,
+                         **({"semitones": args.pitch_semitones} if args.pitch_semitones != 2.0 else {}),
+                         **({"speed": list(_speed_range(args))} if _speed_range(args) != (0.9, 1.1) else {}),
                          **({"cut": args.cut} if args.cut != "trim" else {}),   # trim: the keys of before --cut
                          **({"sessions": 1} if spec.speaker_window else {})},
                         sort_keys=True).encode())
@@ -216,9 +241,11 @@ def _features(args, spec: FeatureSpec, waves, items, rng, augment: bool, what: s
                           file=sys.stdout):
             if args.augment == "room" and sessions:
                 session = np.random.default_rng([args.seed, k, spk_index[it.speaker]])
-                aw = augment_voice(w, spec.sample_rate, session, p_pitch=args.pitch_prob, sample_rng=rng)
+                aw = augment_voice(w, spec.sample_rate, session, p_pitch=args.pitch_prob, sample_rng=rng,
+                                   pitch_semitones=args.pitch_semitones, speed=_speed_range(args))
             elif args.augment == "room":
-                aw = augment_voice(w, spec.sample_rate, rng, p_pitch=args.pitch_prob)
+                aw = augment_voice(w, spec.sample_rate, rng, p_pitch=args.pitch_prob,
+                                   pitch_semitones=args.pitch_semitones, speed=_speed_range(args))
             else:
                 aw = _augment_basic(w, spec.sample_rate, rng, args.pitch_prob)
             feats.append(utterance_features(cut(aw), spec, return_band_mean=True))
@@ -262,6 +289,24 @@ def random_offsets(band_means: np.ndarray, groups: List[np.ndarray], group_of: n
     return out
 
 
+class _GradReverse(torch.autograd.Function):
+    """Identity forward; the gradient times -scale backward (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, x, scale: float):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.scale * grad, None
+
+
+def adversary_weight(weight: float, progress: float) -> float:
+    """DANN's ramp: 0 at the start of training, ``weight`` x (2 / (1 + exp(-10 p)) - 1) at progress p in [0, 1]."""
+    return float(weight * (2.0 / (1.0 + np.exp(-10.0 * progress)) - 1.0))
+
+
 def _sample_weights(corpus_of: np.ndarray, y: np.ndarray, balance: bool) -> np.ndarray:
     if not balance:
         return np.full(len(y), 1.0 / len(y))
@@ -283,6 +328,11 @@ def run(args) -> dict:
     rng = np.random.default_rng(args.seed)
     if args.speaker_norm < 0:
         raise DataError(f"--speaker-norm must be >= 0, got {args.speaker_norm}")
+    _speed_range(args)                                # a bad range fails before any work
+    if args.pitch_semitones < 0:
+        raise DataError(f"--pitch-semitones must be >= 0, got {args.pitch_semitones}")
+    if args.speaker_adversarial < 0:
+        raise DataError(f"--speaker-adversarial must be >= 0, got {args.speaker_adversarial}")
     if args.speaker_norm and not args.utterance_cmn:
         raise DataError("--speaker-norm needs the per-utterance band normalisation (drop --no-utterance-cmn)")
     spec = FeatureSpec(utterance_cmn=bool(args.utterance_cmn), speaker_window=int(args.speaker_norm))
@@ -370,7 +420,14 @@ def run(args) -> dict:
     net = SpeechCNNBiLSTM(n_mels=spec.n_mels, conv_channels=tuple(conv), lstm_hidden=args.lstm_hidden,
                           embed_dim=model_cfg["embed_dim"])
     steps = max(1, len(X) // args.batch_size)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    trained: torch.nn.Module = net
+    if args.speaker_adversarial:
+        spk_ids = sorted({i.speaker for i in it_train})
+        S = np.tile(np.array([spk_ids.index(i.speaker) for i in it_train], np.int64), len(copies))
+        adversary = torch.nn.Sequential(torch.nn.Linear(model_cfg["embed_dim"], 128), torch.nn.ReLU(inplace=True),
+                                        torch.nn.Linear(128, len(spk_ids)))
+        trained = torch.nn.ModuleDict({"net": net, "adversary": adversary})   # saved and resumed together
+    opt = torch.optim.AdamW(trained.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps,
                                                 pct_start=0.15)
     config = {"args": args_config(args), "model": model_cfg, "features": spec.to_dict(), "labels": list(LABELS),
@@ -383,7 +440,7 @@ def run(args) -> dict:
     write_json(os.path.join(args.run_dir, "config.json"), config)
     start, history = 0, []
     if args.resume and (state := ckpt.load()):
-        net.load_state_dict(state["model"])
+        trained.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, history = state["epoch"], state["history"]
@@ -393,7 +450,7 @@ def run(args) -> dict:
         erng = np.random.default_rng(args.seed * 1000 + epoch)
         g = torch.Generator().manual_seed(args.seed * 1000 + epoch)
         draw = erng.choice(len(X), size=steps * args.batch_size, replace=True, p=weights)
-        tot, correct, seen = 0.0, 0, 0
+        tot, adv_tot, correct, seen = 0.0, 0.0, 0, 0
         for b in tqdm(range(steps), desc=f"voice {epoch + 1}/{args.epochs}", mininterval=30, file=sys.stdout):
             idx = draw[b * args.batch_size:(b + 1) * args.batch_size]
             crop = args.crop_frames
@@ -421,24 +478,35 @@ def run(args) -> dict:
                 lens = torch.maximum(lens, lens[perm])
                 x = lam.view(-1, 1, 1) * x + (1 - lam.view(-1, 1, 1)) * x[perm]
                 target = lam.view(-1, 1) * target + (1 - lam.view(-1, 1)) * target[perm]
-            logits = net(x, lens)
+            logits, emb = net(x, lens, return_embedding=True)
             logp = torch.log_softmax(logits.masked_fill(~mask, -1e4), 1)
-            loss = -(target * logp.masked_fill(~mask, 0)).sum(1).mean()
+            loss = cls_loss = -(target * logp.masked_fill(~mask, 0)).sum(1).mean()
+            if args.speaker_adversarial:
+                who = F.one_hot(torch.from_numpy(S[idx]), len(spk_ids)).float()
+                if args.mixup > 0:
+                    who = lam.view(-1, 1) * who + (1 - lam.view(-1, 1)) * who[perm]
+                scale = adversary_weight(args.speaker_adversarial, (epoch * steps + b) / (args.epochs * steps))
+                spk_logits = adversary(_GradReverse.apply(emb, scale))
+                adv_loss = -(who * torch.log_softmax(spk_logits, 1)).sum(1).mean()
+                loss = loss + adv_loss             # the reversal scales only what reaches the embedding
+                adv_tot += float(adv_loss.detach()) * len(y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            torch.nn.utils.clip_grad_norm_(trained.parameters(), 5.0)
             opt.step()
             sched.step()
-            tot += float(loss.detach()) * len(y)
+            tot += float(cls_loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
         rec = {"epoch": epoch + 1, "train_loss": round(tot / seen, 4), "train_acc": round(correct / seen, 4)}
+        if args.speaker_adversarial:
+            rec["speaker_loss"] = round(adv_tot / seen, 4)         # ln(speakers) = chance
         if "dev" in evalsets:
             xd, yd, _ = evalsets["dev"]
             rec["dev_acc"] = metrics_from_predictions(yd, predict_feats(net, xd).argmax(1))["accuracy"]
         history.append(rec)
         print(json.dumps(rec), flush=True)
-        ckpt.save(epoch + 1, net, opt, sched, history)
+        ckpt.save(epoch + 1, trained, opt, sched, history)
 
     calibration = {"method": "none", "temperature": 1.0, "fitted_on": None}
     if "dev" in evalsets:
