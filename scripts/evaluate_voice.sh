@@ -4,7 +4,8 @@
 # Env: MODEL (default: the shipped models/voice.pt, trained on RAVDESS 1-14 + TurEV-DB minus TUREV_TEST),
 #      RAVDESS_ONLY_MODEL (a model trained on RAVDESS actors 1-14 alone, for the cross-corpus row; skipped if unset),
 #      TUREV_TEST (default 1358,7895: the TurEV-DB speakers held out of the shipped model), SEED (perturbations),
-#      PERTURB=0 skips the perturbation rows.
+#      PERTURB=0 skips the perturbation rows (recording: telephone, noise, quiet, reverb, rate44k; speaker:
+#      pitch_down / pitch_up 3 semitones, slow / fast tempo 0.8 / 1.25).
 # Every row goes through the voice node's own pipeline (segmenter, trimming, features, calibrated model).
 # Writes OUT_DIR/voice_generalisation.json (default docs/eval/) and prints a table with n, accuracy, macro-F1,
 # the most-predicted class and its share over its true share (collapse ratio), and the ECE.
@@ -33,7 +34,9 @@ if [ -n "${RAVDESS_ONLY_MODEL:-}" ]; then
   run ravdess_only_17_20 "$RAVDESS_ONLY_MODEL" "$work/held"
 fi
 if [ "${PERTURB:-1}" != 0 ]; then
-  for c in telephone noise quiet reverb rate44k; do run "ravdess_17_20_$c" "$model" "$work/held" --perturb "$c"; done
+  for c in telephone noise quiet reverb rate44k pitch_down pitch_up slow fast; do
+    run "ravdess_17_20_$c" "$model" "$work/held" --perturb "$c"
+  done
 fi
 "$venv/bin/python" - "$work/reports" "$out/voice_generalisation.json" "$seed" <<'EOF'
 import json

@@ -117,6 +117,8 @@ def test_voice_perturbations_shapes_dtypes_determinism(name):
     assert y.dtype == np.float32 and np.isfinite(y).all() and np.abs(y).max() <= 1.0
     if name == "rate44k":
         assert rate == 44100 and y.shape[1] == 2 and abs(y.shape[0] - x.size * 44100 / SR) <= 2
+    elif name in ("slow", "fast"):
+        assert rate == SR and y.ndim == 1 and abs(y.size - x.size / {"slow": 0.8, "fast": 1.25}[name]) <= 2
     else:
         assert rate == SR and y.shape == x.shape
     y2, _ = P.perturb_voice(x, SR, [name], seed=1, index=2)
@@ -148,6 +150,20 @@ def band_gain_db(name: str, f: float) -> float:
     y, _ = P.perturb_voice(x, SR, [name], 0, 0)
     mid = slice(2000, -2000)
     return float(10 * np.log10(np.mean(y[mid] ** 2) / np.mean(x[mid] ** 2)))
+
+
+def peak_hz(y: np.ndarray) -> float:
+    spec = np.abs(np.fft.rfft(y[2000:-2000] * np.hanning(y.size - 4000)))
+    return float(np.fft.rfftfreq(y.size - 4000, 1 / SR)[spec.argmax()])
+
+
+def test_voice_pitch_and_tempo_shift_one_and_keep_the_other():
+    """Another speaker's register (pitch_down / pitch_up: 3 semitones, same length) or pace (slow / fast: tempo
+    0.8 / 1.25, same pitch)."""
+    x = tone(1.0, amp=0.3, f=440.0)
+    for name, ratio in (("pitch_down", 2 ** (-3 / 12)), ("pitch_up", 2 ** (3 / 12)), ("slow", 1.0), ("fast", 1.0)):
+        y, _ = P.perturb_voice(x, SR, [name], 0, 0)
+        assert peak_hz(y) == pytest.approx(440.0 * ratio, rel=0.02), name
 
 
 def test_voice_telephone_keeps_300_to_3400_hz_only():

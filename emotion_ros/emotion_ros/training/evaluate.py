@@ -21,8 +21,10 @@ Faces: images of 96 px and more go through the face node's detector (BlazeFace; 
 and its alignment (on the eyes when the detector gives them).  Smaller images are taken to be
 pre-cut crops (FER2013's 48x48) and used whole, unless --detect-crops.
   voice: telephone (8 kHz, 300-3400 Hz), noise (white + pink, 10 dB SNR), quiet (-25 dB,
-         16 bit), reverb (synthetic room, RT60 0.4 s), rate44k (44.1 kHz stereo S16 through
-         the node's downmix and streaming resampler; last if combined)
+         16 bit), reverb (synthetic room, RT60 0.4 s), pitch_down / pitch_up (3 semitones
+         lower / higher, same tempo: another speaker's register), slow / fast (tempo 0.8 / 1.25,
+         same pitch: another speaker's pace), rate44k (44.1 kHz stereo S16 through the node's
+         downmix and streaming resampler; last if combined)
 """
 from __future__ import annotations
 

@@ -166,8 +166,26 @@ def voice_rate44k(x: np.ndarray, sr: int, rng: np.random.Generator) -> Tuple[np.
     return np.stack([y, y], axis=1), NODE_RATE
 
 
+def voice_pitch(x: np.ndarray, sr: int, rng: np.random.Generator, semitones: float = 3.0) -> Tuple[np.ndarray, int]:
+    """A voice ``semitones`` higher (negative: lower), at the same tempo: another speaker's register."""
+    import librosa  # lazily: heavy
+
+    return librosa.effects.pitch_shift(x.astype(np.float32), sr=sr, n_steps=float(semitones)).astype(np.float32), sr
+
+
+def voice_tempo(x: np.ndarray, sr: int, rng: np.random.Generator, rate: float = 1.25) -> Tuple[np.ndarray, int]:
+    """The same voice ``rate`` times faster (below 1: slower), at the same pitch: another speaker's pace."""
+    import librosa
+
+    return librosa.effects.time_stretch(x.astype(np.float32), rate=float(rate)).astype(np.float32), sr
+
+
 VOICE: Dict[str, Callable[..., Tuple[np.ndarray, int]]] = {
     "telephone": voice_telephone, "noise": voice_noise, "quiet": voice_quiet, "reverb": voice_reverb,
+    "pitch_down": lambda x, sr, rng: voice_pitch(x, sr, rng, -3.0),
+    "pitch_up": lambda x, sr, rng: voice_pitch(x, sr, rng, 3.0),
+    "slow": lambda x, sr, rng: voice_tempo(x, sr, rng, 0.8),
+    "fast": lambda x, sr, rng: voice_tempo(x, sr, rng, 1.25),
     "rate44k": voice_rate44k,
 }
 
