@@ -342,6 +342,7 @@ def test_background_detection_runs_at_the_lower_priority_it_is_given():
         assert bg.nice_applied is (nice > 0)
         assert bg.describe() == ("background thread" if nice == 0 else
                                  f"background thread at nice +{min(nice, 19)}")     # what /diagnostics shows
+        assert bg.priority_settled                      # the node stops refreshing it
     assert os.getpriority(os.PRIO_PROCESS, 0) == before  # the caller's thread is untouched
     refused = BackgroundDetector(Probe(), nice=5)
     refused._priority_tried = True                        # as after a setpriority that raised

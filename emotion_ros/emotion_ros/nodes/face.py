@@ -160,6 +160,7 @@ class FaceNode(LifecycleNode):
         self._hri_tracked = None  # /humans/faces/tracked publisher (hri on)
         self._hri_faces = None    # emotion_ros.ros.hri.PerIdPublishers of /humans/faces/<id>/... (hri on)
         self.diag: Optional[Diagnostics] = None
+        self._full_detect_settled = True   # /diagnostics' full_detect final (set on activation)
         self._worker: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self.frames = 0
@@ -418,14 +419,16 @@ class FaceNode(LifecycleNode):
             diag.set_value("faces", len(faces))
             for key in ("detect_ms", "align_ms", "model_ms"):
                 diag.set_value(key, f"{pipeline.timings.get(key, 0.0):.2f}")
-            self._set_full_detect_diag(diag, pipeline)        # the thread's priority is known once it has run
+            if not self._full_detect_settled:
+                self._set_full_detect_diag(diag, pipeline)    # the thread's priority is known once it has run
         return out
 
-    @staticmethod
-    def _set_full_detect_diag(diag, pipeline) -> None:
+    def _set_full_detect_diag(self, diag, pipeline) -> None:
         bg = pipeline.background
+        settled = bg is None or bg.priority_settled   # read first: a priority settled after it shows next frame
         diag.set_value("full_detect", f"every {pipeline.full_detect_every} frame(s), "
                        + (bg.describe() if bg is not None else "in line"))
+        self._full_detect_settled = settled
 
     @staticmethod
     def to_message(img: Image, faces: List[FaceResult], embedding: bool = True,

@@ -198,10 +198,11 @@ def _speed_range(args) -> Tuple[float, float]:
 def _cache_key(args, items: List[VoiceItem], spec: FeatureSpec) -> str:
     h = hashlib.sha256()
     fspec = {k: v for k, v in spec.to_dict().items() if k != "speaker_window"}   # applied after the cache
+    speed = _speed_range(args)
     h.update(json.dumps({"spec": fspec, "augment": args.augment, "copies": args.augment_copies,
                          "pitch": args.pitch_prob, "seed": args.seed, "v": 2,
                          **({"semitones": args.pitch_semitones} if args.pitch_semitones != 2.0 else {}),
-                         **({"speed": list(_speed_range(args))} if _speed_range(args) != (0.9, 1.1) else {}),
+                         **({"speed": list(speed)} if speed != (0.9, 1.1) else {}),
                          **({"cut": args.cut} if args.cut != "trim" else {}),   # trim: the keys of before --cut
                          **({"sessions": 1} if spec.speaker_window else {})},
                         sort_keys=True).encode())
@@ -235,17 +236,16 @@ def _features(args, spec: FeatureSpec, waves, items, rng, augment: bool, what: s
                                                                   file=sys.stdout)]]
     n_aug = args.augment_copies if (augment and args.augment != "none") else 0
     spk_index = {s: k for k, s in enumerate(sorted({it.speaker for it in items}))}
+    ranges = {"pitch_semitones": args.pitch_semitones, "speed": _speed_range(args)}
     for k in range(n_aug):
         feats = []
         for w, it in tqdm(list(zip(waves, items)), desc=f"augment {what} {k + 1}/{n_aug}", mininterval=15,
                           file=sys.stdout):
             if args.augment == "room" and sessions:
                 session = np.random.default_rng([args.seed, k, spk_index[it.speaker]])
-                aw = augment_voice(w, spec.sample_rate, session, p_pitch=args.pitch_prob, sample_rng=rng,
-                                   pitch_semitones=args.pitch_semitones, speed=_speed_range(args))
+                aw = augment_voice(w, spec.sample_rate, session, p_pitch=args.pitch_prob, sample_rng=rng, **ranges)
             elif args.augment == "room":
-                aw = augment_voice(w, spec.sample_rate, rng, p_pitch=args.pitch_prob,
-                                   pitch_semitones=args.pitch_semitones, speed=_speed_range(args))
+                aw = augment_voice(w, spec.sample_rate, rng, p_pitch=args.pitch_prob, **ranges)
             else:
                 aw = _augment_basic(w, spec.sample_rate, rng, args.pitch_prob)
             feats.append(utterance_features(cut(aw), spec, return_band_mean=True))
@@ -398,9 +398,9 @@ def run(args) -> dict:
     masks_t = torch.from_numpy(masks)
 
     n_train = len(it_train)
+    spk_names = sorted({i.speaker for i in it_train})
+    group_of = np.array([spk_names.index(i.speaker) for i in it_train])    # each training utterance's speaker
     if spec.speaker_window:
-        spk_names = sorted({i.speaker for i in it_train})
-        group_of = np.array([spk_names.index(i.speaker) for i in it_train])
         groups = [np.flatnonzero(group_of == g) for g in range(len(spk_names))]
 
     evalsets = {}
@@ -422,10 +422,9 @@ def run(args) -> dict:
     steps = max(1, len(X) // args.batch_size)
     trained: torch.nn.Module = net
     if args.speaker_adversarial:
-        spk_ids = sorted({i.speaker for i in it_train})
-        S = np.tile(np.array([spk_ids.index(i.speaker) for i in it_train], np.int64), len(copies))
+        S = np.tile(group_of, len(copies))
         adversary = torch.nn.Sequential(torch.nn.Linear(model_cfg["embed_dim"], 128), torch.nn.ReLU(inplace=True),
-                                        torch.nn.Linear(128, len(spk_ids)))
+                                        torch.nn.Linear(128, len(spk_names)))
         trained = torch.nn.ModuleDict({"net": net, "adversary": adversary})   # saved and resumed together
     opt = torch.optim.AdamW(trained.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps,
@@ -433,7 +432,7 @@ def run(args) -> dict:
     config = {"args": args_config(args), "model": model_cfg, "features": spec.to_dict(), "labels": list(LABELS),
               "corpora": [{"name": c.name, "files": len(c.items), "labels": [LABELS[i] for i in c.labels],
                            "speakers": sorted({i.speaker for i in c.items})} for c in corpora],
-              "train_speakers": sorted({i.speaker for i in it_train}), "dev_speakers": dev_spk,
+              "train_speakers": spk_names, "dev_speakers": dev_spk,
               "test_speakers": test_spk, "n_train": len(it_train), "n_train_augmented": len(X),
               "unreadable": len(unreadable)}
     ckpt = Checkpointer(args.run_dir)
@@ -482,7 +481,7 @@ def run(args) -> dict:
             logp = torch.log_softmax(logits.masked_fill(~mask, -1e4), 1)
             loss = cls_loss = -(target * logp.masked_fill(~mask, 0)).sum(1).mean()
             if args.speaker_adversarial:
-                who = F.one_hot(torch.from_numpy(S[idx]), len(spk_ids)).float()
+                who = F.one_hot(torch.from_numpy(S[idx]), len(spk_names)).float()
                 if args.mixup > 0:
                     who = lam.view(-1, 1) * who + (1 - lam.view(-1, 1)) * who[perm]
                 scale = adversary_weight(args.speaker_adversarial, (epoch * steps + b) / (args.epochs * steps))

@@ -86,6 +86,11 @@ class BackgroundDetector:
             self._job = None
             self._cond.notify_all()
 
+    @property
+    def priority_settled(self) -> bool:
+        """Whether the thread's priority is final (lowered, refused, or nothing to do): ``describe`` stops changing."""
+        return self.nice <= 0 or self._priority_tried
+
     def describe(self) -> str:
         """What ``/diagnostics`` says of this thread: the priority it runs at, once known."""
         if self.nice <= 0:
