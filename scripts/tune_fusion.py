@@ -32,7 +32,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "emotion_ros"))
 
 BASE = {"window_s": 1.0, "stale_s": 1.0, "forget_s": 5.0, "voice_to": "primary", "face_hold_s": 0.1,
-        "voice_unsure_threshold": 0.0, "unsure_weight": 0.5, "fusion_mode": "average"}
+        "voice_unsure_threshold": 0.0, "unsure_weight": 0.5, "fusion_mode": "average",
+        # the voice's trust from its agreement with the face (chosen on the dev clips with the rest as shipped)
+        "agreement_tau_s": 60.0, "agreement_reference": 0.5, "agreement_strength": 1.0, "agreement_power": 2.0}
 GRID = {
     "face_stale_s": [0.3, 0.5],
     "voice_stale_s": [3.0],
@@ -40,7 +42,7 @@ GRID = {
     "conf_power": [2.0],
     "ood_min_conf": [0.35],
     "ood_weight": [0.3],
-    "voice_prior": [0.1, 0.2, 0.3, 0.6],
+    "voice_prior": [0.1, 0.3, 0.6],
     "pool": ["linear", "log"],
     "smoothing_tau_s": [0.1, 0.2],
     "switch_margin": [0.05, 0.15],

@@ -521,3 +521,57 @@ def test_voice_from_before_the_face_changed_counts_less():
     assert late[-1].voice_weight > 0.3  # the new segment counts in full
     with pytest.raises(ValueError, match="voice_face_change_weight"):
         TemporalFusion(None, voice_face_change_weight=1.5)
+
+
+def test_voice_trust_follows_its_agreement_with_the_face():
+    """agreement_*: a voice whose segments keep naming what the face does not show loses weight against the face
+    (down to (agreement / reference) ** power), one that agrees keeps it; no history (paired samples, the first words)
+    is full trust; agreement_tau_s 0 leaves the weighting as it was."""
+    kw = dict(NEW, voice_prior=1.0, agreement_reference=0.5, agreement_strength=1.0, agreement_power=2.0)
+
+    def run(voice_label, tau=60.0, n=12):
+        tf = TemporalFusion(None, **kw, agreement_tau_s=tau)
+        weights = []
+        for i in range(n):
+            t = 2.0 * i
+            for k in range(10):  # the face over the segment
+                tf.add_face(t + 0.1 * k, "p", 100, onehot("happy", 0.8))
+            tf.add_voice(t, t + 1.0, onehot(voice_label, 0.8), None)
+            (st,) = tf.estimate(t + 1.0)
+            weights.append(st.voice_weight)
+        return tf, weights
+
+    agree, w_agree = run("happy")
+    disagree, w_dis = run("sad")
+    off, w_off = run("sad", tau=0.0)
+    assert agree.voice_trust == 1.0 and disagree.voice_trust < 0.05 and off.voice_trust == 1.0
+    assert 0.0 < w_dis[0] < w_off[0]  # a segment counts as soon as it has ended: its own disagreement included
+    assert w_dis[-1] < 0.1 * w_off[-1] and w_agree[-1] == pytest.approx(w_off[-1], rel=1e-5)
+    assert all(b <= a + 1e-9 for a, b in zip(w_dis, w_dis[1:]))  # trust only falls while the voice disagrees
+    # paired samples (no history): the agreement term changes nothing
+    fresh = TemporalFusion(None, **kw, agreement_tau_s=60.0)
+    plain = TemporalFusion(None, **kw, agreement_tau_s=0.0)
+    np.testing.assert_allclose(fresh.average(onehot("happy", 0.6), onehot("sad", 0.7)),
+                               plain.average(onehot("happy", 0.6), onehot("sad", 0.7)))
+    # an unsure face says nothing about the voice; the history forgets and reset() clears it
+    unsure = TemporalFusion(None, **kw, agreement_tau_s=60.0)
+    for i in range(5):
+        unsure.add_face(2.0 * i + 0.9, "p", 100, np.full(len(LABELS), 1 / len(LABELS), np.float32))
+        unsure.add_voice(2.0 * i, 2.0 * i + 1.0, onehot("sad", 0.8), None)
+        unsure.estimate(2.0 * i + 1.0)
+    assert unsure.voice_trust == pytest.approx(1.0) and unsure.voice_agreement == pytest.approx(0.5)
+    forgets = TemporalFusion(None, **kw, agreement_tau_s=5.0)
+    for i in range(5):
+        forgets.add_face(2.0 * i + 0.9, "p", 100, onehot("happy", 0.9))
+        forgets.add_voice(2.0 * i, 2.0 * i + 1.0, onehot("sad", 0.8), None)
+        forgets.estimate(2.0 * i + 1.0)
+    low = forgets.voice_trust
+    forgets.add_face(100.9, "p", 100, onehot("happy", 0.9))
+    forgets.add_voice(100.0, 101.0, onehot("happy", 0.8), None)
+    forgets.estimate(101.0)
+    assert low < 0.2 and forgets.voice_trust == 1.0  # 90 s later the old disagreement is forgotten
+    disagree.reset()
+    assert disagree.voice_trust == 1.0
+    for name, bad in (("agreement_reference", 0.0), ("agreement_tau_s", -1.0), ("agreement_power", math.nan)):
+        with pytest.raises(ValueError, match=name):
+            TemporalFusion(None, **{name: bad})

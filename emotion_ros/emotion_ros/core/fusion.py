@@ -15,7 +15,7 @@ work with ``use_sim_time``), with a separate staleness per modality:
 
 Reliability weight of a modality (``face_weight``/``voice_weight`` of every state, normalised to sum 1):
 
-    w = recency x confidence_term x ood_term x unsure_term   (x voice_prior for the voice)
+    w = recency x confidence_term x ood_term x unsure_term   (x voice_prior x voice_trust for the voice)
 
 * ``confidence_term = ((c - 1/K) / (1 - 1/K)) ** conf_power`` with ``c`` the top *calibrated* probability (the face
   and voice models carry temperatures fitted on held-out data): evidence at chance weighs nothing;
@@ -26,6 +26,11 @@ Reliability weight of a modality (``face_weight``/``voice_weight`` of every stat
   probability under its threshold; without that flag, ``voice_unsure_threshold`` decides here);
 * ``voice_prior``: how much a voice counts against a face of the same calibrated confidence (measured on held-out
   recordings: voices of new speakers are wrong more often than their confidence says).
+* ``voice_trust`` (``agreement_tau_s`` > 0): the voice's weight is also scaled by ``min(1, agreement /
+  agreement_reference) ** agreement_power``; ``agreement`` is the running, face-confidence-weighted share of ended voice
+  segments whose top emotion the primary person's face showed over the segment (forgetting with ``agreement_tau_s``,
+  starting at ``agreement_reference`` with the weight of ``agreement_strength`` segments): a voice the face keeps
+  contradicting fades, and a voice with no history (the first words, a single pair) has full trust.
 * voice segments that ended before the person's face last changed its top emotion (the new one held for
   ``min_dwell_s``) count ``voice_face_change_weight`` times, in the voice's mix and in its weight against the face:
   the words were about the earlier moment (1 = no discount).
@@ -95,6 +100,7 @@ class VoiceObs:
     embedding: Optional[np.ndarray]
     voice_activity: bool
     unsure: bool = False
+    scored: bool = False          # counted in the face-voice agreement (once)
 
 
 @dataclass
@@ -213,7 +219,8 @@ class TemporalFusion:
                  switch_margin: float = 0.0, min_dwell_s: float = 0.0, fast_switch_margin: float = 1.0,
                  voice_switch_margin: float = 0.0, pool: str = "linear",
                  smoothing_filter: str = "exp", hmm_switch_rate: float = 0.5, hmm_evidence_rate: float = 10.0,
-                 voice_face_change_weight: float = 1.0):
+                 voice_face_change_weight: float = 1.0, agreement_tau_s: float = 0.0,
+                 agreement_reference: float = 0.5, agreement_strength: float = 3.0, agreement_power: float = 1.0):
         for name, v in (("window_s", window_s), ("stale_s", stale_s)):
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v}")
@@ -233,6 +240,12 @@ class TemporalFusion:
                         ("voice_face_change_weight", voice_face_change_weight)):
             if not (math.isfinite(v) and 0 <= v <= 1):
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
+        for name, v in (("agreement_tau_s", agreement_tau_s), ("agreement_strength", agreement_strength),
+                        ("agreement_power", agreement_power)):
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        if not (math.isfinite(agreement_reference) and 0 < agreement_reference <= 1):
+            raise ValueError(f"agreement_reference must be in (0, 1], got {agreement_reference}")
         if smoothing_filter not in SMOOTHING_FILTERS:
             raise ValueError(f"smoothing_filter must be one of {', '.join(SMOOTHING_FILTERS)}, "
                              f"got {smoothing_filter!r}")
@@ -278,6 +291,11 @@ class TemporalFusion:
         self.hmm_switch_rate = float(hmm_switch_rate)
         self.hmm_evidence_rate = float(hmm_evidence_rate)
         self.voice_face_change_weight = float(voice_face_change_weight)
+        self.agreement_tau_s = float(agreement_tau_s)
+        self.agreement_reference = float(agreement_reference)
+        self.agreement_strength = float(agreement_strength)
+        self.agreement_power = float(agreement_power)
+        self._agree = [0.0, 0.0, -math.inf]  # decayed sum of weight x agreement, decayed sum of weight, its time
         self._face_change: Dict[str, _FaceChange] = {}
         self._faces: Dict[str, Deque[FaceObs]] = {}
         self._voice: Deque[VoiceObs] = collections.deque(maxlen=self.buffer_len)
@@ -352,6 +370,7 @@ class TemporalFusion:
         self._voice.clear()
         self._smooth.clear()
         self._face_change.clear()
+        self._agree = [0.0, 0.0, -math.inf]
         self._last_now = None
         self._last_primary = None
 
@@ -442,8 +461,48 @@ class TemporalFusion:
         self._voice = collections.deque((v for v in self._voice if v.t_start <= limit), maxlen=self.buffer_len)
         self._smooth.clear()
         self._face_change.clear()
+        self._agree = [0.0, 0.0, -math.inf]
 
     # -- fusion ---------------------------------------------------------------------------------------------------
+    @property
+    def voice_agreement(self) -> float:
+        """The running face-voice agreement: the share of the recent voice segments whose top emotion the face
+        showed while they were spoken (face-confidence weighted, forgetting with ``agreement_tau_s``), starting from
+        ``agreement_reference`` with the weight of ``agreement_strength`` segments."""
+        a, w, _ = self._agree
+        return (a + self.agreement_strength * self.agreement_reference) / (w + self.agreement_strength) \
+            if w + self.agreement_strength > 0 else self.agreement_reference
+
+    @property
+    def voice_trust(self) -> float:
+        """The voice's weight factor from the agreement: ``min(1, agreement / agreement_reference) **
+        agreement_power`` (1 while there is no history, or with ``agreement_tau_s`` 0)."""
+        if self.agreement_tau_s <= 0:
+            return 1.0
+        return min(1.0, self.voice_agreement / self.agreement_reference) ** self.agreement_power
+
+    def _score_agreement(self, pid: Optional[str], now: float) -> None:
+        """Count each voice segment that has ended once: did the primary person's face, over the segment, show the
+        segment's top emotion? Weighted by the face's confidence term (an unsure face says nothing about the voice)."""
+        if self.agreement_tau_s <= 0:
+            return
+        faces = self._faces.get(pid, ()) if pid is not None else ()
+        for seg in self._voice:
+            if seg.scored or seg.t_end > now:
+                continue
+            seg.scored = True
+            if not seg.voice_activity:
+                continue
+            obs = [o.probs for o in faces if seg.t_start <= o.t <= seg.t_end]
+            if not obs:
+                continue
+            fp = np.mean(obs, axis=0)
+            w = max(float(fp.max()) - 1.0 / NUM_LABELS, 0.0) / (1.0 - 1.0 / NUM_LABELS)
+            agree = float(int(np.argmax(fp)) == int(np.argmax(seg.probs)))
+            a, ws, t = self._agree
+            decay = math.exp(-max(seg.t_end - t, 0.0) / self.agreement_tau_s) if math.isfinite(t) else 0.0
+            self._agree = [a * decay + w * agree, ws * decay + w, max(seg.t_end, t)]
+
     def reliability(self, probs: np.ndarray, recency: float, unsure: float = 0.0) -> float:
         """Weight of one modality's evidence before normalisation (see the module docstring)."""
         c = float(np.max(probs))
@@ -475,7 +534,8 @@ class TemporalFusion:
     def _fuse(self, face: Optional[_Evidence], voice: Optional[_Evidence]):
         """-> raw probs, face_weight, voice_weight, mode."""
         fw = self.reliability(face.probs, face.recency) if face is not None else 0.0
-        vw = self.voice_prior * self.reliability(voice.probs, voice.recency, voice.unsure) if voice is not None else 0.0
+        vw = (self.voice_prior * self.voice_trust * self.reliability(voice.probs, voice.recency, voice.unsure)
+              if voice is not None else 0.0)
         total = fw + vw
         if total > 1e-9:
             fw, vw = fw / total, vw / total
@@ -607,6 +667,7 @@ class TemporalFusion:
             if ev is not None:
                 faces.append((pid, ev, self._faces[pid][-1].box_area))
         faces.sort(key=lambda f: (-f[2], f[0]))
+        self._score_agreement(faces[0][0] if faces else None, now)
         # the primary's last face change discounts older voice (voice_to all: the others get the same voice)
         changed_at = (self._face_changed_at(faces[0][0], faces[0][1], now)
                       if faces and self.voice_face_change_weight < 1.0 else -math.inf)

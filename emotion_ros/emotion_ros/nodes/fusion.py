@@ -98,9 +98,18 @@ PARAMS = {
                                     "top probability is below this (0 = trust the flag only)", {"range": (0.0, 1.0)}),
     "model_min_weight": (0.3, "fusion_mode model: a modality whose reliability share is below this is masked out "
                               "of the learned fusion", {"range": (0.0, 1.0)}),
-    "voice_prior": (0.1, "How much a voice counts against a face of the same calibrated confidence (voices of new "
-                         "speakers are wrong more often than their confidence says; chosen on the dev clips)",
-                      {"range": (0.0, 10.0)}),
+    "voice_prior": (0.3, "How much a voice counts against a face of the same calibrated confidence, before any "
+                         "agreement history (voices of new speakers are wrong more often than their confidence says; "
+                         "chosen on the dev clips)", {"range": (0.0, 10.0)}),
+    "agreement_tau_s": (60.0, "Voice trust from agreement: the voice's weight is also scaled by min(1, agreement / "
+                              "agreement_reference) ** agreement_power, where agreement is the face-confidence-weighted "
+                              "share of recent voice segments whose top emotion the primary face showed while they "
+                              "were spoken, forgetting with this time constant (s; 0 = off)", {"range": (0.0, None)}),
+    "agreement_reference": (0.5, "... the agreement that counts as fully trusted, and the running agreement's "
+                                 "starting value (no history: full trust)", {"range": (0.01, 1.0)}),
+    "agreement_strength": (1.0, "... the starting value counts as this many face-weighted segments",
+                           {"range": (0.0, None)}),
+    "agreement_power": (2.0, "... how sharply less agreement lowers the voice's weight", {"range": (0.0, None)}),
     "smoothing_filter": ("exp", "Steady output: 'exp' = exponential smoothing of each person's fused probabilities "
                                 "(smoothing_tau_s) | 'hmm' = an HMM forward filter over the emotions (hmm_switch_rate, "
                                 "hmm_evidence_rate); the hysteresis below applies to either"),
@@ -264,7 +273,9 @@ class FusionNode(LifecycleNode):
                 pool=str(p.pool).strip().lower(), forget_s=float(p.forget_s),
                 voice_to=str(p.voice_to), smoothing_filter=str(p.smoothing_filter).strip().lower(),
                 hmm_switch_rate=float(p.hmm_switch_rate), hmm_evidence_rate=float(p.hmm_evidence_rate),
-                voice_face_change_weight=float(p.voice_face_change_weight))
+                voice_face_change_weight=float(p.voice_face_change_weight),
+                agreement_tau_s=float(p.agreement_tau_s), agreement_reference=float(p.agreement_reference),
+                agreement_strength=float(p.agreement_strength), agreement_power=float(p.agreement_power))
         except ValueError as exc:
             self.get_logger().error(f"cannot configure: {exc}")
             self.model = None
@@ -520,6 +531,8 @@ class FusionNode(LifecycleNode):
                     self._last_publish = time.monotonic()
                     if self.diag is not None:
                         self.diag.tick_output()
+                        self.diag.set_value("voice_trust", f"{fusion.voice_trust:.2f} (agreement "
+                                                           f"{fusion.voice_agreement:.2f})")
         except Exception as exc:  # noqa: BLE001 - context shut down while publishing
             self.log.warn("publish", f"publish failed: {exc}")
         if self._hri_pubs is not None:
