@@ -9,7 +9,8 @@ fusion settings are then replayed in seconds (``training/fusion_replay.py``, sco
 A small grid over the staleness, weighting and hysteresis settings is searched on the ``dev_*`` clips only (objective:
 mean fused accuracy minus penalties for flips above 1.1x the labels' change rate, for fused below the better
 single modality and for median delays above 0.9 s);
-the test clips are only measured. ``best_by`` in the output gives the best setting for each value of the grid's named
+the test clips are only measured, clean and with a confidently wrong voice (``test_wrong_voice``: every voice result's
+probabilities rotated by three classes). ``best_by`` in the output gives the best setting for each value of the grid's named
 alternatives (``pool``: linear or log), to show by how much the others lose. ``--jobs N`` searches the grid in N forked
 processes (the same choice as one). With ``--fusion-model``, the learned fusion is compared with the
 reliability-weighted average on the test clips by that same objective (the learned fusion trains on the dev clips'
@@ -115,12 +116,18 @@ def label_rate(spans, duration_s: float) -> float:
     return changes / (duration_s / 60.0)
 
 
-def run_set(clips, names, kw, model=None) -> dict:
+def wrong_voice(probs, emb):
+    """A confident, wrong voice: every voice result's probabilities rotated by three classes (it names another emotion
+    exactly as confidently as it named its own)."""
+    return np.roll(probs, 3), emb
+
+
+def run_set(clips, names, kw, model=None, voice_transform=None) -> dict:
     from emotion_ros.training.fusion_replay import replay
     res = {}
     for n in names:
         cache, spans = clips[n]
-        rep = replay(cache, spans, kw, model)
+        rep = replay(cache, spans, kw, model, voice_transform=voice_transform)
         f = figures(rep)
         f["label_changes_per_min"] = round(label_rate(spans, (cache.end_ns - cache.start_ns) * 1e-9), 3)
         res[n] = f
@@ -215,7 +222,9 @@ def main(argv=None) -> int:
             best_by[k][v] = {"objective_dev": round(scored[i][0], 4), "settings": {q: combos[i][q] for q in keys}}
     out = {"settings": {k: kw[k] for k in keys + ["face_hold_s", "unsure_weight"]}, "grid_size": len(combos),
            "best_by": best_by, "objective_dev": round(o, 4), "dev": dev_res,
-           "test": run_set(clips, test, kw)}
+           "test": run_set(clips, test, kw),
+           # stress test (issue 10): the chosen settings with a voice that is confidently wrong on every result
+           "test_wrong_voice": run_set(clips, test, kw, voice_transform=wrong_voice)}
     if args.fusion_model:
         from emotion_ros.core.fusion import FusionModel
         fm = FusionModel(args.fusion_model, "cpu")
@@ -242,7 +251,7 @@ def main(argv=None) -> int:
                                    "labels' change rate, delays above 0.9 s and fused below the better single input) "
                                    "on the test clips (the learned fusion trained on the dev clips' faces and voices)")
         out["mean_fused_test"] = {"model": round(mean_m, 4), "average": round(mean_a, 4)}
-    for part in ("dev", "test"):
+    for part in ("dev", "test", "test_wrong_voice"):
         r = out[part]
         if r:
             out[f"{part}_mean"] = {k: round(float(np.mean([f[k] for f in r.values()])), 4)

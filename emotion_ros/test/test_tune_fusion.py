@@ -63,6 +63,14 @@ def test_forked_search_chooses_as_the_sequential_one_and_reports_each_pool(tmp_p
     seq, par = outs
     assert seq["settings"] == par["settings"] and seq["objective_dev"] == par["objective_dev"]
     assert seq["grid_size"] == 8 and seq["dev"] == par["dev"] and set(seq["test"]) == {"test_a"}
+    # the stress test: the same clip with every voice result naming another emotion (its face unchanged; on this
+    # synthetic clip the voice's step accuracy happens to come out the same, its fused result does not)
+    wrong, clean = seq["test_wrong_voice"]["test_a"], seq["test"]["test_a"]
+    p = np.full(len(LABELS), 0.05, np.float32)
+    p[1] = 0.7
+    assert [int(np.argmax(tf.wrong_voice(p, None)[0])), float(tf.wrong_voice(p, None)[0].max())] == [4, p.max()]
+    assert wrong["face"] == clean["face"] and wrong != clean and wrong == par["test_wrong_voice"]["test_a"]
+    assert seq["test_wrong_voice_mean"]["fused"] == pytest.approx(wrong["fused"], abs=1e-4)
     best = seq["best_by"]["pool"]
     assert set(best) == {"linear", "log"}
     chosen = seq["settings"]["pool"]
