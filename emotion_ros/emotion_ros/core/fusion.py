@@ -203,6 +203,14 @@ def _mean_embedding(pairs) -> Optional[np.ndarray]:
 FUSION_MODES = ("auto", "average", "model")
 POOLS = ("linear", "log")  # how the average mode combines the probability vectors
 PROB_FLOOR = 1e-4          # log pool: no modality drives a class below 1e-4 of its belief (one wrong zero cannot veto)
+#: the face-voice agreement before any voice segment was scored: (decayed sum of weight x agreement, decayed sum of
+#: weight, stamp of the newest scored segment)
+_NO_AGREEMENT = (0.0, 0.0, -math.inf)
+
+
+def _above_chance(c: float, chance: float) -> float:
+    """A top probability ``c`` as a share of the way from ``chance`` to certainty (0 at or below chance)."""
+    return max(c - chance, 0.0) / (1.0 - chance)
 
 
 class TemporalFusion:
@@ -295,7 +303,7 @@ class TemporalFusion:
         self.agreement_reference = float(agreement_reference)
         self.agreement_strength = float(agreement_strength)
         self.agreement_power = float(agreement_power)
-        self._agree = [0.0, 0.0, -math.inf]  # decayed sum of weight x agreement, decayed sum of weight, its time
+        self._agree = _NO_AGREEMENT
         self._face_change: Dict[str, _FaceChange] = {}
         self._faces: Dict[str, Deque[FaceObs]] = {}
         self._voice: Deque[VoiceObs] = collections.deque(maxlen=self.buffer_len)
@@ -370,7 +378,7 @@ class TemporalFusion:
         self._voice.clear()
         self._smooth.clear()
         self._face_change.clear()
-        self._agree = [0.0, 0.0, -math.inf]
+        self._agree = _NO_AGREEMENT
         self._last_now = None
         self._last_primary = None
 
@@ -461,7 +469,7 @@ class TemporalFusion:
         self._voice = collections.deque((v for v in self._voice if v.t_start <= limit), maxlen=self.buffer_len)
         self._smooth.clear()
         self._face_change.clear()
-        self._agree = [0.0, 0.0, -math.inf]
+        self._agree = _NO_AGREEMENT
 
     # -- fusion ---------------------------------------------------------------------------------------------------
     @property
@@ -497,17 +505,16 @@ class TemporalFusion:
             if not obs:
                 continue
             fp = np.mean(obs, axis=0)
-            w = max(float(fp.max()) - 1.0 / NUM_LABELS, 0.0) / (1.0 - 1.0 / NUM_LABELS)
+            w = _above_chance(float(fp.max()), 1.0 / NUM_LABELS)
             agree = float(int(np.argmax(fp)) == int(np.argmax(seg.probs)))
             a, ws, t = self._agree
             decay = math.exp(-max(seg.t_end - t, 0.0) / self.agreement_tau_s) if math.isfinite(t) else 0.0
-            self._agree = [a * decay + w * agree, ws * decay + w, max(seg.t_end, t)]
+            self._agree = (a * decay + w * agree, ws * decay + w, max(seg.t_end, t))
 
     def reliability(self, probs: np.ndarray, recency: float, unsure: float = 0.0) -> float:
         """Weight of one modality's evidence before normalisation (see the module docstring)."""
         c = float(np.max(probs))
-        chance = 0.0 if self._legacy_face else 1.0 / NUM_LABELS
-        term = max(c - chance, 0.0) / (1.0 - chance)
+        term = _above_chance(c, 0.0 if self._legacy_face else 1.0 / NUM_LABELS)
         w = recency * (term ** self.conf_power if self.conf_power > 0 else 1.0)
         if c < self.ood_min_conf:
             w *= self.ood_weight

@@ -531,8 +531,6 @@ class FusionNode(LifecycleNode):
                     self._last_publish = time.monotonic()
                     if self.diag is not None:
                         self.diag.tick_output()
-                        self.diag.set_value("voice_trust", f"{fusion.voice_trust:.2f} (agreement "
-                                                           f"{fusion.voice_agreement:.2f})")
         except Exception as exc:  # noqa: BLE001 - context shut down while publishing
             self.log.warn("publish", f"publish failed: {exc}")
         if self._hri_pubs is not None:
@@ -556,6 +554,9 @@ class FusionNode(LifecycleNode):
         diag.set_value("voice_age_s", "stale" if va is None else f"{va:.3f}")
         diag.set_value("persons", str(len(states)))
         diag.set_value("mode", "" if primary is None else primary.mode)
+        fusion = self.fusion
+        if fusion is not None:
+            diag.set_value("voice_trust", f"{fusion.voice_trust:.2f} (agreement {fusion.voice_agreement:.2f})")
 
     @staticmethod
     def to_msg(s: FusedState, frame_id: str = "") -> EmotionState:
