@@ -4,7 +4,8 @@
     .venv/bin/python scripts/tune_fusion.py --clips /work/eval_clips [--face-model M] [--voice-model M]
         [--fusion-model models/fusion.pt] [--json out.json] [--jobs 2]
 
-The face and voice pipelines run once per clip (cached in ``CLIP/cache-<models>.npz``, keyed on the model files);
+The face and voice pipelines run once per clip, as the nodes run them (cached in ``CLIP/cache-<models>.npz``, keyed on
+the model files and the face node's settings);
 fusion settings are then replayed in seconds (``training/fusion_replay.py``, scored like ``emotion-bag evaluate``).
 A small grid over the staleness, weighting and hysteresis settings is searched on the ``dev_*`` clips only (objective:
 mean fused accuracy minus penalties for flips above 1.1x the labels' change rate, for fused below the better
@@ -81,11 +82,12 @@ def load_clips(root: str, face_model: str, voice_model: str, only=None):
     from emotion_ros.tools.bag_evaluate import read_labels
     from emotion_ros.training.fusion_replay import ClipCache, collect
 
-    from emotion_ros.core.face.model import FaceModel
     out = {}
-    # face crops depend on the detector settings, not on the face model (its outputs are recomputed below)
-    key = model_key(voice_model, extra=detector_settings())
-    fm = FaceModel(face_model, device="cpu")
+    # the cache holds the face and voice results exactly as the nodes compute them (collect: FaceModel.for_node,
+    # frame by frame), so it is keyed on both model files and the face node's settings. (Until 2026-12-02 the face
+    # probabilities were recomputed from the cached crops by a plain FaceModel, float32 without the node's batching:
+    # the replay then differed from `emotion-bag evaluate` by up to 3 points on a clip; models/fusion.md.)
+    key = model_key(voice_model, face_model, extra=detector_settings())
     for d in sorted(glob.glob(os.path.join(root, "*", "bag"))):
         clip = os.path.dirname(d)
         name = os.path.basename(clip)
@@ -98,7 +100,6 @@ def load_clips(root: str, face_model: str, voice_model: str, only=None):
             print(f"tune_fusion: running the pipelines over {name} ...", file=sys.stderr, flush=True)
             cache = collect(d, face_model, voice_model, name)
             cache.save(path)
-        cache = cache.with_face_model(fm)
         with BagFile(d) as bf:
             spans, _ = read_labels(os.path.join(clip, "labels.csv"), bf.start_ns * 1e-9)
         out[name] = (cache, spans)

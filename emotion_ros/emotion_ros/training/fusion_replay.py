@@ -54,17 +54,6 @@ class ClipCache:
                    z["face_area"], z["face_crop"], z["face_probs"], z["face_emb"], z["voice_arrive"],
                    z["voice_start"], z["voice_end"], z["voice_probs"], z["voice_emb"], z["voice_active"])
 
-    def with_face_model(self, model) -> "ClipCache":
-        """The same clip with face probabilities / embeddings recomputed by ``model`` (e.g. another temperature)."""
-        if len(self.face_crop) == 0:
-            return self
-        probs, emb = [], []
-        for i in range(0, len(self.face_crop), 512):
-            p, e = model.predict(self.face_crop[i:i + 512])
-            probs.append(p)
-            emb.append(e)
-        return ClipCache(**{**self.__dict__, "face_probs": np.concatenate(probs), "face_emb": np.concatenate(emb)})
-
 
 class _RecordingModel:
     """A face model proxy that remembers the crops of the last ``predict`` call."""
