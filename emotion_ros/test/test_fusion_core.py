@@ -575,3 +575,39 @@ def test_voice_trust_follows_its_agreement_with_the_face():
     for name, bad in (("agreement_reference", 0.0), ("agreement_tau_s", -1.0), ("agreement_power", math.nan)):
         with pytest.raises(ValueError, match=name):
             TemporalFusion(None, **{name: bad})
+
+
+def test_face_change_detector_cuts_the_lag_but_not_for_one_odd_frame():
+    """face_confirm_s / face_change_weight / face_led_dwell_s: when the face's newest frames show a new emotion for
+    face_confirm_s, the frames from before stop counting and the reported emotion may switch after face_led_dwell_s:
+    the switch comes sooner than with the recency-weighted average alone; a single odd frame confirms nothing."""
+    base = dict(face_stale_s=0.5, face_hold_s=0.1, smoothing_tau_s=0.1, switch_margin=0.05, min_dwell_s=0.2,
+                fast_switch_margin=1.0, fusion_mode="average")
+    quick = dict(base, face_confirm_s=0.1, face_change_weight=0.0, face_led_dwell_s=0.1)
+
+    def first_switch(kw, frames):
+        tf = TemporalFusion(None, **kw)
+        switched = None
+        for i, label in enumerate(frames):
+            t = 0.04 * i  # 25 fps
+            tf.add_face(t, "p", 100, onehot(label, 0.8))
+            if i % 2 == 0:  # the node's rate (~10 Hz at 25 fps: every other frame)
+                (st,) = tf.estimate(t + 0.001)
+                if st.emotion == "sad" and switched is None:
+                    switched = t
+        return switched, tf
+
+    change = ["happy"] * 50 + ["sad"] * 50  # the face changes at 2.0 s
+    t_plain, _ = first_switch(base, change)
+    t_quick, tf = first_switch(quick, change)
+    assert t_plain is not None and t_quick is not None and 2.0 <= t_quick < t_plain
+    assert t_quick - 2.0 <= 0.35 and t_plain - t_quick >= 0.12  # here 0.32 s against 0.48 s after the change
+    assert tf._face_run["p"].top == INDEX["sad"] and tf._face_run["p"].changed_at == pytest.approx(2.0)
+    # one odd frame, and two in a row (under face_confirm_s): no confirmed change, no switch
+    odd = ["happy"] * 50 + ["sad"] + ["happy"] * 49
+    t_odd, tf_odd = first_switch(quick, odd)
+    assert t_odd is None and tf_odd._face_run["p"].top == INDEX["happy"]
+    assert tf_odd._face_run["p"].changed_at == -math.inf
+    for name, bad in (("face_change_weight", 1.5), ("face_confirm_s", -0.1), ("face_led_dwell_s", math.nan)):
+        with pytest.raises(ValueError, match=name):
+            TemporalFusion(None, **{name: bad})

@@ -53,6 +53,13 @@ on new speakers, must make a bigger case before it changes what the robot is tol
 quick as before (without a face the voice share is 1: a voice-only state changes only on a clear lead). ``probs``
 stay the smoothed probabilities; ``emotion`` is the held one.
 
+Quicker where the face changed (``face_change_weight`` < 1 or ``face_led_dwell_s`` set): the face has its own change
+detector on its newest frames (those within ``face_hold_s`` of the newest one); when their top emotion changes and
+the new one holds ``face_confirm_s``, the change is confirmed. From then on the frames from before it count
+``face_change_weight`` times in the face evidence (the recency-weighted average would otherwise need the old frames
+to age out), and a switch of the reported emotion to the face's confirmed top emotion needs ``face_led_dwell_s`` of
+dwell instead of ``min_dwell_s`` (the face already held it).
+
 Voice has no speaker id: it is attached to the primary person (the largest fresh face) only, or to every person with
 ``voice_to="all"``. With no fresh face, fresh voice gives one voice-only state (``person_id=""``); when the primary
 switches between a face and voice alone, the new stream starts from the old one's smoothing and held emotion (the
@@ -145,6 +152,16 @@ class _FaceChange:
     candidate: Optional[int] = None
     candidate_since: float = 0.0
 
+    def update(self, top: int, t: float, shown_since: float, dwell: float) -> None:
+        """A top emotion other than the settled one becomes a candidate (first shown at ``shown_since``), and the
+        settled one once it has held ``dwell`` at time ``t`` without interruption."""
+        if top == self.top:
+            self.candidate = None
+        elif self.candidate != top:
+            self.candidate, self.candidate_since = top, shown_since
+        if self.candidate is not None and t - self.candidate_since >= dwell - 1e-9:
+            self.top, self.changed_at, self.candidate = top, self.candidate_since, None
+
 
 @dataclass
 class _Evidence:
@@ -228,7 +245,9 @@ class TemporalFusion:
                  voice_switch_margin: float = 0.0, pool: str = "linear",
                  smoothing_filter: str = "exp", hmm_switch_rate: float = 0.5, hmm_evidence_rate: float = 10.0,
                  voice_face_change_weight: float = 1.0, agreement_tau_s: float = 0.0,
-                 agreement_reference: float = 0.5, agreement_strength: float = 3.0, agreement_power: float = 1.0):
+                 agreement_reference: float = 0.5, agreement_strength: float = 3.0, agreement_power: float = 1.0,
+                 face_change_weight: float = 1.0, face_confirm_s: float = 0.2,
+                 face_led_dwell_s: Optional[float] = None):
         for name, v in (("window_s", window_s), ("stale_s", stale_s)):
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v}")
@@ -245,11 +264,13 @@ class TemporalFusion:
         for name, v in (("fast_switch_margin", fast_switch_margin), ("voice_switch_margin", voice_switch_margin),
                         ("ood_min_conf", ood_min_conf), ("ood_weight", ood_weight), ("unsure_weight", unsure_weight),
                         ("voice_unsure_threshold", voice_unsure_threshold), ("model_min_weight", model_min_weight),
-                        ("voice_face_change_weight", voice_face_change_weight)):
+                        ("voice_face_change_weight", voice_face_change_weight),
+                        ("face_change_weight", face_change_weight)):
             if not (math.isfinite(v) and 0 <= v <= 1):
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
         for name, v in (("agreement_tau_s", agreement_tau_s), ("agreement_strength", agreement_strength),
-                        ("agreement_power", agreement_power)):
+                        ("agreement_power", agreement_power), ("face_confirm_s", face_confirm_s),
+                        ("face_led_dwell_s", min_dwell_s if face_led_dwell_s is None else face_led_dwell_s)):
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be >= 0, got {v}")
         if not (math.isfinite(agreement_reference) and 0 < agreement_reference <= 1):
@@ -303,8 +324,12 @@ class TemporalFusion:
         self.agreement_reference = float(agreement_reference)
         self.agreement_strength = float(agreement_strength)
         self.agreement_power = float(agreement_power)
+        self.face_change_weight = float(face_change_weight)
+        self.face_confirm_s = float(face_confirm_s)
+        self.face_led_dwell_s = self.min_dwell_s if face_led_dwell_s is None else float(face_led_dwell_s)
         self._agree = _NO_AGREEMENT
         self._face_change: Dict[str, _FaceChange] = {}
+        self._face_run: Dict[str, _FaceChange] = {}  # the face's change detector on its newest frames (face_hold_s)
         self._faces: Dict[str, Deque[FaceObs]] = {}
         self._voice: Deque[VoiceObs] = collections.deque(maxlen=self.buffer_len)
         self._smooth: Dict[str, _Smoother] = {}
@@ -378,6 +403,7 @@ class TemporalFusion:
         self._voice.clear()
         self._smooth.clear()
         self._face_change.clear()
+        self._face_run.clear()
         self._agree = _NO_AGREEMENT
         self._last_now = None
         self._last_primary = None
@@ -393,15 +419,19 @@ class TemporalFusion:
             return 1.0
         return float(np.clip(1.0 - (age - hold) / max(stale - hold, 1e-6), _MIN_FRESHNESS, 1.0))
 
-    def _fresh_face(self, pid: str, now: float) -> Optional[_Evidence]:
-        """Recency-weighted average of the person's face observations within ``face_stale_s``."""
+    def _fresh_face(self, pid: str, now: float, changed_at: float = -math.inf) -> Optional[_Evidence]:
+        """Recency-weighted average of the person's face observations within ``face_stale_s``; frames from before
+        ``changed_at`` (the face's last confirmed change, :meth:`_face_run_at`) count ``face_change_weight`` times."""
         obs = [o for o in self._faces.get(pid, ()) if -self.window_s <= now - o.t <= self.face_stale_s]
         if not obs:
             return None
         newest = max(obs, key=lambda o: o.t)
         if self._legacy_face:
             obs = [newest]
-        w = np.asarray([self._recency(now - o.t, self.face_hold_s, self.face_stale_s) for o in obs])
+        w = np.asarray([self._recency(now - o.t, self.face_hold_s, self.face_stale_s)
+                        * (self.face_change_weight if o.t < changed_at else 1.0) for o in obs])
+        if w.sum() <= 0:  # only frames from before the change, and those discounted to nothing: the newest alone
+            w = np.asarray([float(o is newest) for o in obs])
         p = (w[:, None] * np.stack([o.probs for o in obs])).sum(0) / w.sum()
         emb = newest.embedding if newest.embedding is not None else _mean_embedding(zip(w, (o.embedding for o in obs)))
         return _Evidence(p.astype(np.float32), newest.probs, emb, newest.t,
@@ -453,9 +483,10 @@ class TemporalFusion:
         for pid in list(self._smooth):
             if now - self._smooth[pid].last_seen > self.forget_s:
                 del self._smooth[pid]
-        for pid in list(self._face_change):
-            if pid not in self._faces:
-                del self._face_change[pid]
+        for table in (self._face_change, self._face_run):
+            for pid in list(table):
+                if pid not in self._faces:
+                    del table[pid]
 
     def _jumped_back(self, now: float) -> None:
         """The clock jumped back (a bag restarted): drop evidence from the abandoned future and all smoothing."""
@@ -469,6 +500,7 @@ class TemporalFusion:
         self._voice = collections.deque((v for v in self._voice if v.t_start <= limit), maxlen=self.buffer_len)
         self._smooth.clear()
         self._face_change.clear()
+        self._face_run.clear()
         self._agree = _NO_AGREEMENT
 
     # -- fusion ---------------------------------------------------------------------------------------------------
@@ -584,11 +616,12 @@ class TemporalFusion:
         return (p / p.sum()).astype(np.float32), fw, vw, "probs"
 
     def _smooth_probs(self, key: str, raw: np.ndarray, now: float, voice_share: float = 0.0,
-                      face_top: Optional[int] = None) -> Tuple[np.ndarray, str, bool]:
+                      face_top: Optional[int] = None, face_led: Optional[int] = None) -> Tuple[np.ndarray, str, bool]:
         """Exponential smoothing (or the HMM filter), then the hysteresis on the reported emotion -> (probs, emotion,
         changed). ``voice_share``: the voice's weight in this estimate; ``face_top``: the face evidence's top emotion
         (None: no face). A change to an emotion other than ``face_top`` needs ``voice_switch_margin x voice_share``
-        more lead."""
+        more lead. ``face_led``: the top emotion the face's change detector has settled on (:meth:`_face_run_at`): a
+        change to it needs ``face_led_dwell_s`` of dwell instead of ``min_dwell_s``."""
         s = self._smooth.get(key)
         if s is None or (self.smoothing_tau_s <= 0 and self.smoothing_filter == "exp"):
             p = raw.copy()
@@ -610,7 +643,8 @@ class TemporalFusion:
                 0.0 if face_top == LABELS.index(top) else self.voice_switch_margin * voice_share):
             if cand != top:
                 cand, since = top, now
-            if now - since >= self.min_dwell_s - 1e-9 or lead >= self.fast_switch_margin:
+            dwell = self.face_led_dwell_s if face_led == LABELS.index(top) else self.min_dwell_s
+            if now - since >= dwell - 1e-9 or lead >= self.fast_switch_margin:
                 emotion, cand = top, None
         else:
             cand = None
@@ -639,13 +673,26 @@ class TemporalFusion:
         if fc is None:
             self._face_change[pid] = _FaceChange(top, -math.inf)
             return -math.inf
-        if top == fc.top:
-            fc.candidate = None
-        elif fc.candidate != top:
-            fc.candidate, fc.candidate_since = top, now
-        if fc.candidate is not None and now - fc.candidate_since >= self.min_dwell_s - 1e-9:
-            fc.top, fc.changed_at, fc.candidate = top, fc.candidate_since, None
+        fc.update(top, now, now, self.min_dwell_s)
         return fc.changed_at
+
+    def _face_run_at(self, pid: str, now: float) -> Tuple[Optional[int], float]:
+        """The face's own change detector, on its newest frames (those within ``face_hold_s`` of the newest): when
+        their averaged top emotion changes and the new one holds for ``face_confirm_s`` (measured from the oldest of
+        the frames that first showed it), the change is confirmed -> (confirmed top emotion, when it began to show;
+        -inf before any change)."""
+        obs = [o for o in self._faces.get(pid, ()) if o.t <= now + 1e-9]
+        if not obs:
+            return None, -math.inf
+        t_new = max(o.t for o in obs)
+        recent = [o for o in obs if t_new - o.t <= self.face_hold_s + 1e-9]
+        top = int(np.argmax(np.mean([o.probs for o in recent], axis=0)))
+        run = self._face_run.get(pid)
+        if run is None:
+            self._face_run[pid] = _FaceChange(top, -math.inf)
+            return top, -math.inf
+        run.update(top, t_new, min(o.t for o in recent), self.face_confirm_s)
+        return run.top, run.changed_at
 
     def _hand_over(self, pid: str) -> None:
         """Keep the primary stream continuous across face <-> voice-only switches (the same person, presumably, who
@@ -669,9 +716,13 @@ class TemporalFusion:
         self._prune(now)
 
         faces = []
+        face_led: Dict[str, Optional[int]] = {}
+        use_runs = not self._legacy_face and (self.face_change_weight < 1.0 or self.face_led_dwell_s != self.min_dwell_s)
         for pid in self._faces:
-            ev = self._fresh_face(pid, now)
+            led, run_at = self._face_run_at(pid, now) if use_runs else (None, -math.inf)
+            ev = self._fresh_face(pid, now, run_at)
             if ev is not None:
+                face_led[pid] = led
                 faces.append((pid, ev, self._faces[pid][-1].box_area))
         faces.sort(key=lambda f: (-f[2], f[0]))
         self._score_agreement(faces[0][0] if faces else None, now)
@@ -692,7 +743,8 @@ class TemporalFusion:
                 self._hand_over(pid)
             raw, fw, vw, mode = self._fuse(face, v)
             p, emotion, changed = self._smooth_probs(pid, raw, now, vw,
-                                                     None if face is None else int(np.argmax(face.probs)))
+                                                     None if face is None else int(np.argmax(face.probs)),
+                                                     face_led.get(pid) if face is not None else None)
             val, aro = valence_arousal(p)
             stamps = ([face.t] if face is not None else []) + ([v.t] if v is not None else [])
             out.append(FusedState(
