@@ -38,7 +38,7 @@ BASE = {"window_s": 1.0, "stale_s": 1.0, "forget_s": 5.0, "voice_to": "primary",
         # the voice's trust from its agreement with the face (chosen on the dev clips with the rest as shipped)
         "agreement_tau_s": 60.0, "agreement_reference": 0.5, "agreement_strength": 1.0, "agreement_power": 2.0,
         # the face's own change detector (chosen on the dev clips, 2026-12-02, with the rest as shipped)
-        "face_confirm_s": 0.1, "face_change_weight": 0.0, "face_led_dwell_s": 0.1}
+        "face_confirm_s": 0.1, "face_change_weight": 0.0}
 GRID = {
     "face_stale_s": [0.3, 0.5],
     "voice_stale_s": [3.0],

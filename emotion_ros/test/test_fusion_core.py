@@ -578,36 +578,40 @@ def test_voice_trust_follows_its_agreement_with_the_face():
 
 
 def test_face_change_detector_cuts_the_lag_but_not_for_one_odd_frame():
-    """face_confirm_s / face_change_weight / face_led_dwell_s: when the face's newest frames show a new emotion for
-    face_confirm_s, the frames from before stop counting and the reported emotion may switch after face_led_dwell_s:
-    the switch comes sooner than with the recency-weighted average alone; a single odd frame confirms nothing."""
+    """face_confirm_s / face_change_weight: when the face's newest frames show a new emotion for face_confirm_s, the
+    frames from before stop counting in the face evidence: the reported emotion switches sooner than with the
+    recency-weighted average alone (which waits for the old frames to be outweighed); a single odd frame confirms
+    nothing; face_change_weight 1 is the old behaviour."""
     base = dict(face_stale_s=0.5, face_hold_s=0.1, smoothing_tau_s=0.1, switch_margin=0.05, min_dwell_s=0.2,
                 fast_switch_margin=1.0, fusion_mode="average")
-    quick = dict(base, face_confirm_s=0.1, face_change_weight=0.0, face_led_dwell_s=0.1)
+    quick = dict(base, face_confirm_s=0.1, face_change_weight=0.0)
+    t0 = 1.8e9  # epoch-sized stamps, as on a robot: the dwell must not depend on their float rounding
 
     def first_switch(kw, frames):
         tf = TemporalFusion(None, **kw)
-        switched = None
-        for i, label in enumerate(frames):
-            t = 0.04 * i  # 25 fps
-            tf.add_face(t, "p", 100, onehot(label, 0.8))
-            if i % 2 == 0:  # the node's rate (~10 Hz at 25 fps: every other frame)
-                (st,) = tf.estimate(t + 0.001)
-                if st.emotion == "sad" and switched is None:
-                    switched = t
+        switched, i = None, 0
+        for k in range(1, 41):  # the node's 10 Hz over 4 s; the frames at 25 fps that came before each step
+            now = t0 + 0.1 * k
+            while i < len(frames) and t0 + 0.04 * i < now - 1e-3:
+                tf.add_face(t0 + 0.04 * i, "p", 100, onehot(frames[i], 0.8))
+                i += 1
+            (st,) = tf.estimate(now)
+            if st.emotion == "sad" and switched is None:
+                switched = round(0.1 * k, 3)
         return switched, tf
 
     change = ["happy"] * 50 + ["sad"] * 50  # the face changes at 2.0 s
     t_plain, _ = first_switch(base, change)
     t_quick, tf = first_switch(quick, change)
-    assert t_plain is not None and t_quick is not None and 2.0 <= t_quick < t_plain
-    assert t_quick - 2.0 <= 0.35 and t_plain - t_quick >= 0.12  # here 0.32 s against 0.48 s after the change
-    assert tf._face_run["p"].top == INDEX["sad"] and tf._face_run["p"].changed_at == pytest.approx(2.0)
-    # one odd frame, and two in a row (under face_confirm_s): no confirmed change, no switch
+    t_off, _ = first_switch(dict(base, face_confirm_s=0.1, face_change_weight=1.0), change)
+    assert t_plain is not None and t_quick is not None and 2.0 <= t_quick < t_plain and t_off == t_plain
+    assert t_plain - t_quick >= 0.1 - 1e-9  # switched 0.1 s sooner at least
+    assert tf._face_run["p"].top == INDEX["sad"] and tf._face_run["p"].changed_at == pytest.approx(t0 + 2.0)
+    # one odd frame: no confirmed change, no switch
     odd = ["happy"] * 50 + ["sad"] + ["happy"] * 49
     t_odd, tf_odd = first_switch(quick, odd)
     assert t_odd is None and tf_odd._face_run["p"].top == INDEX["happy"]
     assert tf_odd._face_run["p"].changed_at == -math.inf
-    for name, bad in (("face_change_weight", 1.5), ("face_confirm_s", -0.1), ("face_led_dwell_s", math.nan)):
+    for name, bad in (("face_change_weight", 1.5), ("face_confirm_s", -0.1), ("face_confirm_s", math.nan)):
         with pytest.raises(ValueError, match=name):
             TemporalFusion(None, **{name: bad})

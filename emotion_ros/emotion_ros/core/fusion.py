@@ -53,12 +53,10 @@ on new speakers, must make a bigger case before it changes what the robot is tol
 quick as before (without a face the voice share is 1: a voice-only state changes only on a clear lead). ``probs``
 stay the smoothed probabilities; ``emotion`` is the held one.
 
-Quicker where the face changed (``face_change_weight`` < 1 or ``face_led_dwell_s`` set): the face has its own change
-detector on its newest frames (those within ``face_hold_s`` of the newest one); when their top emotion changes and
-the new one holds ``face_confirm_s``, the change is confirmed. From then on the frames from before it count
-``face_change_weight`` times in the face evidence (the recency-weighted average would otherwise need the old frames
-to age out), and a switch of the reported emotion to the face's confirmed top emotion needs ``face_led_dwell_s`` of
-dwell instead of ``min_dwell_s`` (the face already held it).
+Quicker where the face changed (``face_change_weight`` < 1): the face has its own change detector on its newest
+frames (those within ``face_hold_s`` of the newest one); when their top emotion changes and the new one holds
+``face_confirm_s``, the change is confirmed, and from then on the frames from before it count ``face_change_weight``
+times in the face evidence (the recency-weighted average would otherwise need the old frames to age out first).
 
 Voice has no speaker id: it is attached to the primary person (the largest fresh face) only, or to every person with
 ``voice_to="all"``. With no fresh face, fresh voice gives one voice-only state (``person_id=""``); when the primary
@@ -86,6 +84,11 @@ from .labels import LABELS, NUM_LABELS, valence_arousal
 __all__ = ["TemporalFusion", "FusedState", "FaceObs", "VoiceObs", "FusionModel", "FusionNet", "ARCH"]
 
 _MIN_FRESHNESS = 0.05
+#: Tolerance of the dwell and window comparisons (s). Stamps are float seconds since the epoch, resolved to ~0.2 us
+#: there, so a dwell of exactly n fusion periods (0.1 s at 10 Hz) was met or not by rounding (1e-9 was below the
+#: resolution): replays of one bag with `now` computed two ways differed by a hysteresis decision. To the millisecond
+#: it is met after n periods, whichever way the clock's float was rounded.
+_TIME_EPS = 1e-3
 #: ``smoothing_filter`` values: exponential smoothing of the probabilities, or an HMM forward filter.
 SMOOTHING_FILTERS = ("exp", "hmm")
 
@@ -159,7 +162,7 @@ class _FaceChange:
             self.candidate = None
         elif self.candidate != top:
             self.candidate, self.candidate_since = top, shown_since
-        if self.candidate is not None and t - self.candidate_since >= dwell - 1e-9:
+        if self.candidate is not None and t - self.candidate_since >= dwell - _TIME_EPS:
             self.top, self.changed_at, self.candidate = top, self.candidate_since, None
 
 
@@ -246,8 +249,7 @@ class TemporalFusion:
                  smoothing_filter: str = "exp", hmm_switch_rate: float = 0.5, hmm_evidence_rate: float = 10.0,
                  voice_face_change_weight: float = 1.0, agreement_tau_s: float = 0.0,
                  agreement_reference: float = 0.5, agreement_strength: float = 3.0, agreement_power: float = 1.0,
-                 face_change_weight: float = 1.0, face_confirm_s: float = 0.2,
-                 face_led_dwell_s: Optional[float] = None):
+                 face_change_weight: float = 1.0, face_confirm_s: float = 0.2):
         for name, v in (("window_s", window_s), ("stale_s", stale_s)):
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v}")
@@ -269,8 +271,7 @@ class TemporalFusion:
             if not (math.isfinite(v) and 0 <= v <= 1):
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
         for name, v in (("agreement_tau_s", agreement_tau_s), ("agreement_strength", agreement_strength),
-                        ("agreement_power", agreement_power), ("face_confirm_s", face_confirm_s),
-                        ("face_led_dwell_s", min_dwell_s if face_led_dwell_s is None else face_led_dwell_s)):
+                        ("agreement_power", agreement_power), ("face_confirm_s", face_confirm_s)):
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be >= 0, got {v}")
         if not (math.isfinite(agreement_reference) and 0 < agreement_reference <= 1):
@@ -326,7 +327,6 @@ class TemporalFusion:
         self.agreement_power = float(agreement_power)
         self.face_change_weight = float(face_change_weight)
         self.face_confirm_s = float(face_confirm_s)
-        self.face_led_dwell_s = self.min_dwell_s if face_led_dwell_s is None else float(face_led_dwell_s)
         self._agree = _NO_AGREEMENT
         self._face_change: Dict[str, _FaceChange] = {}
         self._face_run: Dict[str, _FaceChange] = {}  # the face's change detector on its newest frames (face_hold_s)
@@ -616,12 +616,11 @@ class TemporalFusion:
         return (p / p.sum()).astype(np.float32), fw, vw, "probs"
 
     def _smooth_probs(self, key: str, raw: np.ndarray, now: float, voice_share: float = 0.0,
-                      face_top: Optional[int] = None, face_led: Optional[int] = None) -> Tuple[np.ndarray, str, bool]:
+                      face_top: Optional[int] = None) -> Tuple[np.ndarray, str, bool]:
         """Exponential smoothing (or the HMM filter), then the hysteresis on the reported emotion -> (probs, emotion,
         changed). ``voice_share``: the voice's weight in this estimate; ``face_top``: the face evidence's top emotion
         (None: no face). A change to an emotion other than ``face_top`` needs ``voice_switch_margin x voice_share``
-        more lead. ``face_led``: the top emotion the face's change detector has settled on (:meth:`_face_run_at`): a
-        change to it needs ``face_led_dwell_s`` of dwell instead of ``min_dwell_s``."""
+        more lead."""
         s = self._smooth.get(key)
         if s is None or (self.smoothing_tau_s <= 0 and self.smoothing_filter == "exp"):
             p = raw.copy()
@@ -643,8 +642,7 @@ class TemporalFusion:
                 0.0 if face_top == LABELS.index(top) else self.voice_switch_margin * voice_share):
             if cand != top:
                 cand, since = top, now
-            dwell = self.face_led_dwell_s if face_led == LABELS.index(top) else self.min_dwell_s
-            if now - since >= dwell - 1e-9 or lead >= self.fast_switch_margin:
+            if now - since >= self.min_dwell_s - _TIME_EPS or lead >= self.fast_switch_margin:
                 emotion, cand = top, None
         else:
             cand = None
@@ -676,23 +674,24 @@ class TemporalFusion:
         fc.update(top, now, now, self.min_dwell_s)
         return fc.changed_at
 
-    def _face_run_at(self, pid: str, now: float) -> Tuple[Optional[int], float]:
+    def _face_run_at(self, pid: str, now: float) -> float:
         """The face's own change detector, on its newest frames (those within ``face_hold_s`` of the newest): when
         their averaged top emotion changes and the new one holds for ``face_confirm_s`` (measured from the oldest of
-        the frames that first showed it), the change is confirmed -> (confirmed top emotion, when it began to show;
-        -inf before any change)."""
-        obs = [o for o in self._faces.get(pid, ()) if o.t <= now + 1e-9]
+        the frames that first showed it), the change is confirmed -> when it began to show (-inf before any change).
+        Unlike the voice discount's detector (:meth:`_face_changed_at`, on the recency-weighted evidence), it does not
+        wait for the older frames to be outweighed."""
+        obs = [o for o in self._faces.get(pid, ()) if o.t <= now + _TIME_EPS]
         if not obs:
-            return None, -math.inf
+            return -math.inf
         t_new = max(o.t for o in obs)
-        recent = [o for o in obs if t_new - o.t <= self.face_hold_s + 1e-9]
+        recent = [o for o in obs if t_new - o.t <= self.face_hold_s + _TIME_EPS]
         top = int(np.argmax(np.mean([o.probs for o in recent], axis=0)))
         run = self._face_run.get(pid)
         if run is None:
             self._face_run[pid] = _FaceChange(top, -math.inf)
-            return top, -math.inf
+            return -math.inf
         run.update(top, t_new, min(o.t for o in recent), self.face_confirm_s)
-        return run.top, run.changed_at
+        return run.changed_at
 
     def _hand_over(self, pid: str) -> None:
         """Keep the primary stream continuous across face <-> voice-only switches (the same person, presumably, who
@@ -716,13 +715,10 @@ class TemporalFusion:
         self._prune(now)
 
         faces = []
-        face_led: Dict[str, Optional[int]] = {}
-        use_runs = not self._legacy_face and (self.face_change_weight < 1.0 or self.face_led_dwell_s != self.min_dwell_s)
+        use_runs = not self._legacy_face and self.face_change_weight < 1.0
         for pid in self._faces:
-            led, run_at = self._face_run_at(pid, now) if use_runs else (None, -math.inf)
-            ev = self._fresh_face(pid, now, run_at)
+            ev = self._fresh_face(pid, now, self._face_run_at(pid, now) if use_runs else -math.inf)
             if ev is not None:
-                face_led[pid] = led
                 faces.append((pid, ev, self._faces[pid][-1].box_area))
         faces.sort(key=lambda f: (-f[2], f[0]))
         self._score_agreement(faces[0][0] if faces else None, now)
@@ -743,8 +739,7 @@ class TemporalFusion:
                 self._hand_over(pid)
             raw, fw, vw, mode = self._fuse(face, v)
             p, emotion, changed = self._smooth_probs(pid, raw, now, vw,
-                                                     None if face is None else int(np.argmax(face.probs)),
-                                                     face_led.get(pid) if face is not None else None)
+                                                     None if face is None else int(np.argmax(face.probs)))
             val, aro = valence_arousal(p)
             stamps = ([face.t] if face is not None else []) + ([v.t] if v is not None else [])
             out.append(FusedState(

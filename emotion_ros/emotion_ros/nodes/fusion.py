@@ -136,9 +136,6 @@ PARAMS = {
     "face_change_weight": (0.0, "... after a confirmed change, the face frames from before it count this many times "
                                 "in the face evidence (0 = the evidence starts afresh; 1 = off)",
                            {"range": (0.0, 1.0)}),
-    "face_led_dwell_s": (0.1, "... and a switch of the reported emotion to the face's confirmed top emotion needs only "
-                              "this much dwell instead of min_dwell_s (s; negative = min_dwell_s)",
-                         {"range": (-1.0, None)}),
     "rate": (10.0, "Steady publishing rate of emotion/state and emotion/states (Hz)", {"range": (0.01, 1000.0)}),
     "publish_on_change": (True, "Also publish at once when the primary person's top emotion changes"),
     "publish_on_face": (True, "Also publish at once on every face array (frame to emotion/state in a few ms; the "
@@ -283,7 +280,6 @@ class FusionNode(LifecycleNode):
                 hmm_switch_rate=float(p.hmm_switch_rate), hmm_evidence_rate=float(p.hmm_evidence_rate),
                 voice_face_change_weight=float(p.voice_face_change_weight),
                 face_change_weight=float(p.face_change_weight), face_confirm_s=float(p.face_confirm_s),
-                face_led_dwell_s=float(p.face_led_dwell_s) if float(p.face_led_dwell_s) >= 0 else None,
                 agreement_tau_s=float(p.agreement_tau_s), agreement_reference=float(p.agreement_reference),
                 agreement_strength=float(p.agreement_strength), agreement_power=float(p.agreement_power))
         except ValueError as exc:
