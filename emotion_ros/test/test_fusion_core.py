@@ -615,3 +615,25 @@ def test_face_change_detector_cuts_the_lag_but_not_for_one_odd_frame():
     for name, bad in (("face_change_weight", 1.5), ("face_confirm_s", -0.1), ("face_confirm_s", math.nan)):
         with pytest.raises(ValueError, match=name):
             TemporalFusion(None, **{name: bad})
+
+
+def test_a_dwell_of_whole_periods_does_not_depend_on_the_clocks_rounding():
+    """min_dwell_s of exactly two fusion periods: the reported emotion switches as many steps after the face changed
+    on epoch-sized stamps (float seconds ~1.8e9, resolved to ~0.2 us) as near zero, wherever the change falls. (With
+    a 1e-9 tolerance the rounding of the step times decided between two and three steps of dwell.)"""
+    kw = dict(face_stale_s=0.3, face_hold_s=0.3, smoothing_tau_s=0, switch_margin=0.05, min_dwell_s=0.2,
+              fast_switch_margin=1.0, fusion_mode="average")
+    lags = {}
+    for t0 in (0.0, 1.8e9, 1.7e9 + 0.37):
+        for change in range(3, 12):
+            tf = TemporalFusion(None, **kw)
+            lag = None
+            for k in range(1, 20):
+                now = t0 + 0.1 * k
+                tf.add_face(now - 0.05, "p", 100, onehot("happy" if k < change else "sad", 0.8))
+                (st,) = tf.estimate(now)
+                if st.emotion == "sad" and lag is None:
+                    lag = k - change
+            lags[(t0, change)] = lag
+    # the face evidence turns at the second sad frame, then the dwell adds two steps
+    assert set(lags.values()) == {3}, lags

@@ -95,3 +95,71 @@ def test_cache_key_follows_what_changes_the_pipelines_outputs_only(monkeypatch):
     assert plain == key(switch_interval_ms=5.0, full_detect_nice=0, async_full_detect=False, opencv_threads=2,
                         debug_image=False, hri=True, autostart=False)
     assert plain != key(full_detect_every=3) and plain != key(flip_tta=False)
+
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data", "face_photos")
+
+
+def _photo_video(path, seconds=12.0, fps=25.0, size=(320, 240)):
+    """Real photos (../shared/data/face_photos: neutral, happy, surprised) taking turns every 0.4-1.2 s, so that the
+    face model's top emotion changes and the hysteresis has decisions to make."""
+    import cv2
+    rng = np.random.default_rng(3)
+    photos = []
+    for lab in ("neutral", "happy", "surprised"):
+        d = os.path.join(DATA, lab)
+        for f in sorted(os.listdir(d))[:2]:
+            img = cv2.imread(os.path.join(d, f))
+            if img is not None:
+                h = 200
+                photos.append(cv2.resize(img, (int(img.shape[1] * h / img.shape[0]), h)))
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    n, k, until = int(seconds * fps), 0, 0.0
+    for i in range(n):
+        t = i / fps
+        if t >= until:
+            k, until = int(rng.integers(len(photos))), t + float(rng.uniform(0.4, 1.2))
+        f = np.full((size[1], size[0], 3), 110, np.uint8)
+        ph = photos[k][:, : size[0] - 20]
+        x = 10 + int(5 * np.sin(i / 7.0))
+        f[20:20 + ph.shape[0], x:x + ph.shape[1]] = ph
+        w.write(f)
+    w.release()
+
+
+@pytest.mark.skipif(not os.path.isdir(DATA), reason="../shared/data/face_photos not beside the checkout")
+def test_replay_equals_emotion_bag_evaluate_on_a_recorded_bag(tmp_path):
+    """The replay the fusion settings are chosen with (load_clips' cache, replayed with the YAML's settings) gives the
+    very figures `emotion-bag evaluate` gives on the same bag, with epoch-sized stamps and a face that keeps changing.
+    Two ways it once did not: face probabilities recomputed from the cached crops by another FaceModel than the
+    node's, and dwell tests decided by the float rounding of such stamps (models/fusion.md)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_bag_evaluate import bag_main, make_audio  # noqa: E402
+    from emotion_ros import paths
+    from emotion_ros.core.fusion import TemporalFusion
+    from emotion_ros.tools.bag_evaluate import _accepts, _load_yaml_params
+
+    tf = _load()
+    models = {"face": paths.model_path("face.pt"), "voice": paths.model_path("voice.pt")}  # as shipped: real outputs
+    if not all(os.path.isfile(m) for m in models.values()):
+        pytest.skip("the shipped models are not there")
+    clip = tmp_path / "clips" / "dev_01"
+    clip.mkdir(parents=True)
+    _photo_video(tmp_path / "v.avi")
+    make_audio(tmp_path / "a.wav", seconds=12)
+    assert bag_main(["from-media", "--video", str(tmp_path / "v.avi"), "--audio", str(tmp_path / "a.wav"), "--out",
+                     str(clip / "bag"), "--start-time", "1800000000"]) == 0
+    (clip / "labels.csv").write_text("start,end,label\n0,4,neutral\n4,8,happy\n8,11.9,surprised\n")
+    out = tmp_path / "eval.json"
+    assert bag_main(["evaluate", str(clip / "bag"), "--labels", str(clip / "labels.csv"), "--json", str(out),
+                     "--face-model", models["face"], "--voice-model", models["voice"], "--fusion-model", "none"]) == 0
+    rep = json.loads(out.read_text())
+    clips = tf.load_clips(str(tmp_path / "clips"), models["face"], models["voice"])
+    kw = _accepts(TemporalFusion.__init__, {k: v for k, v in _load_yaml_params("emotion.yaml", "fusion_node").items()
+                                            if k != "model"})
+    kw["fusion_mode"] = "average"
+    got = tf.run_set(clips, ["dev_01"], kw)["dev_01"]
+    assert rep["face"]["accuracy"] > 0 and rep["flips_per_min"] > 0  # faces found, decisions made: it has content
+    assert (got["fused"], got["face"], got["voice"], got["flips_per_min"], got["delay_s"]) == (
+        rep["accuracy"], rep["face"]["accuracy"], rep["voice"]["accuracy"], rep["flips_per_min"],
+        rep["detection_delay_s"])
