@@ -136,8 +136,7 @@ def test_replay_equals_emotion_bag_evaluate_on_a_recorded_bag(tmp_path):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from test_bag_evaluate import bag_main, make_audio  # noqa: E402
     from emotion_ros import paths
-    from emotion_ros.core.fusion import TemporalFusion
-    from emotion_ros.tools.bag_evaluate import _accepts, _load_yaml_params
+    from emotion_ros.tools.bag_evaluate import fusion_node_settings
 
     tf = _load()
     models = {"face": paths.model_path("face.pt"), "voice": paths.model_path("voice.pt")}  # as shipped: real outputs
@@ -155,10 +154,7 @@ def test_replay_equals_emotion_bag_evaluate_on_a_recorded_bag(tmp_path):
                      "--face-model", models["face"], "--voice-model", models["voice"], "--fusion-model", "none"]) == 0
     rep = json.loads(out.read_text())
     clips = tf.load_clips(str(tmp_path / "clips"), models["face"], models["voice"])
-    kw = _accepts(TemporalFusion.__init__, {k: v for k, v in _load_yaml_params("emotion.yaml", "fusion_node").items()
-                                            if k != "model"})
-    kw["fusion_mode"] = "average"
-    got = tf.run_set(clips, ["dev_01"], kw)["dev_01"]
+    got = tf.run_set(clips, ["dev_01"], fusion_node_settings())["dev_01"]  # the settings emotion-bag evaluate runs
     assert rep["face"]["accuracy"] > 0 and rep["flips_per_min"] > 0  # faces found, decisions made: it has content
     assert (got["fused"], got["face"], got["voice"], got["flips_per_min"], got["delay_s"]) == (
         rep["accuracy"], rep["face"]["accuracy"], rep["voice"]["accuracy"], rep["flips_per_min"],

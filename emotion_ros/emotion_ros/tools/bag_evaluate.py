@@ -169,6 +169,15 @@ def _accepts(fn, params: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in params.items() if k in names}
 
 
+def fusion_node_settings() -> Dict[str, Any]:
+    """Every fusion_node parameter of config/emotion.yaml that TemporalFusion takes (staleness per modality, weighting,
+    hysteresis, mode): one place for emotion-bag evaluate, the paired evaluation's average and the fusion replay."""
+    from emotion_ros.core.fusion import TemporalFusion
+
+    return _accepts(TemporalFusion.__init__,
+                    {k: v for k, v in _load_yaml_params("emotion.yaml", "fusion_node").items() if k != "model"})
+
+
 def _model_path(arg: Optional[str], name: str) -> Optional[str]:
     """None = modality/model switched off (``none``); else the path (default: the package's models/<name>)."""
     from emotion_ros import paths
@@ -280,7 +289,6 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
 
     fparams = _load_yaml_params("emotion.yaml", "face_node")
     vparams = _load_yaml_params("emotion.yaml", "voice_node")
-    uparams = _load_yaml_params("emotion.yaml", "fusion_node")
     threads = int(opts["threads"] if opts.get("threads") is not None else fparams.get("cpu_threads", 1) or 0)
     if threads > 0:  # like the nodes (cpu_threads: 1): many torch threads only fight over the cores
         import torch
@@ -318,9 +326,7 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
         raise BagError(f"cannot build the pipelines from the package's config: {exc}") from None
     from emotion_ros.core.fusion import TemporalFusion
 
-    # every fusion_node parameter TemporalFusion takes (staleness per modality, weighting, hysteresis, mode)
-    fusion = TemporalFusion(fusion_model, **_accepts(TemporalFusion.__init__,
-                                                     {k: v for k, v in uparams.items() if k != "model"}))
+    fusion = TemporalFusion(fusion_model, **fusion_node_settings())
     info["models"] = {"face": face_path, "voice": voice_path,
                       "fusion": fusion_path if fusion_model is not None else None}
 

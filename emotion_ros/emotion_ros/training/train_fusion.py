@@ -98,13 +98,13 @@ def node_average():
     """A TemporalFusion with the fusion node's settings (config/emotion.yaml), for its reliability-weighted average;
     the voice node's ``unsure_threshold`` stands in for the voice node's flag."""
     from ..core.fusion import TemporalFusion
-    from ..tools.bag_evaluate import _accepts, _load_yaml_params
-    params = {k: v for k, v in _load_yaml_params("emotion.yaml", "fusion_node").items() if k != "model"}
+    from ..tools.bag_evaluate import _load_yaml_params, fusion_node_settings
+    params = fusion_node_settings()
     params["fusion_mode"] = "average"
     thr = _load_yaml_params("emotion.yaml", "voice_node").get("unsure_threshold")
     if thr is not None:
         params["voice_unsure_threshold"] = float(thr)
-    return TemporalFusion(None, **_accepts(TemporalFusion.__init__, params))
+    return TemporalFusion(None, **params)
 
 
 def paired_report(fusion: FusionModel, face: Outputs, face_y, voice: Outputs, voice_y, n: int, seed: int):
