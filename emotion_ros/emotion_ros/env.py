@@ -16,8 +16,6 @@ import os
 import sys
 from typing import Optional
 
-_PACKAGE = "emotion_ros"
-
 
 def _prefixes():
     seen = []
@@ -42,29 +40,13 @@ def ensure_ament_prefix() -> Optional[str]:
     return None
 
 
-def package_share() -> Optional[str]:
-    """emotion_ros' share directory: the installed one (``<prefix>/share/emotion_ros``), else the source tree."""
-    ensure_ament_prefix()
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-        try:
-            return get_package_share_directory(_PACKAGE)
-        except PackageNotFoundError:
-            pass
-    except ImportError:
-        pass
-    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../emotion_ros (package root)
-    return src if os.path.isfile(os.path.join(src, "package.xml")) else None
-
-
 def config_path(name: str) -> Optional[str]:
-    """Path of ``config/<name>`` (installed share first, else the source tree), or None when missing."""
-    for base in (package_share(), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
-        if base:
-            p = os.path.join(base, "config", name)
-            if os.path.isfile(p):
-                return p
-    return None
+    """Path of ``config/<name>`` (:func:`emotion_ros.paths.config_path`: installed share first, else the source tree,
+    with ``AMENT_PREFIX_PATH`` made to name this venv first), or None when missing."""
+    ensure_ament_prefix()
+    from emotion_ros import paths
+    p = paths.config_path(name)
+    return p if os.path.isfile(p) else None
 
 
 def ensure_fastdds_profile() -> Optional[str]:

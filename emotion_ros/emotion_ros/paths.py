@@ -25,14 +25,13 @@ def share_dir() -> Optional[str]:
 
 
 def _find(sub: str, name: str) -> str:
-    """The source tree's file when it exists (a checkout wins), else the installed one."""
-    src = os.path.join(_SOURCE_ROOT, sub, name)
-    if os.path.exists(src):
-        return src
+    """The installed package's file when it exists (what ``ros2 run`` / ``ros2 launch`` run), else the source
+    tree's; when neither exists, the source tree's path, so that callers can name the missing file.  The one
+    place this order is decided: the nodes' default models and rules, the tools and the tests all use it."""
     share = share_dir()
     if share and os.path.exists(os.path.join(share, sub, name)):
         return os.path.join(share, sub, name)
-    return src  # missing: callers report this path
+    return os.path.join(_SOURCE_ROOT, sub, name)
 
 
 def model_path(name: str) -> str:

@@ -49,3 +49,28 @@ def test_install_ros_tools_says_in_one_line_when_the_folder_is_absent(tmp_path):
     assert res.returncode == 0, res.stdout
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 1 and f"no ROS tooling at {tmp_path / 'none'}" in lines[0], res.stdout
+
+
+def test_one_lookup_order_for_shared_files_installed_share_first(tmp_path, monkeypatch):
+    """paths._find is the one place the order is decided (the nodes' default models and rules, the tools): the
+    installed share's file when it exists, else the source tree's, whose path is named when neither exists."""
+    from emotion_ros import paths
+    share = tmp_path / "share" / "emotion_ros"
+    (share / "models").mkdir(parents=True)
+    (share / "models" / "face.pt").write_bytes(b"installed")
+    monkeypatch.setattr(paths, "share_dir", lambda: str(share))
+    assert paths.model_path("face.pt") == str(share / "models" / "face.pt")
+    assert paths.model_path("voice.pt") == os.path.join(PKG, "models", "voice.pt")          # not installed: source
+    assert paths.config_path("nope.yaml") == os.path.join(PKG, "config", "nope.yaml")      # missing: named
+    monkeypatch.setattr(paths, "share_dir", lambda: None)
+    assert paths.model_path("face.pt") == os.path.join(PKG, "models", "face.pt")
+
+
+def test_no_node_keeps_its_own_copy_of_the_lookup():
+    nodes = os.path.join(PKG, "emotion_ros", "nodes")
+    for name in sorted(os.listdir(nodes)):
+        if name.endswith(".py"):
+            with open(os.path.join(nodes, name)) as f:
+                src = f.read()
+            assert "share_dir(" not in src and "get_package_share_directory" not in src, \
+                f"{name}: use emotion_ros.paths (model_path / config_path) instead of a copy of its lookup"

@@ -22,7 +22,6 @@ An invalid rules file stops the node at start-up with an error naming the file a
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from types import SimpleNamespace
@@ -58,22 +57,12 @@ PARAMS = {
 }
 
 
-def default_rules_path() -> str:
-    """The installed package's config/behaviour_rules.yaml, else the source tree's (named even when missing)."""
-    share = paths.share_dir()
-    if share:
-        p = os.path.join(share, "config", "behaviour_rules.yaml")
-        if os.path.isfile(p):
-            return p
-    return paths.config_path("behaviour_rules.yaml")
-
-
 class BehaviourNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         self.p = p = declare_parameters(self, PARAMS)
         self.log = RateLimitedLogger(self.get_logger(), period_s=5.0)
-        self.rules_file = p.rules_file or default_rules_path()
+        self.rules_file = p.rules_file or paths.config_path("behaviour_rules.yaml")
         try:
             rules = load_rules(self.rules_file)
             self.policy = BehaviourPolicy(rules, hysteresis=float(p.hysteresis), cooldown_s=float(p.cooldown_s),

@@ -29,7 +29,6 @@ active when run alone; a failed autostart ends the process with exit code 1.
 from __future__ import annotations
 
 import array
-import os
 import sys
 import threading
 import time
@@ -114,20 +113,6 @@ PARAMS = {
 }
 
 
-def default_model_path() -> str:
-    """The installed package's models/face.pt, else the source tree's (named even when missing)."""
-    share = paths.share_dir()
-    if share:
-        p = os.path.join(share, "models", "face.pt")
-        if os.path.isfile(p):
-            return p
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                       "models", "face.pt")
-    if os.path.isfile(src):
-        return src
-    return paths.model_path("face.pt")
-
-
 def draw_faces(bgr: np.ndarray, faces: List[FaceResult]) -> np.ndarray:
     """A copy of ``bgr`` with each face's box, id, top emotion and confidence."""
     out = bgr.copy()
@@ -170,7 +155,7 @@ class FaceNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.p = declare_parameters(self, PARAMS)  # current values (they may have changed since construction)
         p = self.p
-        path = p.model_path or default_model_path()
+        path = p.model_path or paths.model_path("face.pt")
         self.model_file = path
         if p.image_transport not in ("raw", "compressed"):
             self.get_logger().error(f"cannot configure: image_transport {p.image_transport!r} is not raw or compressed")

@@ -153,20 +153,6 @@ PARAMS = {
 }
 
 
-def default_model_path() -> str:
-    """The installed package's models/fusion.pt, else the source tree's (named even when missing)."""
-    share = paths.share_dir()
-    if share:
-        p = os.path.join(share, "models", "fusion.pt")
-        if os.path.isfile(p):
-            return p
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                       "models", "fusion.pt")
-    if os.path.isfile(src):
-        return src
-    return paths.model_path("fusion.pt")
-
-
 def probs_in_label_order(labels, probabilities, what: str) -> np.ndarray:
     """A message's probabilities reordered into LABELS order (labels empty = already in that order)."""
     p = np.asarray(probabilities, dtype=np.float32).reshape(-1)
@@ -232,7 +218,7 @@ class FusionNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.p = declare_parameters(self, PARAMS)
         p = self.p
-        path = p.model_path or default_model_path()
+        path = p.model_path or paths.model_path("fusion.pt")
         mode = str(p.fusion_mode).strip().lower()
         self.model_file = path if mode != "average" else ""
         self.model = None

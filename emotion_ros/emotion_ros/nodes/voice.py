@@ -131,21 +131,6 @@ PARAMS = {
 }
 
 
-def default_model_path() -> str:
-    """The installed package's models/voice.pt, else the source tree's (named even when missing)."""
-    import os
-    share = paths.share_dir()
-    if share:
-        p = os.path.join(share, "models", "voice.pt")
-        if os.path.isfile(p):
-            return p
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                       "models", "voice.pt")
-    if os.path.isfile(src):
-        return src
-    return paths.model_path("voice.pt")
-
-
 @dataclass(frozen=True)
 class AudioFormat:
     sample_rate: int
@@ -232,7 +217,7 @@ class VoiceNode(LifecycleNode):
             self.get_logger().error(f"cannot configure: parameters sample_rate/channels/sample_format: {problem}")
             return TransitionCallbackReturn.FAILURE
         self.segmenter_kwargs = segmenter_kwargs({name: getattr(p, name) for name in PARAM_TO_KWARG})
-        path = p.model_path or default_model_path()
+        path = p.model_path or paths.model_path("voice.pt")
         self.model_file = path
         try:
             Segmenter(**self.segmenter_kwargs)   # check the VAD settings now
