@@ -82,6 +82,28 @@ def node_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return env
 
 
+def start_node(kind: str, log_path: str, *params: str) -> Tuple[subprocess.Popen, object]:
+    """``python -m emotion_ros.nodes.<kind> --ros-args -p <param> ...`` with stdout+stderr in ``log_path``:
+    (process, open log file); end it with :func:`stop_node`.  (:class:`NodeProcess` for the dict-of-params form.)"""
+    args = [sys.executable, "-m", f"emotion_ros.nodes.{kind}", "--ros-args"]
+    for p in params:
+        args += ["-p", p]
+    log = open(log_path, "w")
+    return subprocess.Popen(args, cwd=PKG_ROOT, env=node_env(), stdout=log, stderr=subprocess.STDOUT), log
+
+
+def stop_node(proc: subprocess.Popen, log) -> None:
+    """SIGINT (run_node shuts down cleanly), SIGKILL after 10 s; closes the log."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    log.close()
+
+
 class NodeProcess:
     """``python -m emotion_ros.nodes.<kind> --ros-args -p k:=v ...`` with stdout+stderr in ``log_path``."""
 

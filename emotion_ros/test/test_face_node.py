@@ -1,8 +1,6 @@
 """face_node on a real ROS 2 graph: a node process fed images over DDS, plus lifecycle checks in-process."""
 import os
 import random
-import subprocess
-import sys
 import time
 
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 200)))
@@ -31,6 +29,7 @@ from emotion_ros.core.labels import LABELS  # noqa: E402
 from emotion_ros.core.modelio import save_checkpoint  # noqa: E402
 from emotion_ros.ros.convert import numpy_to_image  # noqa: E402
 from emotion_ros.ros.node_utils import reliable_qos  # noqa: E402
+from robust_helpers import start_node, stop_node  # noqa: E402
 
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOPPER_FACE = (155.0, 105.0, 222.0, 222.0)
@@ -53,35 +52,6 @@ def hopper():
     with cbook.get_sample_data("grace_hopper.jpg") as f:
         path = f.name
     return cv2.imread(path, cv2.IMREAD_COLOR)
-
-
-def node_env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = PKG_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
-    return env
-
-
-def start_node(log_path, *params):
-    args = [sys.executable, "-m", "emotion_ros.nodes.face", "--ros-args"]
-    for p in params:
-        args += ["-p", p]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(args, cwd=PKG_ROOT, env=node_env(), stdout=log, stderr=subprocess.STDOUT)
-    return proc, log
-
-
-def stop_node(proc, log):
-    if proc.poll() is None:
-        proc.send_signal(2)  # SIGINT: run_node shuts down cleanly
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    log.close()
 
 
 class Graph:
@@ -145,7 +115,8 @@ def missing_model_run(tmp_path_factory):
     """A face_node process given a model file that does not exist (started early: it runs beside the others)."""
     tmp = tmp_path_factory.mktemp("face_node_missing")
     log_path = tmp / "missing.log"
-    proc, log = start_node(log_path, f"model_path:={tmp / 'no_such_dir' / 'face_missing.pt'}", "device:=cpu")
+    proc, log = start_node("face", log_path, f"model_path:={tmp / 'no_such_dir' / 'face_missing.pt'}",
+                           "device:=cpu")
     yield proc, log, log_path
     stop_node(proc, log)
 
@@ -154,7 +125,7 @@ def missing_model_run(tmp_path_factory):
 def running(ckpt, tmp_path_factory, missing_model_run):
     """A face_node process (autostart) and the test's graph, matched."""
     log_path = tmp_path_factory.mktemp("face_node_log") / "face_node.log"
-    proc, log = start_node(log_path, f"model_path:={ckpt}", "device:=cpu", "full_detect_every:=1")
+    proc, log = start_node("face", log_path, f"model_path:={ckpt}", "device:=cpu", "full_detect_every:=1")
     ctx = Context()
     rclpy.init(context=ctx)
     g = Graph(ctx)

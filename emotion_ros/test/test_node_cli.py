@@ -24,18 +24,11 @@ from emotion_msgs.msg import FaceEmotion, FaceEmotionArray  # noqa: E402
 from emotion_ros.core.labels import LABELS  # noqa: E402
 from emotion_ros.ros.node_utils import reliable_qos  # noqa: E402
 
+from robust_helpers import node_env  # noqa: E402
+
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODES = {"camera_node": "camera", "microphone_node": "microphone", "face_node": "face", "voice_node": "voice",
          "fusion_node": "fusion", "behaviour_node": "behaviour"}
-
-
-def env():
-    e = dict(os.environ)
-    e["PYTHONPATH"] = PKG_ROOT + os.pathsep + e.get("PYTHONPATH", "")
-    e.setdefault("AMENT_PREFIX_PATH", sys.prefix)
-    e["PYTHONUNBUFFERED"] = "1"
-    e["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
-    return e
 
 
 def cmd(module, *args):
@@ -43,7 +36,7 @@ def cmd(module, *args):
 
 
 def run(module, *args, timeout=120):
-    return subprocess.run(cmd(module, *args), env=env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd(module, *args), env=node_env(), capture_output=True, text=True, timeout=timeout)
 
 
 # -- --help ----------------------------------------------------------------------------------------------------------
@@ -114,7 +107,7 @@ def test_out_of_range_parameter_is_refused_at_start_up(module, param, value):
 def test_ctrl_c_while_the_node_is_still_importing_exits_quietly(inherited):
     # "ignored": SIGINT inherited as ignored, as by a command a non-interactive shell started in the background (CI)
     pre = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if inherited == "ignored" else None
-    p = subprocess.Popen(cmd("face", "--ros-args", "-p", "device:=cpu"), env=env(), stdout=subprocess.PIPE,
+    p = subprocess.Popen(cmd("face", "--ros-args", "-p", "device:=cpu"), env=node_env(), stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, preexec_fn=pre)
     try:
         time.sleep(0.5)  # python is up; torch, OpenCV and rclpy take seconds to import
@@ -171,7 +164,7 @@ def _check_clean_exit(tmp_path, module):
     log = tmp_path / "node.log"
     before = shm_files()
     with open(log, "w") as out:
-        p = subprocess.Popen(cmd(module, "--ros-args", "-p", "device:=cpu"), env=env(), stdout=out,
+        p = subprocess.Popen(cmd(module, "--ros-args", "-p", "device:=cpu"), env=node_env(), stdout=out,
                              stderr=subprocess.STDOUT)
     try:
         assert wait_for(lambda: "autostart: node is active" in log.read_text() or p.poll() is not None, 120), \
@@ -221,7 +214,7 @@ def test_fusion_diagnostics_report_a_face_input_that_stopped(ctx, tmp_path):
     log = tmp_path / "fusion.log"
     with open(log, "w") as out:
         p = subprocess.Popen(cmd("fusion", "--ros-args", "-r", f"__ns:={ns}", "-p", "device:=cpu",
-                                 "-p", "allow_no_model:=true"), env=env(), stdout=out, stderr=subprocess.STDOUT)
+                                 "-p", "allow_no_model:=true"), env=node_env(), stdout=out, stderr=subprocess.STDOUT)
     face_node = Node(f"fake_face_{os.getpid()}", namespace=ns, context=ctx)
     pub = face_node.create_publisher(FaceEmotionArray, "emotion/faces", reliable_qos(10))
     diags = []
@@ -273,7 +266,7 @@ def test_unconfigured_lifecycle_node_reports_its_state_on_diagnostics(ctx, tmp_p
     name = f"fusion_unconf_{os.getpid()}"
     with open(log, "w") as out:
         p = subprocess.Popen(cmd("fusion", "--ros-args", "-r", f"__node:={name}", "-p", "autostart:=false"),
-                             env=env(), stdout=out, stderr=subprocess.STDOUT)
+                             env=node_env(), stdout=out, stderr=subprocess.STDOUT)
     got = []
     listener = Node(f"diag_listener2_{os.getpid()}", context=ctx)
     listener.create_subscription(DiagnosticArray, "/diagnostics",

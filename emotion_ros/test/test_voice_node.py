@@ -2,8 +2,6 @@
 import array
 import os
 import random
-import subprocess
-import sys
 import time
 
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 200)))
@@ -24,6 +22,7 @@ from emotion_ros.core.labels import LABELS  # noqa: E402
 from emotion_ros.ros.convert import float_to_pcm, sec_to_stamp, stamp_to_sec  # noqa: E402
 from emotion_ros.ros.node_utils import latched_qos, reliable_qos  # noqa: E402
 from test_voice_util import SR, concat, make_voice_checkpoint, silence, speechlike, tone  # noqa: E402
+from robust_helpers import start_node, stop_node  # noqa: E402
 
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBED = 16
@@ -32,34 +31,6 @@ EMBED = 16
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return make_voice_checkpoint(str(tmp_path_factory.mktemp("voice_node") / "voice.pt"), embed_dim=EMBED)
-
-
-def node_env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = PKG_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
-    return env
-
-
-def start_node(log_path, *params):
-    args = [sys.executable, "-m", "emotion_ros.nodes.voice", "--ros-args"]
-    for p in params:
-        args += ["-p", p]
-    log = open(log_path, "w")
-    return subprocess.Popen(args, cwd=PKG_ROOT, env=node_env(), stdout=log, stderr=subprocess.STDOUT), log
-
-
-def stop_node(proc, log):
-    if proc.poll() is None:
-        proc.send_signal(2)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    log.close()
 
 
 def resample(x16, rate):
@@ -127,7 +98,7 @@ class Graph:
 @pytest.fixture(scope="module")
 def running(ckpt, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("voice_node_log") / "voice_node.log"
-    proc, log = start_node(log_path, f"model_path:={ckpt}", "device:=cpu")
+    proc, log = start_node("voice", log_path, f"model_path:={ckpt}", "device:=cpu")
     ctx = Context()
     rclpy.init(context=ctx)
     g = Graph(ctx)
@@ -249,7 +220,7 @@ def test_diagnostics(running, ckpt):
 def test_missing_model_exits_nonzero_naming_the_file(tmp_path):
     missing = str(tmp_path / "nowhere" / "voice_missing.pt")
     log_path = tmp_path / "missing.log"
-    proc, log = start_node(log_path, f"model_path:={missing}", "device:=cpu")
+    proc, log = start_node("voice", log_path, f"model_path:={missing}", "device:=cpu")
     try:
         rc = proc.wait(timeout=120)
     finally:
