@@ -381,6 +381,36 @@ def test_voice_ensemble_averages_tempered_logits_and_fits_its_temperature(ravdes
     assert np.allclose(emb, emb_a, atol=1e-6)                   # the main network's embedding
 
 
+def test_voice_ensemble_given_an_ensemble_as_a_member_takes_and_reports_its_main_network(ravdess_like, tmp_path,
+                                                                                        capsys):
+    """A shipped voice.pt (itself an ensemble) as the first member: its main network joins, and the report gives that
+    network's dev accuracy, not the old ensemble's (which it did before 2026-12-02)."""
+    from emotion_ros.core.voice.features import load_audio
+    from emotion_ros.training.embed import voice_outputs_by_speaker
+    from emotion_ros.training.voice_ensemble import _dev_items
+
+    a = _tiny_voice(ravdess_like, tmp_path, "a", "--seed", "1")
+    b = _tiny_voice(ravdess_like, tmp_path, "b", "--seed", "2", "--lstm-hidden", "32")
+    c = _tiny_voice(ravdess_like, tmp_path, "c", "--seed", "3")
+    ab = str(tmp_path / "ab.pt")
+    assert train_main(["voice-ensemble", "--members", a, b, "--data", ravdess_like, "--dev-speakers", "3",
+                       "--out", ab]) == 0
+    capsys.readouterr()
+    abc = str(tmp_path / "ab_c.pt")
+    assert train_main(["voice-ensemble", "--members", ab, c, "--data", ravdess_like, "--dev-speakers", "3",
+                       "--out", abc]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    items = _dev_items([ravdess_like], "3")
+    waves = [load_audio(i.path) for i in items]
+    y = np.array([i.label for i in items])
+    spk = [i.speaker for i in items]
+    acc = {p: float((voice_outputs_by_speaker(VoiceModel(p, device="cpu"), waves, spk)[0].probs.argmax(1) == y).mean())
+           for p in (a, ab, c)}
+    assert acc[a] != acc[ab]           # else this test could not tell the main network from the old ensemble
+    assert line["dev"]["members"] == [round(acc[a], 4), round(acc[c], 4)]
+    assert VoiceModel(abc, device="cpu").n_members == 2
+
+
 def test_voice_ensemble_refuses_members_with_other_features(ravdess_like, tmp_path, capsys):
     a = _tiny_voice(ravdess_like, tmp_path, "a")
     c = _tiny_voice(ravdess_like, tmp_path, "c", "--no-utterance-cmn")

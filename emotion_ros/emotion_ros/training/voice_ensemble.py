@@ -70,8 +70,16 @@ def run(args) -> dict:
         except ValueError as exc:
             print(f"skipping {exc}", file=sys.stderr)
     y = np.asarray(ys)
-    singles = [VoiceModel(m, device="cpu") for m in args.members]
-    member_acc = [float((voice_outputs_by_speaker(vm, waves, spk)[0].probs.argmax(1) == y).mean()) for vm in singles]
+    member_acc = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (path, c) in enumerate(zip(args.members, ckpts)):
+            if c.get("ensemble"):        # an ensemble given as a member: only its main network joins, so judge that
+                single = dict(c)
+                single.pop("ensemble")
+                path = os.path.join(tmp, f"member_{i}.pt")
+                torch.save(single, path)
+            vm = VoiceModel(path, device="cpu")
+            member_acc.append(float((voice_outputs_by_speaker(vm, waves, spk)[0].probs.argmax(1) == y).mean()))
 
     main = dict(ckpts[0])
     main.pop("ensemble", None)
