@@ -237,6 +237,17 @@ def test_voice_sampling_balances_corpora_and_labels():
     assert w[corpus == 0].sum() == pytest.approx(0.5) and w[corpus == 1].sum() == pytest.approx(0.5)
     assert w[:60].sum() == pytest.approx(w[60:90].sum())              # each label of a corpus equally often
     assert np.allclose(train_voice._sample_weights(corpus, y, False), 0.01)
+    w = train_voice._sample_weights(corpus, y, True, [3, 1])          # --corpus-share 3,1
+    assert w[corpus == 0].sum() == pytest.approx(0.75) and w[corpus == 1].sum() == pytest.approx(0.25)
+    assert w[:60].sum() == pytest.approx(w[60:90].sum())
+
+
+@pytest.mark.parametrize("text", ["3", "3,1,1", "3,0", "a,b", "3,-1", "nan,1"])
+def test_voice_corpus_share_refuses_a_bad_list_in_one_line(text):
+    from emotion_ros.core.errors import DataError
+    with pytest.raises(DataError, match="--corpus-share"):
+        train_voice._corpus_shares(text, 2)
+    assert train_voice._corpus_shares("", 2) is None and train_voice._corpus_shares("3,1", 2) == [3.0, 1.0]
 
 
 def test_voice_training_with_speaker_normalisation(ravdess_like, tmp_path, capsys):

@@ -37,7 +37,7 @@ import os
 import pickle
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -89,6 +89,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "of its speaker (the node keeps that estimate per stream); 0: per utterance only")
     p.add_argument("--no-balance", dest="balance", action="store_false",
                    help="sample files uniformly instead of balancing corpora and labels")
+    p.add_argument("--corpus-share", default="", metavar="A,B,...",
+                   help="with balancing: relative share of the batches for each --data corpus, in order (e.g. '3,1': "
+                        "three quarters from the first); default equal")
     p.add_argument("--no-partial-labels", dest="partial_labels", action="store_false",
                    help="softmax over all labels for every corpus")
     p.add_argument("--conv-channels", default="64,128,128")
@@ -307,17 +310,35 @@ def adversary_weight(weight: float, progress: float) -> float:
     return float(weight * (2.0 / (1.0 + np.exp(-10.0 * progress)) - 1.0))
 
 
-def _sample_weights(corpus_of: np.ndarray, y: np.ndarray, balance: bool) -> np.ndarray:
+def _corpus_shares(text: str, n_corpora: int) -> Optional[List[float]]:
+    """``--corpus-share``: one positive number per corpus, or None (equal shares) when empty."""
+    if not str(text).strip():
+        return None
+    try:
+        shares = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        raise DataError(f"--corpus-share must be numbers separated by commas, got {text!r}") from None
+    if len(shares) != n_corpora or not all(np.isfinite(v) and v > 0 for v in shares):
+        raise DataError(f"--corpus-share needs {n_corpora} positive number(s), one per --data corpus, got {text!r}")
+    return shares
+
+
+def _sample_weights(corpus_of: np.ndarray, y: np.ndarray, balance: bool,
+                    shares: Optional[Sequence[float]] = None) -> np.ndarray:
+    """Sampling weight of each training sequence: with ``balance`` every corpus gets its share of the draws (equal,
+    or ``shares[corpus index]`` relative to the others present) and, within a corpus, every label an equal part."""
     if not balance:
         return np.full(len(y), 1.0 / len(y))
     w = np.zeros(len(y))
     corpora = np.unique(corpus_of)
+    share = {int(c): (float(shares[int(c)]) if shares is not None else 1.0) for c in corpora}
+    total = sum(share.values())
     for c in corpora:
         in_c = corpus_of == c
         labels = np.unique(y[in_c])
         for lab in labels:
             m = in_c & (y == lab)
-            w[m] = 1.0 / (len(corpora) * len(labels) * m.sum())
+            w[m] = share[int(c)] / (total * len(labels) * m.sum())
     return w / w.sum()
 
 
@@ -337,6 +358,7 @@ def run(args) -> dict:
         raise DataError("--speaker-norm needs the per-utterance band normalisation (drop --no-utterance-cmn)")
     spec = FeatureSpec(utterance_cmn=bool(args.utterance_cmn), speaker_window=int(args.speaker_norm))
     corpora = load_corpora(args.data, args.speaker_regex)
+    shares = _corpus_shares(args.corpus_share, len(corpora))
     test_spk, dev_spk = parse_speakers(args.test_speakers), parse_speakers(args.dev_speakers)
     all_speakers = {i.speaker for c in corpora for i in c.items}
     for name, spk in (("--test-speakers", test_spk), ("--dev-speakers", dev_spk)):
@@ -389,7 +411,7 @@ def run(args) -> dict:
     X = [x for copy in copies for x in norm(copy)]
     Y = np.tile(y_train, len(copies))
     C = np.tile(c_train, len(copies))
-    weights = _sample_weights(C, Y, args.balance)
+    weights = _sample_weights(C, Y, args.balance, shares)
     masks = np.zeros((len(corpora), NUM_LABELS), bool)
     for ci, c in enumerate(corpora):
         masks[ci, c.labels] = True
