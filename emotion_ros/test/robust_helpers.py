@@ -25,6 +25,8 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 
+from emotion_ros.tools.bench.procs import proc_memory_mb  # noqa: E402 (VmRSS / VmHWM of a process, MiB)
+
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: Log levels of rcl_interfaces/msg/Log
@@ -162,20 +164,7 @@ class NodeProcess:
         return self.proc.returncode
 
     def rss_mb(self) -> Optional[float]:
-        return proc_status_mb(self.pid).get("VmRSS")
-
-
-def proc_status_mb(pid: int) -> Dict[str, float]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    k, v = line.split(":", 1)
-                    out[k] = int(v.split()[0]) / 1024.0
-    except OSError:
-        pass
-    return out
+        return proc_memory_mb(self.pid).get("VmRSS")
 
 
 # ---------------------------------------------------------------------------------------------------------------
