@@ -94,15 +94,21 @@ def start_node(kind: str, log_path: str, *params: str) -> Tuple[subprocess.Popen
     return subprocess.Popen(args, cwd=PKG_ROOT, env=node_env(), stdout=log, stderr=subprocess.STDOUT), log
 
 
-def stop_node(proc: subprocess.Popen, log) -> None:
-    """SIGINT (run_node shuts down cleanly), SIGKILL after 10 s; closes the log."""
+def interrupt(proc: subprocess.Popen, timeout: float = 10.0) -> Optional[int]:
+    """SIGINT (run_node shuts down cleanly), SIGKILL after ``timeout`` s; the exit code."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    return proc.returncode
+
+
+def stop_node(proc: subprocess.Popen, log) -> None:
+    """:func:`interrupt`, then close the log."""
+    interrupt(proc)
     log.close()
 
 
@@ -152,16 +158,10 @@ class NodeProcess:
             self.proc.wait()
 
     def stop(self, timeout: float = 10.0) -> Optional[int]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = interrupt(self.proc, timeout)
         if not self._log.closed:
             self._log.close()
-        return self.proc.returncode
+        return code
 
     def rss_mb(self) -> Optional[float]:
         return proc_memory_mb(self.pid).get("VmRSS")
