@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 
-from emotion_ros.tools.bench.procs import proc_memory_mb  # noqa: E402 (VmRSS / VmHWM of a process, MiB)
+from emotion_ros.tools.bench.procs import interrupt, proc_memory_mb  # noqa: E402 (SIGINT then SIGKILL; RSS)
 
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,18 +91,6 @@ def start_node(kind: str, log_path: str, *params: str) -> Tuple[subprocess.Popen
         args += ["-p", p]
     log = open(log_path, "w")
     return subprocess.Popen(args, cwd=PKG_ROOT, env=node_env(), stdout=log, stderr=subprocess.STDOUT), log
-
-
-def interrupt(proc: subprocess.Popen, timeout: float = 10.0) -> Optional[int]:
-    """SIGINT (run_node shuts down cleanly), SIGKILL after ``timeout`` s; the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def stop_node(proc: subprocess.Popen, log) -> None:

@@ -135,6 +135,18 @@ def node_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return env
 
 
+def interrupt(proc: subprocess.Popen, timeout: float = 10.0) -> Optional[int]:
+    """SIGINT (a node's run_node shuts down cleanly on it), SIGKILL after ``timeout`` s; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class NodeProcess:
     """One node in its own process: ``python -m emotion_ros.nodes.<kind> --ros-args ...``; output to a log file."""
 
@@ -164,15 +176,9 @@ class NodeProcess:
             return ""
 
     def stop(self, timeout: float = 10.0) -> Optional[int]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = interrupt(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 def training_running() -> List[str]:
