@@ -457,3 +457,124 @@ def test_voice_training_speaker_adversarial(ravdess_like, tmp_path):
     assert 0.79 < train_voice.adversary_weight(0.8, 1.0) <= 0.8
     with pytest.raises(DataError, match="speaker-adversarial"):
         train_voice.main(base[:-1] + ["-1"])
+
+
+# --- the GE2E member: a linear head over a frozen pretrained speaker encoder (emotion-train voice-ge2e) ---------
+
+def _resemblyzer_like(path, seed=0):
+    """A file in Resemblyzer's pretrained.pt layout (random weights): a 3-layer nn.LSTM 'lstm' and 'linear'."""
+    torch.manual_seed(seed)
+    lstm, lin = torch.nn.LSTM(40, 256, 3, batch_first=True), torch.nn.Linear(256, 256)
+    state = {f"lstm.{k}": v for k, v in lstm.state_dict().items()}
+    state.update({f"linear.{k}": v for k, v in lin.state_dict().items()})
+    torch.save({"step": 0, "model_state": state}, path)
+    return lstm, lin
+
+
+def test_ge2e_mel_and_encoder_follow_resemblyzer(tmp_path):
+    import librosa
+    from emotion_ros.core.voice import ge2e
+
+    rng = np.random.default_rng(0)
+    wave = (0.05 * rng.standard_normal(12000)).astype(np.float32)
+    ref = wave * (10 ** (-30 / 20) / np.sqrt(np.mean(wave.astype(np.float64) ** 2)))
+    want = librosa.feature.melspectrogram(y=ref, sr=16000, n_fft=400, hop_length=160, n_mels=40).T
+    got = ge2e.ge2e_mel(wave)
+    assert got.shape == want.shape == (76, 40)
+    assert np.abs(got - want).max() <= 1e-5 * want.max()
+    assert np.allclose(ge2e.ge2e_mel(wave * 30), got, rtol=1e-4)           # level does not matter
+    lstm, lin = _resemblyzer_like(tmp_path / "enc.pt")
+    enc = ge2e.GE2EEncoder.from_resemblyzer(torch.load(tmp_path / "enc.pt")["model_state"])
+    v = enc.pooled(wave)
+    assert v.shape == (ge2e.FEATURE_DIM,) and np.isfinite(v).all()
+    with torch.no_grad():
+        out, (h, _) = lstm(torch.from_numpy(got).unsqueeze(0))
+        e = torch.relu(lin(h[-1, 0]))
+    assert np.allclose(v[1024:1280], out[0].mean(0).numpy(), atol=1e-5)   # the last layer's mean
+    assert np.allclose(v[-256:], (e / e.norm()).numpy(), atol=1e-5)      # Resemblyzer's embedding
+    assert not any(p.requires_grad for p in enc.parameters())
+
+
+def test_ge2e_channel_normalisation_undoes_a_constant_colouring_within_its_limit():
+    from scipy.signal import butter, sosfilt
+    from emotion_ros.core.voice import ge2e
+
+    rng = np.random.default_rng(1)
+    t = np.arange(16000) / 16000
+    wave = (0.2 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(t.size))
+    wave = wave.astype(np.float32)
+    tilted = sosfilt(butter(2, 1500, btype="lowpass", fs=16000, output="sos"), wave).astype(np.float32)
+    ref = ge2e.band_log_mean(wave)
+    plain = np.log(ge2e.ge2e_mel(tilted) + 1e-10).mean(0)
+    normed = np.log(ge2e.ge2e_mel(tilted, ref).astype(np.float64) + 1e-10).mean(0)
+    lim = ge2e.MAX_BAND_GAIN_DB / 10 * np.log(10)
+    assert np.abs(normed - ref).mean() < 0.5 * np.abs(plain - ref).mean()        # closer to the reference
+    assert np.all(np.abs(normed - plain) <= lim + 1e-4)                         # never more than 12 dB per band
+    enc = ge2e.GE2EEncoder()
+    a = enc.pooled(tilted)
+    enc.set_band_ref(ref)
+    b = enc.pooled(tilted)
+    assert not np.allclose(a, b)
+    again = ge2e.GE2EEncoder()
+    again.load_state_dict(enc.state_dict())                                     # travels in the checkpoint
+    assert np.allclose(again.pooled(tilted), b)
+    enc.set_band_ref(None)
+    assert np.allclose(enc.pooled(tilted), a)
+
+
+def test_voice_ge2e_member_trains_loads_alone_and_joins_an_ensemble(ravdess_like, turev_like, tmp_path, capsys):
+    from emotion_ros.core.voice.features import load_audio
+
+    enc = str(tmp_path / "enc.pt")
+    _resemblyzer_like(enc)
+    g = str(tmp_path / "g.pt")
+    assert train_main(["voice-ge2e", "--data", ravdess_like, "--data", turev_like, "--test-speakers", "4",
+                       "--dev-speakers", "3", "--augment-copies", "1", "--encoder", enc, "--out", g,
+                       "--run-dir", str(tmp_path / "g"), "--threads", "1", "--channel-norm"]) == 0
+    cap = capsys.readouterr()
+    line = json.loads(cap.out.strip().splitlines()[-1])
+    assert 0 <= line["dev_accuracy"] <= 1 and line["temperature"] > 0
+    assert "unreadable" in cap.err                                   # turev_like's broken file, skipped and counted
+    alone = VoiceModel(g, device="cpu")
+    wave = load_audio(os.path.join(ravdess_like, "Actor_04", "03-01-05-01-01-01-04.wav"))
+    p, emb = alone.predict(wave)
+    assert alone.embed_dim == 256 and emb.shape == (256,) and p.sum() == pytest.approx(1, abs=1e-5)
+    assert alone.features(wave) is None                              # a lone GE2E member needs no log-mel
+    assert float(alone._members[0].net.encoder.channel_norm) == 1.0   # --channel-norm's reference travels along
+    a = _tiny_voice(ravdess_like, tmp_path, "a", "--seed", "1")
+    out = str(tmp_path / "ens.pt")
+    assert train_main(["voice-ensemble", "--members", a, g, "--data", ravdess_like, "--dev-speakers", "3",
+                       "--out", out]) == 0
+    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(rep["dev"]["members"]) == 2
+    ens, ma = VoiceModel(out, device="cpu"), VoiceModel(a, device="cpu")
+    assert ens.n_members == 2 and ens.info()["member_archs"] == ["ser_cnn_bilstm", "ge2e_head"]
+    p, emb = ens.predict(wave)
+    za = ma.net(torch.from_numpy(ma.features(wave)).unsqueeze(0)).detach() / ma.temperature
+    zg = alone._members[0].net(wave)[0].unsqueeze(0) / alone.temperature
+    assert np.allclose(p, torch.softmax((za + zg) / 2 / ens.temperature, 1)[0].numpy(), atol=1e-5)
+    assert np.allclose(emb, ma.predict(wave)[1], atol=1e-6)           # the main network's embedding
+    with pytest.raises(ValueError, match="needs the wave"):
+        ens.predict_features(ens.features(wave))
+
+
+def test_voice_ensemble_refuses_a_ge2e_main_and_voice_ge2e_a_missing_encoder(ravdess_like, tmp_path, capsys):
+    enc = str(tmp_path / "enc.pt")
+    _resemblyzer_like(enc)
+    g = str(tmp_path / "g.pt")
+    base = ["voice-ge2e", "--data", ravdess_like, "--test-speakers", "4", "--dev-speakers", "3",
+            "--augment-copies", "0", "--out", g, "--run-dir", str(tmp_path / "g"), "--threads", "1"]
+    assert train_main(base + ["--encoder", str(tmp_path / "nothing.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "GE2E encoder file not found" in err[0] and "nothing.pt" in err[0]
+    (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
+    assert train_main(base + ["--encoder", str(tmp_path / "foreign.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be used" in err[0]
+    assert train_main(base + ["--encoder", enc]) == 0
+    a = _tiny_voice(ravdess_like, tmp_path, "a")
+    capsys.readouterr()
+    assert train_main(["voice-ensemble", "--members", g, a, "--data", ravdess_like, "--dev-speakers", "3",
+                       "--out", str(tmp_path / "e.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "main network" in err[0] and "ge2e_head" in err[0]

@@ -2,8 +2,8 @@
 
     emotion-train voice-ensemble --members A.pt B.pt [...] --data DIR [--data DIR2] --dev-speakers 15-16 --out voice.pt
 
-The first member is the main network (its embedding is the model's embedding); every member must compute the same
-features. The node's :class:`~emotion_ros.core.voice.model.VoiceModel` averages the members' tempered logits
+The first member is the main network, a CNN + BiLSTM (its embedding is the model's embedding); every CNN + BiLSTM
+member must compute the same features; a ``ge2e_head`` member (``emotion-train voice-ge2e``) reads the utterance itself. The node's :class:`~emotion_ros.core.voice.model.VoiceModel` averages the members' tempered logits
 (each member's own temperature) and divides by one more temperature, fitted here by log-likelihood on the
 held-out ``--dev-speakers`` through the voice node's own pipeline (segmentation, trimming, features). The report
 (accuracy of each member and of the ensemble on those speakers, calibration error before and after) is printed as
@@ -48,7 +48,7 @@ def _dev_items(roots, speakers):
 
 
 def run(args) -> dict:
-    from ..core.voice.model import VoiceModel
+    from ..core.voice.model import ARCH, VoiceModel
     from .embed import voice_outputs_by_speaker
 
     if args.threads:
@@ -56,9 +56,12 @@ def run(args) -> dict:
     if len(args.members) < 2:
         raise DataError("an ensemble needs at least two --members")
     ckpts = [load_checkpoint(m, "voice") for m in args.members]
+    if ckpts[0].get("arch") != ARCH:
+        raise ModelFileError(f"voice model file {args.members[0]!r}: the first member (the main network) must be a "
+                             f"{ARCH}, not {ckpts[0].get('arch')!r}")
     specs = [FeatureSpec.from_dict(c.get("input", {}).get("features", {})) for c in ckpts]
-    for m, s in zip(args.members[1:], specs[1:]):
-        if s != specs[0]:
+    for m, c, s in zip(args.members[1:], ckpts[1:], specs[1:]):
+        if c.get("arch") == ARCH and s != specs[0]:
             raise ModelFileError(f"voice model file {m!r} computes other features than {args.members[0]!r}")
     items = _dev_items(args.data, args.dev_speakers)
     waves, ys, spk = [], [], []
@@ -86,7 +89,7 @@ def run(args) -> dict:
     members = []
     for path, c in zip(args.members[1:], ckpts[1:]):
         cal = c.get("calibration") or {}
-        members.append({"state_dict": c["state_dict"], "input": c["input"],
+        members.append({"arch": c.get("arch", ARCH), "state_dict": c["state_dict"], "input": c["input"],
                         "model": c.get("config", {}).get("model", {}),
                         "temperature": float(cal.get("temperature", 1.0)),
                         "source": {"file": os.path.basename(path), "args": c.get("config", {}).get("args", {}),

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..labels import NUM_LABELS
 from ..modelio import ModelFileError, load_checkpoint, resolve_device
+from . import ge2e
 from .features import FeatureSpec, SpeakerNormaliser, utterance_features
 
 ARCH = "ser_cnn_bilstm"
@@ -75,11 +76,14 @@ class SpeechCNNBiLSTM(nn.Module):
 
 
 class _Member(NamedTuple):
-    """One network of a (possibly one-member) voice ensemble, with its own normalisation and temperature."""
-    net: SpeechCNNBiLSTM
-    mean: np.ndarray
-    std: np.ndarray
+    """One network of a (possibly one-member) voice ensemble, with its own normalisation and temperature:
+    a CNN + BiLSTM over log-mel features (``arch`` ``ser_cnn_bilstm``), or the classifier over the frozen GE2E
+    speaker encoder's pooled states (``ge2e_head``, :mod:`.ge2e`; it reads the waveform, ``mean``/``std`` None)."""
+    net: nn.Module
+    mean: Optional[np.ndarray]
+    std: Optional[np.ndarray]
     temperature: float
+    arch: str = ARCH
 
 
 class VoiceModel:
@@ -89,11 +93,14 @@ class VoiceModel:
     network plus further members trained the same way with other settings or seeds. Each member's logits are divided
     by its own temperature, averaged, and divided by the ensemble's temperature (fitted on held-out speakers) before
     the softmax; the embedding is the main network's (so that its size and meaning stay those of one network).
+    A member may be a ``ge2e_head`` (:mod:`.ge2e`: a linear classifier over a frozen pretrained speaker encoder);
+    the main network of an ensemble is a CNN + BiLSTM. A ``ge2e_head`` checkpoint alone also loads (its embedding
+    is then the 256-d speaker embedding), so that it can be judged through the node's pipeline.
     """
 
     def __init__(self, path: str, device: str = "auto"):
         ckpt = load_checkpoint(path, "voice")
-        if ckpt.get("arch") != ARCH:
+        if ckpt.get("arch") not in (ARCH, ge2e.ARCH):
             raise ModelFileError(f"voice model file {path!r}: unknown architecture {ckpt.get('arch')!r}")
         spec = ckpt.get("input", {})
         try:
@@ -107,13 +114,16 @@ class VoiceModel:
         # Temperature fitted on held-out speakers (emotion-train voice); 1.0 for older checkpoints.
         cal = ckpt.get("calibration") or {}
         main_t = self._temperature(cal.get("temperature", 1.0), path)
-        main = self._member(ckpt["state_dict"], spec, ckpt.get("config", {}).get("model", {}), main_t, path, "main")
+        main = self._member(ckpt["state_dict"], spec, ckpt.get("config", {}).get("model", {}), main_t, path, "main",
+                            ckpt["arch"])
         self._members = [main]
         self.net, self.mean, self.std = main.net, main.mean, main.std
         self.embed_dim = self.net.embed_dim
         self.calibration = cal
         self.temperature = main_t
         ens = ckpt.get("ensemble")
+        if ens and main.arch != ARCH:
+            raise ModelFileError(f"voice model file {path!r}: the main network of an ensemble must be a {ARCH}")
         if ens:
             try:
                 members = list(ens["members"])
@@ -123,12 +133,13 @@ class VoiceModel:
             for i, m in enumerate(members, 1):
                 try:
                     inp = m["input"]
-                    if FeatureSpec.from_dict(inp.get("features", {})) != self.spec:
+                    arch = m.get("arch", ARCH)
+                    if arch == ARCH and FeatureSpec.from_dict(inp.get("features", {})) != self.spec:
                         raise ModelFileError(f"voice model file {path!r}: ensemble member {i} computes other "
                                              "features than the main network")
                     self._members.append(self._member(m["state_dict"], inp, m.get("model", {}),
                                                       self._temperature(m.get("temperature", 1.0), path), path,
-                                                      f"ensemble member {i}"))
+                                                      f"ensemble member {i}", arch))
                 except (KeyError, TypeError, AttributeError) as exc:
                     raise ModelFileError(f"voice model file {path!r}: ensemble member {i} incomplete ({exc})") \
                         from exc
@@ -144,7 +155,17 @@ class VoiceModel:
             raise ModelFileError(f"voice model file {path!r}: calibration temperature {t} outside [0.05, 20]")
         return t
 
-    def _member(self, state_dict, spec: dict, cfg: dict, temperature: float, path: str, what: str) -> _Member:
+    def _member(self, state_dict, spec: dict, cfg: dict, temperature: float, path: str, what: str,
+                arch: str = ARCH) -> _Member:
+        if arch == ge2e.ARCH:
+            net = ge2e.GE2EMember()
+            try:
+                net.load_state_dict(state_dict)
+            except RuntimeError as exc:
+                raise ModelFileError(f"voice model file {path!r}: the {what} does not fit {arch}: {exc}") from exc
+            return _Member(net.to(self.device).eval(), None, None, temperature, arch)
+        if arch != ARCH:
+            raise ModelFileError(f"voice model file {path!r}: the {what} has an unknown architecture {arch!r}")
         try:
             mean = np.asarray(spec["mean"], np.float32)
             std = np.asarray(spec["std"], np.float32)
@@ -166,13 +187,20 @@ class VoiceModel:
     def n_members(self) -> int:
         return len(self._members)
 
+    @property
+    def needs_features(self) -> bool:
+        """Whether any member reads the log-mel features (a lone ``ge2e_head`` does not)."""
+        return any(m.arch == ARCH for m in self._members)
+
     def features(self, wave: np.ndarray, speaker: Optional[SpeakerNormaliser] = None, t: Optional[float] = None,
-                 commit: bool = True) -> np.ndarray:
+                 commit: bool = True) -> Optional[np.ndarray]:
         """Log-mel features of one utterance, normalised for the main network.
 
         ``speaker``: the running per-speaker reference of the stream (models with ``spec.speaker_window > 0``);
         the utterance (ending at ``t``) is added to it unless ``commit`` is False.  Without one such a model sees
         the utterance normalised by itself, as at the node's start-up."""
+        if not self.needs_features:
+            return None
         ref = None
         if speaker is not None and self.spec.speaker_window:
             def ref(band_mean):
@@ -185,18 +213,30 @@ class VoiceModel:
         return SpeakerNormaliser(self.spec.speaker_window, reset_after_s) if self.spec.speaker_window else None
 
     @torch.inference_mode()
-    def predict_features(self, feats: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Features normalised for the main network (``features``) -> (calibrated probs, main embedding)."""
-        feats = np.ascontiguousarray(feats, dtype=np.float32)
-        logits, emb = self.net(torch.from_numpy(feats).unsqueeze(0).to(self.device), return_embedding=True)
-        if len(self._members) == 1:
-            z = logits.float() / self.temperature
-        else:
-            z = logits.float() / self._members[0].temperature
-            raw = feats * self.std + self.mean
-            for net, mean, std, t in self._members[1:]:
-                x = torch.from_numpy(np.ascontiguousarray((raw - mean) / std, dtype=np.float32)).unsqueeze(0)
-                z = z + net(x.to(self.device)).float() / t
+    def predict_features(self, feats: Optional[np.ndarray], wave: Optional[np.ndarray] = None
+                         ) -> Tuple[np.ndarray, np.ndarray]:
+        """Features normalised for the main network (``features``), and the utterance itself when a member reads
+        the waveform (``ge2e_head``) -> (calibrated probs, main embedding)."""
+        z, emb, raw = None, None, None
+        for k, m in enumerate(self._members):
+            if m.arch == ge2e.ARCH:
+                if wave is None:
+                    raise ValueError("this voice model has a ge2e_head member: predict_features needs the wave")
+                logits, e = m.net(np.asarray(wave, np.float32))
+                logits, e = logits.unsqueeze(0), e.unsqueeze(0)
+            else:
+                if k == 0:
+                    x = np.ascontiguousarray(feats, dtype=np.float32)
+                else:
+                    if raw is None:
+                        raw = np.asarray(feats, np.float32) * self.std + self.mean
+                    x = np.ascontiguousarray((raw - m.mean) / m.std, dtype=np.float32)
+                logits, e = m.net(torch.from_numpy(x).unsqueeze(0).to(self.device), return_embedding=True)
+            zk = logits.float() / m.temperature
+            z = zk if z is None else z + zk
+            if k == 0:
+                emb = e
+        if len(self._members) > 1:
             z = z / len(self._members) / self.temperature
         p = torch.softmax(z, 1)[0].cpu().numpy().astype(np.float32)
         return p, emb[0].float().cpu().numpy().astype(np.float32)
@@ -208,8 +248,9 @@ class VoiceModel:
         wave = np.asarray(wave, np.float32).reshape(-1)
         if wave.size < self.min_samples:
             wave = np.pad(wave, (0, self.min_samples - wave.size))
-        return self.predict_features(self.features(wave, speaker, t, commit))
+        return self.predict_features(self.features(wave, speaker, t, commit), wave)
 
     def info(self) -> Dict[str, object]:
-        return {"path": self.path, "arch": ARCH, "device": str(self.device), "temperature": self.temperature,
-                "members": len(self._members), "speaker_window": self.spec.speaker_window}
+        return {"path": self.path, "arch": self._members[0].arch, "device": str(self.device),
+                "temperature": self.temperature, "members": len(self._members),
+                "member_archs": [m.arch for m in self._members], "speaker_window": self.spec.speaker_window}

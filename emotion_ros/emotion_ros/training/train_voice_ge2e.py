@@ -1,0 +1,218 @@
+"""Train the GE2E member of the voice ensemble (``emotion-train voice-ge2e``).
+
+    emotion-train voice-ge2e --data ../shared/data/ravdess_speech --data ../shared/data/turev_db \\
+        --test-speakers 17-20,1358,7895 --dev-speakers 15-16 --out runs/ge2e/voice.pt
+
+A linear classifier over the pooled states of a frozen, pretrained speaker encoder (GE2E, from the Resemblyzer
+0.1.4 wheel's ``pretrained.pt``, Apache-2.0; :mod:`emotion_ros.core.voice.ge2e`). The encoder's weights are copied
+into the output checkpoint, so the node never reads Resemblyzer. Data, splits and sampling as ``emotion-train
+voice``: speakers split into train / dev / test, every corpus and, within it, every label weighted equally, a
+corpus trained only over its own labels (partial labels), each training utterance heard clean and as
+``--augment-copies`` copies through the same room / microphone / noise / speed / pitch augmentation, every copy cut
+as the voice node cuts it. The temperature is fitted on the dev speakers. Test speakers are not read.
+Add the result to an ensemble with ``emotion-train voice-ensemble --members MAIN.pt ... THIS.pt``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+from typing import List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..core.errors import DataError
+from ..core.labels import LABELS, NUM_LABELS
+from ..core.modelio import ModelFileError, _load_problem, save_checkpoint
+from ..core.voice import ge2e
+from ..core.voice.features import FeatureSpec
+from .augment import augment_voice
+from .calibration import calibrate_report
+from .common import args_config, metrics_from_predictions, seed_everything
+from .train_voice import _load_waves, _sample_weights, _speed_range, node_cut
+from .voice_data import load_corpora, parse_speakers
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, action="append",
+                   help="corpus folder (RAVDESS-style names or one folder per label); repeat for several corpora")
+    p.add_argument("--out", required=True)
+    p.add_argument("--run-dir", default="runs/voice_ge2e", help="where the pooled-feature cache goes")
+    p.add_argument("--test-speakers", default="17-20", help="speakers never read (e.g. 17-20,1358,7895)")
+    p.add_argument("--dev-speakers", default="15-16", help="held-out speakers the temperature is fitted on")
+    p.add_argument("--speaker-regex", default=None, help="speaker id from file names (non-RAVDESS data)")
+    p.add_argument("--encoder", default="",
+                   help="Resemblyzer's pretrained.pt (default: the one of the installed resemblyzer package)")
+    p.add_argument("--augment-copies", type=int, default=4, help="augmented copies of each training utterance")
+    p.add_argument("--pitch-prob", type=float, default=0.3, help="probability of a pitch shift per copy")
+    p.add_argument("--pitch-semitones", type=float, default=2.0, help="range of the pitch shift, either way")
+    p.add_argument("--speed-range", default="0.9,1.1", help="range of the speed factor (tempo and pitch together)")
+    p.add_argument("--l2", type=float, default=5e-4, help="weight decay of the linear head (0.5 l2 |W|^2)")
+    p.add_argument("--channel-norm", action="store_true",
+                   help="scale GE2E's mel bands to the training set's mean band levels (each by at most 12 dB)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--threads", type=int, default=0)
+
+
+def encoder_path(arg: str) -> str:
+    """--encoder, or ``pretrained.pt`` of the installed resemblyzer package (found without importing it)."""
+    if arg:
+        if not os.path.isfile(arg):
+            raise ModelFileError(f"GE2E encoder file not found: {arg!r}")
+        return arg
+    spec = importlib.util.find_spec("resemblyzer")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "pretrained.pt") if spec else ""
+    if not path or not os.path.isfile(path):
+        raise ModelFileError("no GE2E encoder: install the resemblyzer wheel (pip install --no-deps "
+                             "Resemblyzer==0.1.4; scripts/requirements-nodeps.txt) or give --encoder pretrained.pt")
+    return path
+
+
+def load_encoder(path: str) -> ge2e.GE2EEncoder:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:   # corrupt, cut off, foreign
+        raise ModelFileError(f"GE2E encoder file {path!r} cannot be used: {_load_problem(exc)}") from None
+    try:
+        return ge2e.GE2EEncoder.from_resemblyzer(ckpt["model_state"])
+    except (KeyError, TypeError, RuntimeError) as exc:   # not Resemblyzer's layout
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ModelFileError(f"GE2E encoder file {path!r} cannot be used: not Resemblyzer's pretrained.pt "
+                             f"({type(exc).__name__}: {first})") from None
+
+
+def _pooled(encoder, waves: List[np.ndarray], what: str) -> np.ndarray:
+    return np.stack([encoder.pooled(w) for w in tqdm(waves, desc=what, mininterval=15, file=sys.stdout)])
+
+
+def train_head(v: np.ndarray, y: np.ndarray, corpus: np.ndarray, masks: np.ndarray, weights: np.ndarray,
+               l2: float, seed: int) -> ge2e.GE2EHead:
+    """Weighted, partial-label logistic regression on standardised pooled vectors (full batch, L-BFGS)."""
+    torch.manual_seed(seed)
+    head = ge2e.GE2EHead()
+    head.mean.copy_(torch.from_numpy(v.mean(0)))
+    head.std.copy_(torch.from_numpy(v.std(0) + 1e-3))
+    x = torch.from_numpy(v)
+    yt = torch.from_numpy(y)
+    wt = torch.from_numpy(weights.astype(np.float32))
+    allowed = torch.from_numpy(masks[corpus])
+    opt = torch.optim.LBFGS(head.linear.parameters(), lr=1.0, max_iter=300, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        z = head(x).masked_fill(~allowed, -1e4)
+        loss = (F.cross_entropy(z, yt, reduction="none") * wt).sum() + 0.5 * l2 * head.linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return head.eval()
+
+
+def run(args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    if args.augment_copies < 0:
+        raise DataError(f"--augment-copies must be >= 0, got {args.augment_copies}")
+    if args.pitch_semitones < 0:
+        raise DataError(f"--pitch-semitones must be >= 0, got {args.pitch_semitones}")
+    speed = _speed_range(args)
+    encoder = load_encoder(encoder_path(args.encoder))
+    corpora = load_corpora(args.data, args.speaker_regex)
+    test_spk, dev_spk = set(parse_speakers(args.test_speakers)), set(parse_speakers(args.dev_speakers))
+    train, dev = [], []
+    for ci, c in enumerate(corpora):
+        for it in c.items:
+            if it.speaker in test_spk:
+                continue
+            (dev if it.speaker in dev_spk else train).append((it, ci))
+    if not train:
+        raise DataError("no training files left after holding out the dev and test speakers")
+    if len({it.label for it, _ in train}) < 2:
+        raise DataError("the training speakers' files hold one label only: a classifier needs at least two")
+    if not dev:
+        raise DataError(f"no files of the dev speakers ({args.dev_speakers}) to fit the temperature on")
+    print(f"train {len(train)} files, dev {len(dev)} (test speakers not read)", flush=True)
+
+    w_tr, it_tr, bad = _load_waves([it for it, _ in train], "train", "node")
+    w_dev, it_dev, bad_dev = _load_waves([it for it, _ in dev], "dev", "node")
+    for line in (bad + bad_dev)[:20]:
+        print(f"skipped unreadable file {line}", file=sys.stderr)
+    if bad or bad_dev:
+        print(f"skipped {len(bad) + len(bad_dev)} unreadable file(s)", file=sys.stderr)
+    if not w_tr or not w_dev:
+        raise DataError("none of the training or dev files could be read")
+    ci_of = {id(it): ci for it, ci in train}
+    c_tr = np.array([ci_of[id(it)] for it in it_tr], np.int64)
+    y_tr = np.array([it.label for it in it_tr], np.int64)
+    y_dev = np.array([it.label for it in it_dev], np.int64)
+
+    if args.channel_norm:       # the reference: mean band levels of the clean training utterances
+        encoder.set_band_ref(np.mean([ge2e.band_log_mean(node_cut(w)) for w in w_tr], 0))
+    key = hashlib.sha256(json.dumps({"copies": args.augment_copies, "pitch": args.pitch_prob, "seed": args.seed,
+                                     **({"channel_norm": 1} if args.channel_norm else {}),
+                                     **({"semitones": args.pitch_semitones} if args.pitch_semitones != 2.0 else {}),
+                                     **({"speed": list(speed)} if speed != (0.9, 1.1) else {}),
+                                     "items": [f"{it.path}|{os.path.getsize(it.path)}" for it in it_tr + it_dev]}
+                                    ).encode()).hexdigest()[:16]
+    cache = os.path.join(args.run_dir, "cache", f"ge2e-{key}.npz")
+    if os.path.isfile(cache):
+        d = np.load(cache)
+        v_tr, v_dev = d["train"], d["dev"]
+        print(f"pooled GE2E states from {cache}", flush=True)
+    else:
+        rng = np.random.default_rng(args.seed)
+        copies = [_pooled(encoder, [node_cut(w) for w in w_tr], "train clean")]
+        for k in range(args.augment_copies):
+            aug = [node_cut(augment_voice(w, 16000, rng, p_pitch=args.pitch_prob, pitch_semitones=args.pitch_semitones,
+                                          speed=speed)) for w in w_tr]
+            copies.append(_pooled(encoder, aug, f"train copy {k + 1}/{args.augment_copies}"))
+        v_tr = np.stack(copies)
+        v_dev = _pooled(encoder, [node_cut(w) for w in w_dev], "dev")
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        np.savez(cache, train=v_tr, dev=v_dev)
+
+    n_copies = v_tr.shape[0]
+    masks = np.zeros((len(corpora), NUM_LABELS), bool)
+    for ci, c in enumerate(corpora):
+        masks[ci, c.labels] = True
+    v = v_tr.reshape(-1, v_tr.shape[-1])
+    y = np.tile(y_tr, n_copies)
+    corpus = np.tile(c_tr, n_copies)
+    head = train_head(v, y, corpus, masks, _sample_weights(corpus, y, True), args.l2, args.seed)
+    with torch.no_grad():
+        dev_logits = head(torch.from_numpy(v_dev)).numpy()
+        train_acc = float((head(torch.from_numpy(v_tr[0])).argmax(1).numpy() == y_tr).mean())
+    report = calibrate_report(dev_logits, y_dev, fitted_on=f"dev speakers {args.dev_speakers}")
+    dev_metrics = metrics_from_predictions(y_dev, dev_logits.argmax(1))
+    member = ge2e.GE2EMember()
+    member.encoder = encoder
+    member.head = head
+    input_spec = {"features": FeatureSpec().to_dict(), "min_seconds": 0.3,
+                  "ge2e": {"sample_rate": ge2e.SAMPLE_RATE, "n_fft": ge2e.N_FFT, "hop": ge2e.HOP,
+                           "n_mels": ge2e.N_MELS, "target_dbfs": ge2e.TARGET_DBFS,
+                           "encoder": "GE2E, Resemblyzer 0.1.4 pretrained.pt (Apache-2.0), frozen"}}
+    metrics = {"dev": dev_metrics, "train_clean_accuracy": round(train_acc, 4), "n_train": int(len(y_tr)),
+               "n_dev": int(len(y_dev)), "copies": int(n_copies)}
+    save_checkpoint(args.out, kind="voice", arch=ge2e.ARCH, model=member, input_spec=input_spec,
+                    config={"args": args_config(args), "model": {}}, metrics=metrics,
+                    extra={"calibration": report})
+    out = {"out": args.out, "dev_accuracy": round(float(dev_metrics["accuracy"]), 4),
+           "train_clean_accuracy": round(train_acc, 4), "temperature": report["temperature"],
+           "ece_before": report["ece_before"], "ece_after": report["ece_after"],
+           "labels": [LABELS[i] for i in sorted({int(t) for t in y_tr})]}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    add_args(p)
+    return run(p.parse_args(argv))
