@@ -65,3 +65,10 @@ def _end_launch_on_failure(event, context):
 def end_launch_on_failure() -> RegisterEventHandler:
     """A process that exits with a non-zero code ends the launch (exit code 1) with one line naming it."""
     return RegisterEventHandler(OnProcessExit(on_exit=_end_launch_on_failure))
+
+
+def nodes_end_with_launch() -> SetEnvironmentVariable:
+    """Every node started after this action ends when this launch process ends, however it ends: upstream
+    ``ros2 launch`` exits on SIGTERM (``docker stop``, systemd) without stopping its processes. The nodes read the
+    launch's pid from ``EMOTION_ROS_EXIT_WITH_PARENT`` (:func:`emotion_ros.ros.lifecycle.exit_with_parent`)."""
+    return SetEnvironmentVariable("EMOTION_ROS_EXIT_WITH_PARENT", str(os.getpid()))

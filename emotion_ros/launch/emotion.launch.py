@@ -25,7 +25,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-from emotion_ros.launch_utils import check_files, end_launch_on_failure
+from emotion_ros.launch_utils import check_files, end_launch_on_failure, nodes_end_with_launch
 from emotion_ros.ros.compat import FASTDDS_PROFILE_VARS, profile_vars
 
 BAG_TOPICS = ["emotion/faces", "emotion/voice", "emotion/state", "emotion/states", "emotion/decision"]
@@ -112,5 +112,6 @@ def generate_launch_description():
                  "--topics", cfg("image_topic"), cfg("audio_topic"), cfg("audio_info_topic"), *BAG_TOPICS],
             output="screen", condition=IfCondition(cfg("record"))),
     ]
-    return LaunchDescription(args + shm + [end_launch_on_failure(), check_files(["params_file", "rules_file"])]
+    return LaunchDescription(args + shm + [nodes_end_with_launch(), end_launch_on_failure(),
+                                           check_files(["params_file", "rules_file"])]
                              + processes)

@@ -25,7 +25,8 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-from emotion_ros.launch_utils import check_files, end_launch_on_failure, network_arguments
+from emotion_ros.launch_utils import (check_files, end_launch_on_failure, network_arguments,
+                                      nodes_end_with_launch)
 
 
 def generate_launch_description():
@@ -82,4 +83,5 @@ def generate_launch_description():
              parameters=[params, {"rules_file": text("rules_file")}], condition=IfCondition(cfg("behaviour"))),
     ]
     return LaunchDescription(args + network_arguments(share)
-                             + [end_launch_on_failure(), check_files(["params_file", "rules_file"])] + processes)
+                             + [nodes_end_with_launch(), end_launch_on_failure(),
+                                check_files(["params_file", "rules_file"])] + processes)

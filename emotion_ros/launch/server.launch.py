@@ -20,7 +20,8 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 from launch_ros.parameter_descriptions import ParameterValue
 
-from emotion_ros.launch_utils import check_files, end_launch_on_failure, network_arguments
+from emotion_ros.launch_utils import (check_files, end_launch_on_failure, network_arguments,
+                                      nodes_end_with_launch)
 
 
 def generate_launch_description():
@@ -55,4 +56,4 @@ def generate_launch_description():
                       output="screen", parameters=[params, perception]),
     ]
     return LaunchDescription(args + network_arguments(share)
-                             + [end_launch_on_failure(), check_files(["params_file"])] + processes)
+                             + [nodes_end_with_launch(), end_launch_on_failure(), check_files(["params_file"])] + processes)

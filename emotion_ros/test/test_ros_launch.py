@@ -177,6 +177,25 @@ def test_launch_without_sources_runs_on_ros2_run_sources(tmp_path, media, graph)
             b.kill()
 
 
+def test_launch_sigterm_to_the_launch_process_leaves_no_node_behind(tmp_path):
+    """``docker stop`` / systemd send SIGTERM to ``ros2 launch`` alone; upstream launch then exits at once without
+    stopping its processes (before 2026-12-02 all four nodes here kept running). The nodes follow it now."""
+    import signal as sig
+
+    launch = ros2_launch(["camera:=false", "microphone:=false", "device:=cpu"], str(tmp_path / "launch.log"))
+    try:
+        want = [f"/{n}" for n in NODES[2:]]
+        assert launch.wait_output("autostart: node is active", UP_TIMEOUT), launch.tail()
+        names = node_names(want=want)
+        assert set(want) <= set(names), names
+        os.kill(launch.proc.pid, sig.SIGTERM)          # the launch process only, not its group
+        assert launch.wait(30) is not None, launch.tail()
+        left = launch.leftovers(grace=20)
+        assert left == [], "\n".join(left) + "\n" + launch.tail()
+    finally:
+        launch.kill()
+
+
 def test_launch_missing_params_file_ends_with_one_clear_error(tmp_path):
     missing = tmp_path / "nope.yaml"
     launch = ros2_launch([f"params_file:={missing}", "camera:=false", "microphone:=false"],

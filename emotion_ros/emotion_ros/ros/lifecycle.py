@@ -181,6 +181,34 @@ def _on_signal(signum, _frame) -> None:
     _stop.set()
 
 
+EXIT_WITH_PARENT_ENV = "EMOTION_ROS_EXIT_WITH_PARENT"
+
+
+def exit_with_parent() -> bool:
+    """Under ``emotion.launch.py`` (which sets ``EMOTION_ROS_EXIT_WITH_PARENT`` to the launch process's pid): ask the
+    kernel for a SIGTERM when the process that started this one ends (Linux ``PR_SET_PDEATHSIG``), and stop at once
+    if the launch has already gone. Upstream ``ros2 launch`` answers SIGTERM (``docker stop``, systemd) by exiting
+    without stopping its processes; with this its nodes follow it instead of running on as orphans. Returns whether
+    it was armed."""
+    value = os.environ.get(EXIT_WITH_PARENT_ENV, "")
+    if not value or not sys.platform.startswith("linux"):
+        return False
+    try:
+        launch_pid = int(value)
+        import ctypes
+        if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:   # 1: PR_SET_PDEATHSIG
+            return False
+    except (ValueError, OSError, AttributeError):
+        return False
+    try:
+        os.kill(launch_pid, 0)
+    except ProcessLookupError:               # the launch ended before this process got here
+        os.kill(os.getpid(), signal.SIGTERM)
+    except PermissionError:
+        pass
+    return True
+
+
 def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Optional[Sequence[str]] = None,
              num_threads: Optional[int] = None, poll_s: float = 0.2,
              on_ready: Optional[Callable[[], None]] = None) -> int:
@@ -193,6 +221,7 @@ def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Opti
     down. Exit code: 0 on a clean stop, 1 when construction or autostart failed.
     """
     ensure_ros_env()
+    exit_with_parent()
     _stop.clear()
     # Own SIGINT/SIGTERM handling: rclpy's handlers would invalidate the context before nodes can shut down.
     problem = _check_params_files(args)
