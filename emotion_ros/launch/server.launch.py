@@ -56,4 +56,5 @@ def generate_launch_description():
                       output="screen", parameters=[params, perception]),
     ]
     return LaunchDescription(args + network_arguments(share)
-                             + [nodes_end_with_launch(), end_launch_on_failure(), check_files(["params_file"])] + processes)
+                             + [nodes_end_with_launch(), end_launch_on_failure(), check_files(["params_file"])]
+                             + processes)

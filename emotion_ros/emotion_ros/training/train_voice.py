@@ -53,7 +53,7 @@ from ..core.voice.model import ARCH, SpeechCNNBiLSTM
 from .augment import add_noise, augment_voice, spec_augment
 from .calibration import calibrate_report, calibration_summary
 from .common import Checkpointer, args_config, metrics_from_predictions, seed_everything, write_json
-from .voice_data import VoiceItem, load_corpora, parse_speakers
+from .voice_data import VoiceItem, label_masks, load_corpora, parse_speakers, split_parts
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -365,11 +365,8 @@ def run(args) -> dict:
         missing = [s for s in spk if s not in all_speakers]
         if missing:
             print(f"note: {name}: no files of speaker(s) {', '.join(missing)} in the data", file=sys.stderr)
-    parts: Dict[str, List[Tuple[VoiceItem, int]]] = {"train": [], "dev": [], "test": []}
-    for ci, c in enumerate(corpora):
-        for it in c.items:
-            part = "test" if it.speaker in test_spk else "dev" if it.speaker in dev_spk else "train"
-            parts[part].append((it, ci))
+    parts = split_parts(corpora, test_spk, dev_spk)
+    for c in corpora:
         for name, n in c.skipped_classes.items():
             print(f"corpus {c.name}: skipping {name!r} ({n} files): not a label of the model", file=sys.stderr)
     if not parts["train"]:
@@ -412,9 +409,7 @@ def run(args) -> dict:
     Y = np.tile(y_train, len(copies))
     C = np.tile(c_train, len(copies))
     weights = _sample_weights(C, Y, args.balance, shares)
-    masks = np.zeros((len(corpora), NUM_LABELS), bool)
-    for ci, c in enumerate(corpora):
-        masks[ci, c.labels] = True
+    masks = label_masks(corpora)
     if not args.partial_labels:
         masks[:] = True
     masks_t = torch.from_numpy(masks)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..core.errors import DataError
-from ..core.labels import LABELS, NUM_LABELS
+from ..core.labels import LABELS
 from ..core.modelio import ModelFileError, _load_problem, save_checkpoint
 from ..core.voice import ge2e
 from ..core.voice.features import FeatureSpec
@@ -36,7 +36,7 @@ from .augment import augment_voice
 from .calibration import calibrate_report
 from .common import args_config, metrics_from_predictions, seed_everything
 from .train_voice import _load_waves, _sample_weights, _speed_range, node_cut
-from .voice_data import load_corpora, parse_speakers
+from .voice_data import label_masks, load_corpora, parse_speakers, split_parts
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -126,13 +126,8 @@ def run(args) -> dict:
     speed = _speed_range(args)
     encoder = load_encoder(encoder_path(args.encoder))
     corpora = load_corpora(args.data, args.speaker_regex)
-    test_spk, dev_spk = set(parse_speakers(args.test_speakers)), set(parse_speakers(args.dev_speakers))
-    train, dev = [], []
-    for ci, c in enumerate(corpora):
-        for it in c.items:
-            if it.speaker in test_spk:
-                continue
-            (dev if it.speaker in dev_spk else train).append((it, ci))
+    parts = split_parts(corpora, parse_speakers(args.test_speakers), parse_speakers(args.dev_speakers))
+    train, dev = parts["train"], parts["dev"]              # the test speakers' files are not read
     if not train:
         raise DataError("no training files left after holding out the dev and test speakers")
     if len({it.label for it, _ in train}) < 2:
@@ -154,8 +149,6 @@ def run(args) -> dict:
     y_tr = np.array([it.label for it in it_tr], np.int64)
     y_dev = np.array([it.label for it in it_dev], np.int64)
 
-    if args.channel_norm:       # the reference: mean band levels of the clean training utterances
-        encoder.set_band_ref(np.mean([ge2e.band_log_mean(node_cut(w)) for w in w_tr], 0))
     key = hashlib.sha256(json.dumps({"copies": args.augment_copies, "pitch": args.pitch_prob, "seed": args.seed,
                                      **({"channel_norm": 1} if args.channel_norm else {}),
                                      **({"semitones": args.pitch_semitones} if args.pitch_semitones != 2.0 else {}),
@@ -163,13 +156,18 @@ def run(args) -> dict:
                                      "items": [f"{it.path}|{os.path.getsize(it.path)}" for it in it_tr + it_dev]}
                                     ).encode()).hexdigest()[:16]
     cache = os.path.join(args.run_dir, "cache", f"ge2e-{key}.npz")
-    if os.path.isfile(cache):
+    cached = os.path.isfile(cache)
+    # the clean training utterances as the node cuts them: for the reference and for the clean copy, cut once
+    clean = [node_cut(w) for w in w_tr] if args.channel_norm or not cached else None
+    if args.channel_norm:       # the reference: mean band levels of the clean training utterances
+        encoder.set_band_ref(np.mean([ge2e.band_log_mean(w) for w in clean], 0))
+    if cached:
         d = np.load(cache)
         v_tr, v_dev = d["train"], d["dev"]
         print(f"pooled GE2E states from {cache}", flush=True)
     else:
         rng = np.random.default_rng(args.seed)
-        copies = [_pooled(encoder, [node_cut(w) for w in w_tr], "train clean")]
+        copies = [_pooled(encoder, clean, "train clean")]
         for k in range(args.augment_copies):
             aug = [node_cut(augment_voice(w, 16000, rng, p_pitch=args.pitch_prob, pitch_semitones=args.pitch_semitones,
                                           speed=speed)) for w in w_tr]
@@ -180,9 +178,7 @@ def run(args) -> dict:
         np.savez(cache, train=v_tr, dev=v_dev)
 
     n_copies = v_tr.shape[0]
-    masks = np.zeros((len(corpora), NUM_LABELS), bool)
-    for ci, c in enumerate(corpora):
-        masks[ci, c.labels] = True
+    masks = label_masks(corpora)
     v = v_tr.reshape(-1, v_tr.shape[-1])
     y = np.tile(y_tr, n_copies)
     corpus = np.tile(c_tr, n_copies)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..core.labels import INDEX, RAVDESS_CODES, normalise
+import numpy as np
+
+from ..core.labels import INDEX, NUM_LABELS, RAVDESS_CODES, normalise
 
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".mp3")
 RAVDESS_RE = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
@@ -131,3 +133,23 @@ def load_corpora(roots: List[str], speaker_re: Optional[str] = None) -> List[Cor
     if len({lab for c in out for lab in c.labels}) < 2:
         raise DataError(f"the data holds one label only ({', '.join(roots)}): a classifier needs at least two")
     return out
+
+
+def split_parts(corpora: List["Corpus"], test_speakers: Sequence[str], dev_speakers: Sequence[str]
+                ) -> Dict[str, List[Tuple[VoiceItem, int]]]:
+    """Every file of ``corpora`` with its corpus index, under the part its speaker belongs to: ``test`` (a test
+    speaker), ``dev`` (a dev speaker) or ``train``; split by speaker, never by file."""
+    test, dev = set(test_speakers), set(dev_speakers)
+    parts: Dict[str, List[Tuple[VoiceItem, int]]] = {"train": [], "dev": [], "test": []}
+    for ci, c in enumerate(corpora):
+        for it in c.items:
+            parts["test" if it.speaker in test else "dev" if it.speaker in dev else "train"].append((it, ci))
+    return parts
+
+
+def label_masks(corpora: List["Corpus"]) -> np.ndarray:
+    """(corpora, NUM_LABELS) bool: the labels each corpus covers (its softmax is taken over those only)."""
+    masks = np.zeros((len(corpora), NUM_LABELS), bool)
+    for ci, c in enumerate(corpora):
+        masks[ci, c.labels] = True
+    return masks

@@ -3,7 +3,8 @@
     emotion-train voice-ensemble --members A.pt B.pt [...] --data DIR [--data DIR2] --dev-speakers 15-16 --out voice.pt
 
 The first member is the main network, a CNN + BiLSTM (its embedding is the model's embedding); every CNN + BiLSTM
-member must compute the same features; a ``ge2e_head`` member (``emotion-train voice-ge2e``) reads the utterance itself. The node's :class:`~emotion_ros.core.voice.model.VoiceModel` averages the members' tempered logits
+member must compute the same features; a ``ge2e_head`` member (``emotion-train voice-ge2e``) reads the utterance
+itself. The node's :class:`~emotion_ros.core.voice.model.VoiceModel` averages the members' tempered logits
 (each member's own temperature) and divides by one more temperature, fitted here by log-likelihood on the
 held-out ``--dev-speakers`` through the voice node's own pipeline (segmentation, trimming, features). The report
 (accuracy of each member and of the ensemble on those speakers, calibration error before and after) is printed as
