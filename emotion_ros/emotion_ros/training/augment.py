@@ -188,7 +188,7 @@ def augment_voice(wav: np.ndarray, sr: int, rng: np.random.Generator, p_speed: f
                   p_pitch: float = 0.3, p_reverb: float = 0.5, p_channel: float = 0.5,
                   p_noise: float = 0.6, gain_db: float = 20.0,
                   sample_rng: Optional[np.random.Generator] = None, pitch_semitones: float = 2.0,
-                  speed=(0.9, 1.1)) -> np.ndarray:
+                  speed=(0.9, 1.1), p_tempo: float = 0.0, tempo=(0.8, 1.25)) -> np.ndarray:
     """One random recording of ``wav``: speed/pitch, room, device, noise (0-20 dB SNR) and gain (+-20 dB,
     clipped at full scale as a real converter would), in that order.
 
@@ -196,11 +196,16 @@ def augment_voice(wav: np.ndarray, sr: int, rng: np.random.Generator, p_speed: f
     device, SNR, gain) from ``rng``; a fresh ``rng`` with the same seed for each utterance of a speaker then
     records all of them in one session (one room, one microphone), each with its own noise.  ``speed``: the range
     of the speed factor (resampling: tempo and pitch together); ``pitch_semitones``: the range of the pitch shift
-    (tempo kept), either way."""
+    (tempo kept), either way; ``p_tempo``, ``tempo``: how often, and by how much, the utterance is spoken faster or
+    slower at the same pitch (another person's pace; off by default, and then no random number is drawn for it, so
+    that earlier recipes are reproduced exactly)."""
     import soxr
     out = wav
     if rng.random() < p_speed:
         out = soxr.resample(out, sr, int(sr / rng.uniform(*speed))).astype(np.float32)
+    if p_tempo > 0 and rng.random() < p_tempo:
+        import librosa
+        out = librosa.effects.time_stretch(out.astype(np.float32), rate=float(rng.uniform(*tempo))).astype(np.float32)
     if rng.random() < p_pitch:
         import librosa
         out = librosa.effects.pitch_shift(out, sr=sr, n_steps=float(rng.uniform(-pitch_semitones, pitch_semitones))

@@ -1,4 +1,4 @@
-"""``emotion-train face|voice|voice-ge2e|voice-ensemble|fusion|calibrate-face|quantize-face``: offline training of the
+"""``emotion-train face|voice|voice-ge2e|voice-whisper|voice-ensemble|fusion|calibrate-face|quantize-face``: offline training of the
 shipped models."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 def train_main(argv=None):
     from . import (calibrate_face, quantize_face, train_face, train_fusion, train_voice, train_voice_ge2e,
-                   voice_ensemble)
+                   train_voice_whisper, voice_ensemble)
 
     p = argparse.ArgumentParser(prog="emotion-train", description=__doc__)
     sub = p.add_subparsers(dest="what", required=True)
@@ -16,6 +16,8 @@ def train_main(argv=None):
                              ("voice", train_voice, "CNN + BiLSTM speech-emotion model"),
                              ("voice-ge2e", train_voice_ge2e,
                               "linear head over a frozen pretrained speaker encoder (a voice-ensemble member)"),
+                             ("voice-whisper", train_voice_whisper,
+                              "linear head over a frozen pretrained multilingual speech encoder (Whisper base)"),
                              ("voice-ensemble", voice_ensemble, "combine voice models into one checkpoint"),
                              ("fusion", train_fusion, "model-level fusion network"),
                              ("calibrate-face", calibrate_face, "fit the face model's temperature on its dev faces"),

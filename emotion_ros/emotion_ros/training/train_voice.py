@@ -189,12 +189,17 @@ def _load_waves(items: List[VoiceItem], what: str, cut: str = "trim"
 
 def _speed_range(args) -> Tuple[float, float]:
     """--speed-range LO,HI -> (LO, HI); DataError (one line) unless 0 < LO <= HI."""
+    return factor_range(args.speed_range, "--speed-range")
+
+
+def factor_range(text, option: str) -> Tuple[float, float]:
+    """An option's LO,HI -> (LO, HI); DataError (one line) unless 0 < LO <= HI."""
     try:
-        lo, hi = (float(v) for v in str(args.speed_range).split(","))
+        lo, hi = (float(v) for v in str(text).split(","))
     except ValueError:
-        raise DataError(f"--speed-range: expected LO,HI (e.g. 0.9,1.1), got {args.speed_range!r}") from None
+        raise DataError(f"{option}: expected LO,HI (e.g. 0.9,1.1), got {text!r}") from None
     if not 0 < lo <= hi:
-        raise DataError(f"--speed-range: expected 0 < LO <= HI, got {args.speed_range!r}")
+        raise DataError(f"{option}: expected 0 < LO <= HI, got {text!r}")
     return lo, hi
 
 

@@ -35,27 +35,36 @@ from ..core.voice.features import FeatureSpec
 from .augment import augment_voice
 from .calibration import calibrate_report
 from .common import args_config, metrics_from_predictions, seed_everything
-from .train_voice import _load_waves, _sample_weights, _speed_range, node_cut
+from .train_voice import _load_waves, _sample_weights, _speed_range, factor_range, node_cut
 from .voice_data import label_masks, load_corpora, parse_speakers, split_parts
 
 
-def add_args(p: argparse.ArgumentParser) -> None:
+def add_args(p: argparse.ArgumentParser, encoder_help: str = "", run_dir: str = "runs/voice_ge2e") -> None:
+    """The options of ``voice-ge2e``; ``encoder_help`` given (another encoder's member): ``--encoder`` may repeat
+    and there is no ``--channel-norm``."""
     p.add_argument("--data", required=True, action="append",
                    help="corpus folder (RAVDESS-style names or one folder per label); repeat for several corpora")
     p.add_argument("--out", required=True)
-    p.add_argument("--run-dir", default="runs/voice_ge2e", help="where the pooled-feature cache goes")
+    p.add_argument("--run-dir", default=run_dir, help="where the pooled-feature cache goes")
     p.add_argument("--test-speakers", default="17-20", help="speakers never read (e.g. 17-20,1358,7895)")
     p.add_argument("--dev-speakers", default="15-16", help="held-out speakers the temperature is fitted on")
     p.add_argument("--speaker-regex", default=None, help="speaker id from file names (non-RAVDESS data)")
-    p.add_argument("--encoder", default="",
-                   help="Resemblyzer's pretrained.pt (default: the one of the installed resemblyzer package)")
+    if encoder_help:
+        p.add_argument("--encoder", action="append", default=[], help=encoder_help)
+    else:
+        p.add_argument("--encoder", default="",
+                       help="Resemblyzer's pretrained.pt (default: the one of the installed resemblyzer package)")
     p.add_argument("--augment-copies", type=int, default=4, help="augmented copies of each training utterance")
     p.add_argument("--pitch-prob", type=float, default=0.3, help="probability of a pitch shift per copy")
     p.add_argument("--pitch-semitones", type=float, default=2.0, help="range of the pitch shift, either way")
     p.add_argument("--speed-range", default="0.9,1.1", help="range of the speed factor (tempo and pitch together)")
+    p.add_argument("--tempo-prob", type=float, default=0.0,
+                   help="probability per copy of a faster or slower delivery at the same pitch (time-stretch)")
+    p.add_argument("--tempo-range", default="0.8,1.25", help="range of the time-stretch factor")
     p.add_argument("--l2", type=float, default=5e-4, help="weight decay of the linear head (0.5 l2 |W|^2)")
-    p.add_argument("--channel-norm", action="store_true",
-                   help="scale GE2E's mel bands to the training set's mean band levels (each by at most 12 dB)")
+    if not encoder_help:
+        p.add_argument("--channel-norm", action="store_true",
+                       help="scale GE2E's mel bands to the training set's mean band levels (each by at most 12 dB)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--threads", type=int, default=0)
 
@@ -92,10 +101,10 @@ def _pooled(encoder, waves: List[np.ndarray], what: str) -> np.ndarray:
 
 
 def train_head(v: np.ndarray, y: np.ndarray, corpus: np.ndarray, masks: np.ndarray, weights: np.ndarray,
-               l2: float, seed: int) -> ge2e.GE2EHead:
+               l2: float, seed: int, dim: int = ge2e.FEATURE_DIM) -> ge2e.GE2EHead:
     """Weighted, partial-label logistic regression on standardised pooled vectors (full batch, L-BFGS)."""
     torch.manual_seed(seed)
-    head = ge2e.GE2EHead()
+    head = ge2e.GE2EHead(dim=dim)
     head.mean.copy_(torch.from_numpy(v.mean(0)))
     head.std.copy_(torch.from_numpy(v.std(0) + 1e-3))
     x = torch.from_numpy(v)
@@ -115,16 +124,38 @@ def train_head(v: np.ndarray, y: np.ndarray, corpus: np.ndarray, masks: np.ndarr
     return head.eval()
 
 
-def run(args) -> dict:
+class _GE2E:
+    """What is particular to the GE2E member (the Whisper member: train_voice_whisper)."""
+    name = "ge2e"
+    arch = ge2e.ARCH
+    member = ge2e.GE2EMember
+    dim = ge2e.FEATURE_DIM
+    channel_norm = True
+
+    @staticmethod
+    def load(arg: str):
+        return load_encoder(encoder_path(arg))
+
+    @staticmethod
+    def input_spec() -> dict:
+        return {"ge2e": {"sample_rate": ge2e.SAMPLE_RATE, "n_fft": ge2e.N_FFT, "hop": ge2e.HOP,
+                         "n_mels": ge2e.N_MELS, "target_dbfs": ge2e.TARGET_DBFS,
+                         "encoder": "GE2E, Resemblyzer 0.1.4 pretrained.pt (Apache-2.0), frozen"}}
+
+
+def run(args, kind=_GE2E) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
+    if getattr(args, "channel_norm", False) and not kind.channel_norm:
+        raise DataError(f"--channel-norm is a GE2E option, not one of the {kind.name} member")
     if args.augment_copies < 0:
         raise DataError(f"--augment-copies must be >= 0, got {args.augment_copies}")
     if args.pitch_semitones < 0:
         raise DataError(f"--pitch-semitones must be >= 0, got {args.pitch_semitones}")
     speed = _speed_range(args)
-    encoder = load_encoder(encoder_path(args.encoder))
+    tempo = factor_range(args.tempo_range, "--tempo-range")
+    encoder = kind.load(args.encoder)
     corpora = load_corpora(args.data, args.speaker_regex)
     parts = split_parts(corpora, parse_speakers(args.test_speakers), parse_speakers(args.dev_speakers))
     train, dev = parts["train"], parts["dev"]              # the test speakers' files are not read
@@ -149,28 +180,31 @@ def run(args) -> dict:
     y_tr = np.array([it.label for it in it_tr], np.int64)
     y_dev = np.array([it.label for it in it_dev], np.int64)
 
-    key = hashlib.sha256(json.dumps({"copies": args.augment_copies, "pitch": args.pitch_prob, "seed": args.seed,
-                                     **({"channel_norm": 1} if args.channel_norm else {}),
+    key = hashlib.sha256(json.dumps({**({"kind": kind.name} if kind is not _GE2E else {}),
+                                     "copies": args.augment_copies, "pitch": args.pitch_prob, "seed": args.seed,
+                                     **({"channel_norm": 1} if getattr(args, "channel_norm", False) else {}),
                                      **({"semitones": args.pitch_semitones} if args.pitch_semitones != 2.0 else {}),
                                      **({"speed": list(speed)} if speed != (0.9, 1.1) else {}),
+                                     **({"tempo": [args.tempo_prob, *tempo]} if args.tempo_prob > 0 else {}),
                                      "items": [f"{it.path}|{os.path.getsize(it.path)}" for it in it_tr + it_dev]}
                                     ).encode()).hexdigest()[:16]
-    cache = os.path.join(args.run_dir, "cache", f"ge2e-{key}.npz")
+    cache = os.path.join(args.run_dir, "cache", f"{kind.name}-{key}.npz")
     cached = os.path.isfile(cache)
     # the clean training utterances as the node cuts them: for the reference and for the clean copy, cut once
-    clean = [node_cut(w) for w in w_tr] if args.channel_norm or not cached else None
-    if args.channel_norm:       # the reference: mean band levels of the clean training utterances
+    channel_norm = getattr(args, "channel_norm", False)
+    clean = [node_cut(w) for w in w_tr] if channel_norm or not cached else None
+    if channel_norm:       # the reference: mean band levels of the clean training utterances
         encoder.set_band_ref(np.mean([ge2e.band_log_mean(w) for w in clean], 0))
     if cached:
         d = np.load(cache)
         v_tr, v_dev = d["train"], d["dev"]
-        print(f"pooled GE2E states from {cache}", flush=True)
+        print(f"pooled {kind.name} states from {cache}", flush=True)
     else:
         rng = np.random.default_rng(args.seed)
         copies = [_pooled(encoder, clean, "train clean")]
         for k in range(args.augment_copies):
             aug = [node_cut(augment_voice(w, 16000, rng, p_pitch=args.pitch_prob, pitch_semitones=args.pitch_semitones,
-                                          speed=speed)) for w in w_tr]
+                                          speed=speed, p_tempo=args.tempo_prob, tempo=tempo)) for w in w_tr]
             copies.append(_pooled(encoder, aug, f"train copy {k + 1}/{args.augment_copies}"))
         v_tr = np.stack(copies)
         v_dev = _pooled(encoder, [node_cut(w) for w in w_dev], "dev")
@@ -182,22 +216,19 @@ def run(args) -> dict:
     v = v_tr.reshape(-1, v_tr.shape[-1])
     y = np.tile(y_tr, n_copies)
     corpus = np.tile(c_tr, n_copies)
-    head = train_head(v, y, corpus, masks, _sample_weights(corpus, y, True), args.l2, args.seed)
+    head = train_head(v, y, corpus, masks, _sample_weights(corpus, y, True), args.l2, args.seed, kind.dim)
     with torch.no_grad():
         dev_logits = head(torch.from_numpy(v_dev)).numpy()
         train_acc = float((head(torch.from_numpy(v_tr[0])).argmax(1).numpy() == y_tr).mean())
     report = calibrate_report(dev_logits, y_dev, fitted_on=f"dev speakers {args.dev_speakers}")
     dev_metrics = metrics_from_predictions(y_dev, dev_logits.argmax(1))
-    member = ge2e.GE2EMember()
+    member = kind.member()
     member.encoder = encoder
     member.head = head
-    input_spec = {"features": FeatureSpec().to_dict(), "min_seconds": 0.3,
-                  "ge2e": {"sample_rate": ge2e.SAMPLE_RATE, "n_fft": ge2e.N_FFT, "hop": ge2e.HOP,
-                           "n_mels": ge2e.N_MELS, "target_dbfs": ge2e.TARGET_DBFS,
-                           "encoder": "GE2E, Resemblyzer 0.1.4 pretrained.pt (Apache-2.0), frozen"}}
+    input_spec = {"features": FeatureSpec().to_dict(), "min_seconds": 0.3, **kind.input_spec()}
     metrics = {"dev": dev_metrics, "train_clean_accuracy": round(train_acc, 4), "n_train": int(len(y_tr)),
                "n_dev": int(len(y_dev)), "copies": int(n_copies)}
-    save_checkpoint(args.out, kind="voice", arch=ge2e.ARCH, model=member, input_spec=input_spec,
+    save_checkpoint(args.out, kind="voice", arch=kind.arch, model=member, input_spec=input_spec,
                     config={"args": args_config(args), "model": {}}, metrics=metrics,
                     extra={"calibration": report})
     out = {"out": args.out, "dev_accuracy": round(float(dev_metrics["accuracy"]), 4),

@@ -122,13 +122,14 @@ class GE2EEncoder(nn.Module):
 
 
 class GE2EHead(nn.Module):
-    """Standardised pooled GE2E vector -> 7 logits (a linear classifier)."""
+    """Standardised pooled vector of a frozen encoder -> 7 logits (a linear classifier); ``dim``: the vector's size
+    (GE2E's 1,792 by default; the Whisper member's 2,048)."""
 
-    def __init__(self, num_classes: int = NUM_LABELS):
+    def __init__(self, num_classes: int = NUM_LABELS, dim: int = FEATURE_DIM):
         super().__init__()
-        self.register_buffer("mean", torch.zeros(FEATURE_DIM))
-        self.register_buffer("std", torch.ones(FEATURE_DIM))
-        self.linear = nn.Linear(FEATURE_DIM, num_classes)
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.linear = nn.Linear(dim, num_classes)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         return self.linear((v - self.mean) / self.std)

@@ -15,10 +15,12 @@ from torch import nn
 
 from ..labels import NUM_LABELS
 from ..modelio import ModelFileError, load_checkpoint, resolve_device
-from . import ge2e
+from . import ge2e, whisper
 from .features import FeatureSpec, SpeakerNormaliser, utterance_features
 
 ARCH = "ser_cnn_bilstm"
+# members that read the utterance's waveform through a frozen pretrained encoder (a linear head on top)
+WAVE_MEMBERS = {ge2e.ARCH: ge2e.GE2EMember, whisper.ARCH: whisper.WhisperMember}
 
 
 def _masked_mean_max(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -78,7 +80,8 @@ class SpeechCNNBiLSTM(nn.Module):
 class _Member(NamedTuple):
     """One network of a (possibly one-member) voice ensemble, with its own normalisation and temperature:
     a CNN + BiLSTM over log-mel features (``arch`` ``ser_cnn_bilstm``), or the classifier over the frozen GE2E
-    speaker encoder's pooled states (``ge2e_head``, :mod:`.ge2e`; it reads the waveform, ``mean``/``std`` None)."""
+    speaker encoder's pooled states (``ge2e_head``, :mod:`.ge2e`) or the frozen Whisper encoder's
+    (``whisper_head``, :mod:`.whisper`); these read the waveform, ``mean``/``std`` None."""
     net: nn.Module
     mean: Optional[np.ndarray]
     std: Optional[np.ndarray]
@@ -93,14 +96,14 @@ class VoiceModel:
     network plus further members trained the same way with other settings or seeds. Each member's logits are divided
     by its own temperature, averaged, and divided by the ensemble's temperature (fitted on held-out speakers) before
     the softmax; the embedding is the main network's (so that its size and meaning stay those of one network).
-    A member may be a ``ge2e_head`` (:mod:`.ge2e`: a linear classifier over a frozen pretrained speaker encoder);
-    the main network of an ensemble is a CNN + BiLSTM. A ``ge2e_head`` checkpoint alone also loads (its embedding
-    is then the 256-d speaker embedding), so that it can be judged through the node's pipeline.
+    A member may be a ``ge2e_head`` or a ``whisper_head`` (:mod:`.ge2e`, :mod:`.whisper`: a linear classifier over
+    a frozen pretrained encoder); the main network of an ensemble is a CNN + BiLSTM. Such a checkpoint alone also
+    loads (its embedding is then the encoder's), so that it can be judged through the node's pipeline.
     """
 
     def __init__(self, path: str, device: str = "auto"):
         ckpt = load_checkpoint(path, "voice")
-        if ckpt.get("arch") not in (ARCH, ge2e.ARCH):
+        if ckpt.get("arch") not in (ARCH, *WAVE_MEMBERS):
             raise ModelFileError(f"voice model file {path!r}: unknown architecture {ckpt.get('arch')!r}")
         spec = ckpt.get("input", {})
         try:
@@ -157,8 +160,8 @@ class VoiceModel:
 
     def _member(self, state_dict, spec: dict, cfg: dict, temperature: float, path: str, what: str,
                 arch: str = ARCH) -> _Member:
-        if arch == ge2e.ARCH:
-            net = ge2e.GE2EMember()
+        if arch in WAVE_MEMBERS:
+            net = WAVE_MEMBERS[arch]()
             try:
                 net.load_state_dict(state_dict)
             except RuntimeError as exc:
@@ -189,7 +192,7 @@ class VoiceModel:
 
     @property
     def needs_features(self) -> bool:
-        """Whether any member reads the log-mel features (a lone ``ge2e_head`` does not)."""
+        """Whether any member reads the log-mel features (a lone ``ge2e_head`` or ``whisper_head`` does not)."""
         return any(m.arch == ARCH for m in self._members)
 
     def features(self, wave: np.ndarray, speaker: Optional[SpeakerNormaliser] = None, t: Optional[float] = None,
@@ -216,12 +219,12 @@ class VoiceModel:
     def predict_features(self, feats: Optional[np.ndarray], wave: Optional[np.ndarray] = None
                          ) -> Tuple[np.ndarray, np.ndarray]:
         """Features normalised for the main network (``features``), and the utterance itself when a member reads
-        the waveform (``ge2e_head``) -> (calibrated probs, main embedding)."""
+        the waveform (``ge2e_head``, ``whisper_head``) -> (calibrated probs, main embedding)."""
         z, emb, raw = None, None, None
         for k, m in enumerate(self._members):
-            if m.arch == ge2e.ARCH:
+            if m.arch in WAVE_MEMBERS:
                 if wave is None:
-                    raise ValueError("this voice model has a ge2e_head member: predict_features needs the wave")
+                    raise ValueError(f"this voice model has a {m.arch} member: predict_features needs the wave")
                 logits, e = m.net(np.asarray(wave, np.float32))
                 logits, e = logits.unsqueeze(0), e.unsqueeze(0)
             else:
