@@ -1,5 +1,5 @@
-"""``emotion-train face|voice|voice-ge2e|voice-whisper|voice-ensemble|fusion|calibrate-face|quantize-face``: offline training of the
-shipped models."""
+"""``emotion-train face|voice|voice-ge2e|voice-whisper|voice-ensemble|fusion|calibrate-face|quantize-face``: offline
+training of the shipped models."""
 from __future__ import annotations
 
 import argparse

@@ -101,10 +101,10 @@ def _pooled(encoder, waves: List[np.ndarray], what: str) -> np.ndarray:
 
 
 def train_head(v: np.ndarray, y: np.ndarray, corpus: np.ndarray, masks: np.ndarray, weights: np.ndarray,
-               l2: float, seed: int, dim: int = ge2e.FEATURE_DIM) -> ge2e.GE2EHead:
+               l2: float, seed: int) -> ge2e.GE2EHead:
     """Weighted, partial-label logistic regression on standardised pooled vectors (full batch, L-BFGS)."""
     torch.manual_seed(seed)
-    head = ge2e.GE2EHead(dim=dim)
+    head = ge2e.GE2EHead(dim=v.shape[1])
     head.mean.copy_(torch.from_numpy(v.mean(0)))
     head.std.copy_(torch.from_numpy(v.std(0) + 1e-3))
     x = torch.from_numpy(v)
@@ -129,8 +129,6 @@ class _GE2E:
     name = "ge2e"
     arch = ge2e.ARCH
     member = ge2e.GE2EMember
-    dim = ge2e.FEATURE_DIM
-    channel_norm = True
 
     @staticmethod
     def load(arg: str):
@@ -147,8 +145,7 @@ def run(args, kind=_GE2E) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    if getattr(args, "channel_norm", False) and not kind.channel_norm:
-        raise DataError(f"--channel-norm is a GE2E option, not one of the {kind.name} member")
+    channel_norm = getattr(args, "channel_norm", False)      # GE2E only: other members' parsers have no such option
     if args.augment_copies < 0:
         raise DataError(f"--augment-copies must be >= 0, got {args.augment_copies}")
     if args.pitch_semitones < 0:
@@ -182,7 +179,7 @@ def run(args, kind=_GE2E) -> dict:
 
     key = hashlib.sha256(json.dumps({**({"kind": kind.name} if kind is not _GE2E else {}),
                                      "copies": args.augment_copies, "pitch": args.pitch_prob, "seed": args.seed,
-                                     **({"channel_norm": 1} if getattr(args, "channel_norm", False) else {}),
+                                     **({"channel_norm": 1} if channel_norm else {}),
                                      **({"semitones": args.pitch_semitones} if args.pitch_semitones != 2.0 else {}),
                                      **({"speed": list(speed)} if speed != (0.9, 1.1) else {}),
                                      **({"tempo": [args.tempo_prob, *tempo]} if args.tempo_prob > 0 else {}),
@@ -191,7 +188,6 @@ def run(args, kind=_GE2E) -> dict:
     cache = os.path.join(args.run_dir, "cache", f"{kind.name}-{key}.npz")
     cached = os.path.isfile(cache)
     # the clean training utterances as the node cuts them: for the reference and for the clean copy, cut once
-    channel_norm = getattr(args, "channel_norm", False)
     clean = [node_cut(w) for w in w_tr] if channel_norm or not cached else None
     if channel_norm:       # the reference: mean band levels of the clean training utterances
         encoder.set_band_ref(np.mean([ge2e.band_log_mean(w) for w in clean], 0))
@@ -216,7 +212,7 @@ def run(args, kind=_GE2E) -> dict:
     v = v_tr.reshape(-1, v_tr.shape[-1])
     y = np.tile(y_tr, n_copies)
     corpus = np.tile(c_tr, n_copies)
-    head = train_head(v, y, corpus, masks, _sample_weights(corpus, y, True), args.l2, args.seed, kind.dim)
+    head = train_head(v, y, corpus, masks, _sample_weights(corpus, y, True), args.l2, args.seed)
     with torch.no_grad():
         dev_logits = head(torch.from_numpy(v_dev)).numpy()
         train_acc = float((head(torch.from_numpy(v_tr[0])).argmax(1).numpy() == y_tr).mean())

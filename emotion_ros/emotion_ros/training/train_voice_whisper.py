@@ -65,8 +65,6 @@ class _Whisper:
     name = "whisper"
     arch = whisper.ARCH
     member = whisper.WhisperMember
-    dim = whisper.FEATURE_DIM
-    channel_norm = False
     load = staticmethod(load_encoder)
 
     @staticmethod
