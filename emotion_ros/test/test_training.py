@@ -733,3 +733,72 @@ def test_voice_whisper_member_trains_loads_alone_and_joins_an_ensemble(ravdess_l
     with pytest.raises(SystemExit):                                      # a GE2E option only
         train_main(args + ["--encoder", paths[0], "--encoder", paths[1], "--channel-norm"])
     assert "unrecognized arguments: --channel-norm" in capsys.readouterr().err
+
+
+def test_voice_whisper_speaker_member_normalises_by_the_speaker_and_abstains_at_start_up(
+        ravdess_like, turev_like, tmp_path, capsys):
+    """--speaker-norm N: the head reads the pooled states minus the stream's running mean of them (the last N
+    utterances, this one included); with fewer than two utterances in the reference the member abstains: alone it
+    gives its zero-offset prior, in an ensemble it is left out of the average."""
+    from emotion_ros.core.voice.features import SpeakerNormaliser, load_audio
+    from emotion_ros.core.voice.pipeline import VoicePipeline
+
+    paths, _ = _whisper_ct2_like(str(tmp_path / "w"))
+    g = str(tmp_path / "wn.pt")
+    args = ["voice-whisper", "--data", ravdess_like, "--data", turev_like, "--test-speakers", "4",
+            "--dev-speakers", "3", "--augment-copies", "1", "--out", g, "--run-dir", str(tmp_path / "g"),
+            "--threads", "1", "--encoder", paths[0], "--encoder", paths[1]]
+    assert train_main(args + ["--speaker-norm", "3"]) == 0
+    capsys.readouterr()
+    ckpt = torch.load(g, weights_only=False)
+    assert ckpt["arch"] == "whisper_speaker_head" and ckpt["input"]["whisper"]["speaker_window"] == 3
+    alone = VoiceModel(g, device="cpu")
+    assert VoicePipeline(alone).speaker.window == 3
+    net = alone._members[0].net
+    w1, w2 = (load_audio(os.path.join(ravdess_like, "Actor_04", f)) for f in
+              ("03-01-05-01-01-01-04.wav", "03-01-03-01-01-01-04.wav"))
+    ref = alone.speaker_normaliser()
+    p1, _ = alone.predict(w1, ref, t=1.0, commit=False)              # a partial result: abstains, adds nothing
+    assert len(ref) == 0
+    prior = torch.softmax(net.head(torch.zeros(1, 2048)).detach() / alone.temperature, 1)[0].numpy()
+    assert np.allclose(p1, prior, atol=1e-6)
+    assert np.allclose(alone.predict(w1, ref, t=1.0)[0], prior, atol=1e-6) and ref.held("whisper") == 1
+    p2, emb = alone.predict(w2, ref, t=3.0)
+    v1, v2 = net.encoder.pooled(w1), net.encoder.pooled(w2)
+    want = torch.softmax(net.head(torch.from_numpy(v2 - (v1 + v2) / 2).unsqueeze(0)).detach() / alone.temperature, 1)[0]
+    assert np.allclose(p2, want.numpy(), atol=1e-5) and emb.shape == (512,)
+    # in an ensemble: left out while it abstains, averaged in afterwards
+    a = _tiny_voice(ravdess_like, tmp_path, "a", "--seed", "1")
+    out = str(tmp_path / "ens.pt")
+    assert train_main(["voice-ensemble", "--members", a, g, "--data", ravdess_like, "--dev-speakers", "3",
+                       "--out", out]) == 0
+    capsys.readouterr()
+    ens, ma = VoiceModel(out, device="cpu"), VoiceModel(a, device="cpu")
+    assert ens.info()["member_archs"] == ["ser_cnn_bilstm", "whisper_speaker_head"]
+    ref = ens.speaker_normaliser()
+    za = [ma.net(torch.from_numpy(ma.features(w)).unsqueeze(0)).detach() / ma.temperature for w in (w1, w2)]
+    assert np.allclose(ens.predict(w1, ref, 1.0)[0], torch.softmax(za[0] / ens.temperature, 1)[0].numpy(),
+                       atol=1e-5)
+    zw = net.head(torch.from_numpy(v2 - (v1 + v2) / 2).unsqueeze(0)).detach() / alone.temperature
+    assert np.allclose(ens.predict(w2, ref, 3.0)[0],
+                       torch.softmax((za[1] + zw) / 2 / ens.temperature, 1)[0].numpy(), atol=1e-5)
+    assert np.allclose(ens.predict(w2)[0], torch.softmax(za[1] / ens.temperature, 1)[0].numpy(), atol=1e-5)
+    # the trainer's references: 2..N utterances of the speaker (never the utterance alone)
+    rng = np.random.default_rng(0)
+    bm = rng.normal(size=(6, 4)).astype(np.float32)
+    group_of = np.array([0, 0, 0, 1, 1, 1])
+    groups = [np.flatnonzero(group_of == k) for k in (0, 1)]
+    off = train_voice.random_offsets(bm, groups, group_of, np.array([0] * 200), 3, rng, min_count=2)
+    assert not np.any(np.all(off == 0, axis=1))
+    # one reference for several kinds of vector: each its own history and window, one clock, one reset
+    sn = SpeakerNormaliser(window=2, reset_after_s=10.0)
+    sn.offset(np.ones(3), t=0.0)
+    assert np.allclose(sn.offset(np.full(5, 2.0), t=0.0, key="whisper", window=4), 0)
+    assert sn.held("bands") == 1 and sn.held("whisper") == 1 and len(sn) == 1
+    with pytest.raises(ValueError, match="holds vectors of 5"):
+        sn.offset(np.ones(3), t=1.0, key="whisper")
+    sn.offset(np.ones(3), t=30.0)                                      # a long pause: a new person
+    assert sn.resets == 1 and sn.held("whisper") == 0
+    assert train_main(args + ["--speaker-norm", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--speaker-norm" in err[0]

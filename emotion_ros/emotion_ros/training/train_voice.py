@@ -280,14 +280,16 @@ def sequential_offsets(band_means: np.ndarray, speakers: List[str], window: int,
 
 
 def random_offsets(band_means: np.ndarray, groups: List[np.ndarray], group_of: np.ndarray, items: np.ndarray,
-                   window: int, rng: np.random.Generator, copies: Optional[np.ndarray] = None) -> np.ndarray:
-    """Training offsets: for each of ``items``, its band means minus the mean over itself and 0..window-1 other
-    utterances of its speaker, the count drawn uniformly (a reference as the node has it at start-up and after).
-    ``band_means`` (N, D), or (C, N, D) with ``copies`` (one per item): the reference comes from the item's own
-    copy (its recording session)."""
+                   window: int, rng: np.random.Generator, copies: Optional[np.ndarray] = None,
+                   min_count: int = 1) -> np.ndarray:
+    """Training offsets: for each of ``items``, its band means minus the mean over itself and min_count-1 ..
+    window-1 other utterances of its speaker, the count drawn uniformly (a reference as the node has it at start-up
+    and after; ``min_count`` 2 for a member that abstains on a one-utterance reference). ``band_means`` (N, D), or
+    (C, N, D) with ``copies`` (one per item): the reference comes from the item's own copy (its recording
+    session)."""
     out = np.zeros((len(items), band_means.shape[-1]), np.float32)
     for b, i in enumerate(items):
-        k = int(rng.integers(1, window + 1))
+        k = int(rng.integers(min(min_count, window), window + 1))
         if k > 1:
             bm = band_means if copies is None else band_means[copies[b]]
             g = groups[group_of[i]]

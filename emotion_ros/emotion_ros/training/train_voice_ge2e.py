@@ -31,11 +31,11 @@ from ..core.errors import DataError
 from ..core.labels import LABELS
 from ..core.modelio import ModelFileError, _load_problem, save_checkpoint
 from ..core.voice import ge2e
-from ..core.voice.features import FeatureSpec
+from ..core.voice.features import FeatureSpec, SpeakerNormaliser
 from .augment import augment_voice
 from .calibration import calibrate_report
 from .common import args_config, metrics_from_predictions, seed_everything
-from .train_voice import _load_waves, _sample_weights, _speed_range, factor_range, node_cut
+from .train_voice import _load_waves, _sample_weights, _speed_range, factor_range, node_cut, random_offsets
 from .voice_data import label_masks, load_corpora, parse_speakers, split_parts
 
 
@@ -100,6 +100,21 @@ def _pooled(encoder, waves: List[np.ndarray], what: str) -> np.ndarray:
     return np.stack([encoder.pooled(w) for w in tqdm(waves, desc=what, mininterval=15, file=sys.stdout)])
 
 
+def node_offsets(v: np.ndarray, speakers: List[str], window: int, seed: int, key: str = "whisper"):
+    """What a speaker-normalised member reads when each speaker's utterances reach the node one speaker after
+    another, each speaker's in a seeded random order (:func:`~.embed.speaker_order`, as ``emotion-eval voice``
+    plays them): (offsets (N, D), counted (N,) bool: the reference held two or more utterances, so the member
+    does not abstain)."""
+    from .embed import speaker_order
+    out, counted = np.zeros_like(v), np.zeros(len(v), bool)
+    norms = {}
+    for i in speaker_order(speakers, seed):
+        ref = norms.setdefault(speakers[i], SpeakerNormaliser(window))
+        out[i] = ref.offset(v[i], key=key)
+        counted[i] = ref.held(key) >= 2
+    return out, counted
+
+
 def train_head(v: np.ndarray, y: np.ndarray, corpus: np.ndarray, masks: np.ndarray, weights: np.ndarray,
                l2: float, seed: int) -> ge2e.GE2EHead:
     """Weighted, partial-label logistic regression on standardised pooled vectors (full batch, L-BFGS)."""
@@ -146,6 +161,9 @@ def run(args, kind=_GE2E) -> dict:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     channel_norm = getattr(args, "channel_norm", False)      # GE2E only: other members' parsers have no such option
+    speaker_norm = int(getattr(args, "speaker_norm", 0))     # Whisper only, likewise
+    if speaker_norm < 0 or speaker_norm == 1:
+        raise DataError(f"--speaker-norm must be 0 (off) or a window of >= 2 utterances, got {speaker_norm}")
     if args.augment_copies < 0:
         raise DataError(f"--augment-copies must be >= 0, got {args.augment_copies}")
     if args.pitch_semitones < 0:
@@ -207,24 +225,39 @@ def run(args, kind=_GE2E) -> dict:
         os.makedirs(os.path.dirname(cache), exist_ok=True)
         np.savez(cache, train=v_tr, dev=v_dev)
 
-    n_copies = v_tr.shape[0]
+    n_copies, n_tr = v_tr.shape[0], v_tr.shape[1]
     masks = label_masks(corpora)
     v = v_tr.reshape(-1, v_tr.shape[-1])
+    counted = np.ones(len(y_dev), bool)
+    if speaker_norm:       # each state minus the mean of it and 1..window-1 others of its speaker, same copy
+        who = [f"{ci_of[id(it)]}:{it.speaker}" for it in it_tr]
+        names = sorted(set(who))
+        group_of = np.array([names.index(s) for s in who])
+        groups = [np.flatnonzero(group_of == g) for g in range(len(names))]
+        v = random_offsets(v_tr, groups, group_of, np.tile(np.arange(n_tr), n_copies), speaker_norm,
+                           np.random.default_rng(args.seed + 1), copies=np.repeat(np.arange(n_copies), n_tr),
+                           min_count=2)
+        v_dev, counted = node_offsets(v_dev, [it.speaker for it in it_dev], speaker_norm, args.seed)
     y = np.tile(y_tr, n_copies)
     corpus = np.tile(c_tr, n_copies)
     head = train_head(v, y, corpus, masks, _sample_weights(corpus, y, True), args.l2, args.seed)
     with torch.no_grad():
-        dev_logits = head(torch.from_numpy(v_dev)).numpy()
-        train_acc = float((head(torch.from_numpy(v_tr[0])).argmax(1).numpy() == y_tr).mean())
-    report = calibrate_report(dev_logits, y_dev, fitted_on=f"dev speakers {args.dev_speakers}")
+        dev_logits = head(torch.from_numpy(v_dev[counted])).numpy()
+        train_acc = float((head(torch.from_numpy(v[:n_tr])).argmax(1).numpy() == y_tr).mean())
+    y_dev = y_dev[counted]          # a speaker-normalised member abstains on each speaker's first utterance
+    report = calibrate_report(dev_logits, y_dev, fitted_on=f"dev speakers {args.dev_speakers}" +
+                              (" in the node's order (a running reference per speaker)" if speaker_norm else ""))
     dev_metrics = metrics_from_predictions(y_dev, dev_logits.argmax(1))
-    member = kind.member()
+    member = kind.speaker_member(speaker_norm) if speaker_norm else kind.member()
     member.encoder = encoder
     member.head = head
     input_spec = {"features": FeatureSpec().to_dict(), "min_seconds": 0.3, **kind.input_spec()}
+    if speaker_norm:
+        input_spec[kind.name]["speaker_window"] = speaker_norm
     metrics = {"dev": dev_metrics, "train_clean_accuracy": round(train_acc, 4), "n_train": int(len(y_tr)),
                "n_dev": int(len(y_dev)), "copies": int(n_copies)}
-    save_checkpoint(args.out, kind="voice", arch=kind.arch, model=member, input_spec=input_spec,
+    save_checkpoint(args.out, kind="voice", arch=kind.speaker_arch if speaker_norm else kind.arch, model=member,
+                    input_spec=input_spec,
                     config={"args": args_config(args), "model": {}}, metrics=metrics,
                     extra={"calibration": report})
     out = {"out": args.out, "dev_accuracy": round(float(dev_metrics["accuracy"]), 4),

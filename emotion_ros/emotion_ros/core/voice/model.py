@@ -20,7 +20,10 @@ from .features import FeatureSpec, SpeakerNormaliser, utterance_features
 
 ARCH = "ser_cnn_bilstm"
 # members that read the utterance's waveform through a frozen pretrained encoder (a linear head on top)
-WAVE_MEMBERS = {ge2e.ARCH: ge2e.GE2EMember, whisper.ARCH: whisper.WhisperMember}
+WAVE_MEMBERS = {ge2e.ARCH: ge2e.GE2EMember, whisper.ARCH: whisper.WhisperMember,
+                whisper.SPEAKER_ARCH: whisper.WhisperSpeakerMember}
+# of those, members that read the stream's running speaker reference (and abstain until it holds two utterances)
+SPEAKER_MEMBERS = {whisper.SPEAKER_ARCH}
 
 
 def _masked_mean_max(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -207,25 +210,34 @@ class VoiceModel:
         ref = None
         if speaker is not None and self.spec.speaker_window:
             def ref(band_mean):
-                return speaker.offset(band_mean, t, commit)
+                return speaker.offset(band_mean, t, commit, window=self.spec.speaker_window)
         f = utterance_features(wave, self.spec, reference=ref)
         return (f - self.mean) / self.std
 
     def speaker_normaliser(self, reset_after_s: float = 60.0) -> Optional[SpeakerNormaliser]:
-        """A fresh running speaker reference for one audio stream, or None for a per-utterance model."""
-        return SpeakerNormaliser(self.spec.speaker_window, reset_after_s) if self.spec.speaker_window else None
+        """A fresh running speaker reference for one audio stream (models with ``spec.speaker_window > 0`` or a
+        member in ``SPEAKER_MEMBERS``), or None for a per-utterance model."""
+        windows = [self.spec.speaker_window] + [m.net.window for m in self._members if m.arch in SPEAKER_MEMBERS]
+        return SpeakerNormaliser(max(windows), reset_after_s) if max(windows) else None
 
     @torch.inference_mode()
-    def predict_features(self, feats: Optional[np.ndarray], wave: Optional[np.ndarray] = None
-                         ) -> Tuple[np.ndarray, np.ndarray]:
+    def predict_features(self, feats: Optional[np.ndarray], wave: Optional[np.ndarray] = None,
+                         speaker: Optional[SpeakerNormaliser] = None, t: Optional[float] = None,
+                         commit: bool = True) -> Tuple[np.ndarray, np.ndarray]:
         """Features normalised for the main network (``features``), and the utterance itself when a member reads
-        the waveform (``ge2e_head``, ``whisper_head``) -> (calibrated probs, main embedding)."""
-        z, emb, raw = None, None, None
+        the waveform (``ge2e_head``, ``whisper_head``, ``whisper_speaker_head``) -> (calibrated probs, main
+        embedding). ``speaker``, ``t``, ``commit``: the stream's running reference for members that read it (see
+        :meth:`features`); such a member that abstains is left out of the average (unless every member does)."""
+        z, emb, raw, used, fallback = None, None, None, 0, None
         for k, m in enumerate(self._members):
+            abstain = False
             if m.arch in WAVE_MEMBERS:
                 if wave is None:
                     raise ValueError(f"this voice model has a {m.arch} member: predict_features needs the wave")
-                logits, e = m.net(np.asarray(wave, np.float32))
+                if m.arch in SPEAKER_MEMBERS:
+                    logits, e, abstain = m.net(np.asarray(wave, np.float32), speaker, t, commit)
+                else:
+                    logits, e = m.net(np.asarray(wave, np.float32))
                 logits, e = logits.unsqueeze(0), e.unsqueeze(0)
             else:
                 if k == 0:
@@ -236,11 +248,17 @@ class VoiceModel:
                     x = np.ascontiguousarray((raw - m.mean) / m.std, dtype=np.float32)
                 logits, e = m.net(torch.from_numpy(x).unsqueeze(0).to(self.device), return_embedding=True)
             zk = logits.float() / m.temperature
-            z = zk if z is None else z + zk
             if k == 0:
                 emb = e
+            if abstain:
+                fallback = zk if fallback is None else fallback + zk
+                continue
+            z = zk if z is None else z + zk
+            used += 1
+        if z is None:                       # every member abstained: their zero-offset logits (the heads' priors)
+            z, used = fallback, len(self._members)
         if len(self._members) > 1:
-            z = z / len(self._members) / self.temperature
+            z = z / used / self.temperature
         p = torch.softmax(z, 1)[0].cpu().numpy().astype(np.float32)
         return p, emb[0].float().cpu().numpy().astype(np.float32)
 
@@ -251,7 +269,7 @@ class VoiceModel:
         wave = np.asarray(wave, np.float32).reshape(-1)
         if wave.size < self.min_samples:
             wave = np.pad(wave, (0, self.min_samples - wave.size))
-        return self.predict_features(self.features(wave, speaker, t, commit), wave)
+        return self.predict_features(self.features(wave, speaker, t, commit), wave, speaker, t, commit)
 
     def info(self) -> Dict[str, object]:
         return {"path": self.path, "arch": self._members[0].arch, "device": str(self.device),

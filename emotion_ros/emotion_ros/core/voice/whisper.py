@@ -28,6 +28,7 @@ from .features import mel_filterbank
 from .ge2e import GE2EHead
 
 ARCH = "whisper_head"
+SPEAKER_ARCH = "whisper_speaker_head"   # the head reads the states minus the speaker's running mean
 SAMPLE_RATE = 16000
 N_FFT = 400            # 25 ms
 HOP = 160              # 10 ms
@@ -236,3 +237,36 @@ class WhisperMember(nn.Module):
     def forward(self, wave: np.ndarray):
         v = torch.from_numpy(self.encoder.pooled(wave))
         return self.head(v.unsqueeze(0))[0], v[-2 * WIDTH:-WIDTH]
+
+
+class WhisperSpeakerMember(WhisperMember):
+    """A voice-ensemble member whose linear head reads the pooled states minus the current speaker's running mean
+    of them (the stream's :class:`~emotion_ros.core.voice.features.SpeakerNormaliser`, key ``"whisper"``, the last
+    ``speaker_window`` utterances including this one): what is left is how this utterance differs from how this
+    person usually sounds, not who the person is or which microphone they speak into.
+
+    Called with one utterance, the stream's reference, the utterance's end time and whether to add it to the
+    reference -> (logits (7,), embedding (512,), abstains). It **abstains** (``True``: leave it out of the ensemble)
+    while the reference holds fewer than two utterances (the current one included: at start-up and after a reset
+    the offset is zero and says nothing), or without a reference; its logits are then those of a zero offset."""
+
+    KEY = "whisper"
+
+    def __init__(self, window: int = 10):
+        super().__init__()
+        self.register_buffer("speaker_window", torch.tensor(int(window)))
+
+    @property
+    def window(self) -> int:
+        return int(self.speaker_window)
+
+    @torch.inference_mode()
+    def forward(self, wave: np.ndarray, speaker=None, t=None, commit: bool = True):
+        v = self.encoder.pooled(wave)
+        if speaker is None:
+            off, abstain = np.zeros_like(v), True
+        else:
+            off = speaker.offset(v, t, commit, key=self.KEY, window=self.window)
+            abstain = speaker.held(self.KEY) + (0 if commit else 1) < 2
+        emb = torch.from_numpy(v[-2 * WIDTH:-WIDTH])
+        return self.head(torch.from_numpy(off).unsqueeze(0))[0], emb, abstain
