@@ -68,7 +68,7 @@ PARAMS = {
                                "calibrated probabilities (shipped: steadier than the learned model on the held-out "
                                "clips, models/fusion.md; no fusion.pt needed) | 'model' = the learned fusion.pt | "
                                "'auto' = the model when its file exists, else the average"),
-    "pool": ("linear", "fusion_mode average: how the weighted probability vectors combine: 'linear' = weighted "
+    "pool": ("log", "fusion_mode average: how the weighted probability vectors combine: 'linear' = weighted "
                        "arithmetic mean | 'log' = weighted geometric mean (log-linear pool, a product of experts: "
                        "a light voice can settle a near-tie of the face, and an emotion one modality rules out "
                        "needs more of the weight from the other to win)"),
@@ -76,7 +76,7 @@ PARAMS = {
                       {"range": (0.001, None)}),
     "stale_s": (1.0, "Legacy staleness (s), used only when face_stale_s / voice_stale_s are <= 0",
                       {"range": (0.001, None)}),
-    "face_stale_s": (0.5, "A face observation older than this (s, node clock vs message stamps) no longer counts; "
+    "face_stale_s": (0.3, "A face observation older than this (s, node clock vs message stamps) no longer counts; "
                           "the face evidence is the recency-weighted average of the person's fresher frames",
                       {"range": (0.0, None)}),
     "face_hold_s": (0.1, "A face observation weighs fully up to this age (s), then linearly less until face_stale_s",
@@ -98,7 +98,7 @@ PARAMS = {
                                     "top probability is below this (0 = trust the flag only)", {"range": (0.0, 1.0)}),
     "model_min_weight": (0.3, "fusion_mode model: a modality whose reliability share is below this is masked out "
                               "of the learned fusion", {"range": (0.0, 1.0)}),
-    "voice_prior": (0.3, "How much a voice counts against a face of the same calibrated confidence, before any "
+    "voice_prior": (0.1, "How much a voice counts against a face of the same calibrated confidence, before any "
                          "agreement history (voices of new speakers are wrong more often than their confidence says; "
                          "chosen on the dev clips)", {"range": (0.0, 10.0)}),
     "agreement_tau_s": (60.0, "Voice trust from agreement: the voice's weight is also scaled by min(1, agreement / "
@@ -119,9 +119,9 @@ PARAMS = {
                                 "evidence (higher: faster and less steady)", {"range": (0.001, 1000.0)}),
     "smoothing_tau_s": (0.1, "Time constant (s) of the exponential smoothing of each person's fused probabilities "
                              "(0 = none)", {"range": (0.0, None)}),
-    "switch_margin": (0.05, "Hysteresis: the reported emotion changes only when a new top emotion leads it by this "
+    "switch_margin": (0.15, "Hysteresis: the reported emotion changes only when a new top emotion leads it by this "
                            "much (smoothed probability) ...", {"range": (0.0, 1.0)}),
-    "min_dwell_s": (0.2, "... for this long (s) without interruption", {"range": (0.0, None)}),
+    "min_dwell_s": (0.1, "... for this long (s) without interruption", {"range": (0.0, None)}),
     "fast_switch_margin": (0.25, "... or at once when it leads by this much (clear evidence; 1 = never)",
                            {"range": (0.0, 1.0)}),
     "voice_switch_margin": (0.4, "... and a change the face evidence does not show (its own top emotion is another, or "
