@@ -693,6 +693,16 @@ def test_whisper_encoder_reads_the_ct2_file_and_follows_whisper(tmp_path):
         whisper.read_ct2(str(tmp_path / "short.bin"))
 
 
+def _ensemble_with(ravdess_like, tmp_path, member, capsys):
+    """A tiny CNN + BiLSTM joined with ``member`` by voice-ensemble -> (the ensemble, the CNN alone)."""
+    a = _tiny_voice(ravdess_like, tmp_path, "a", "--seed", "1")
+    out = str(tmp_path / "ens.pt")
+    assert train_main(["voice-ensemble", "--members", a, member, "--data", ravdess_like, "--dev-speakers", "3",
+                       "--out", out]) == 0
+    capsys.readouterr()
+    return VoiceModel(out, device="cpu"), VoiceModel(a, device="cpu")
+
+
 def test_voice_whisper_member_trains_loads_alone_and_joins_an_ensemble(ravdess_like, turev_like, tmp_path, capsys):
     from emotion_ros.core.voice.features import load_audio
 
@@ -711,12 +721,7 @@ def test_voice_whisper_member_trains_loads_alone_and_joins_an_ensemble(ravdess_l
     p, emb = alone.predict(wave)
     assert alone.embed_dim == 512 and emb.shape == (512,) and p.sum() == pytest.approx(1, abs=1e-5)
     assert alone.features(wave) is None and alone.info()["arch"] == "whisper_head"
-    a = _tiny_voice(ravdess_like, tmp_path, "a", "--seed", "1")
-    out = str(tmp_path / "ens.pt")
-    assert train_main(["voice-ensemble", "--members", a, g, "--data", ravdess_like, "--dev-speakers", "3",
-                       "--out", out]) == 0
-    capsys.readouterr()
-    ens, ma = VoiceModel(out, device="cpu"), VoiceModel(a, device="cpu")
+    ens, ma = _ensemble_with(ravdess_like, tmp_path, g, capsys)
     assert ens.info()["member_archs"] == ["ser_cnn_bilstm", "whisper_head"]
     p, emb = ens.predict(wave)
     za = ma.net(torch.from_numpy(ma.features(wave)).unsqueeze(0)).detach() / ma.temperature
@@ -765,21 +770,15 @@ def test_voice_whisper_speaker_member_normalises_by_the_speaker_and_abstains_at_
     assert np.allclose(alone.predict(w1, ref, t=1.0)[0], prior, atol=1e-6) and ref.held("whisper") == 1
     p2, emb = alone.predict(w2, ref, t=3.0)
     v1, v2 = net.encoder.pooled(w1), net.encoder.pooled(w2)
-    want = torch.softmax(net.head(torch.from_numpy(v2 - (v1 + v2) / 2).unsqueeze(0)).detach() / alone.temperature, 1)[0]
-    assert np.allclose(p2, want.numpy(), atol=1e-5) and emb.shape == (512,)
+    zw = net.head(torch.from_numpy(v2 - (v1 + v2) / 2).unsqueeze(0)).detach() / alone.temperature
+    assert np.allclose(p2, torch.softmax(zw, 1)[0].numpy(), atol=1e-5) and emb.shape == (512,)
     # in an ensemble: left out while it abstains, averaged in afterwards
-    a = _tiny_voice(ravdess_like, tmp_path, "a", "--seed", "1")
-    out = str(tmp_path / "ens.pt")
-    assert train_main(["voice-ensemble", "--members", a, g, "--data", ravdess_like, "--dev-speakers", "3",
-                       "--out", out]) == 0
-    capsys.readouterr()
-    ens, ma = VoiceModel(out, device="cpu"), VoiceModel(a, device="cpu")
+    ens, ma = _ensemble_with(ravdess_like, tmp_path, g, capsys)
     assert ens.info()["member_archs"] == ["ser_cnn_bilstm", "whisper_speaker_head"]
     ref = ens.speaker_normaliser()
     za = [ma.net(torch.from_numpy(ma.features(w)).unsqueeze(0)).detach() / ma.temperature for w in (w1, w2)]
     assert np.allclose(ens.predict(w1, ref, 1.0)[0], torch.softmax(za[0] / ens.temperature, 1)[0].numpy(),
                        atol=1e-5)
-    zw = net.head(torch.from_numpy(v2 - (v1 + v2) / 2).unsqueeze(0)).detach() / alone.temperature
     assert np.allclose(ens.predict(w2, ref, 3.0)[0],
                        torch.softmax((za[1] + zw) / 2 / ens.temperature, 1)[0].numpy(), atol=1e-5)
     assert np.allclose(ens.predict(w2)[0], torch.softmax(za[1] / ens.temperature, 1)[0].numpy(), atol=1e-5)
