@@ -782,6 +782,9 @@ def test_voice_whisper_speaker_member_normalises_by_the_speaker_and_abstains_at_
     assert np.allclose(ens.predict(w2, ref, 3.0)[0],
                        torch.softmax((za[1] + zw) / 2 / ens.temperature, 1)[0].numpy(), atol=1e-5)
     assert np.allclose(ens.predict(w2)[0], torch.softmax(za[1] / ens.temperature, 1)[0].numpy(), atol=1e-5)
+    held = ref.held("whisper")
+    _, _, abstains = net(np.full(8000, np.nan, np.float32), ref, 4.0)     # states that are not finite: left out
+    assert abstains and ref.held("whisper") == held
     # the trainer's references: 2..N utterances of the speaker (never the utterance alone)
     rng = np.random.default_rng(0)
     bm = rng.normal(size=(6, 4)).astype(np.float32)

@@ -248,7 +248,8 @@ class WhisperSpeakerMember(WhisperMember):
     Called with one utterance, the stream's reference, the utterance's end time and whether to add it to the
     reference -> (logits (7,), embedding (512,), abstains). It **abstains** (``True``: leave it out of the ensemble)
     while the reference holds fewer than two utterances (the current one included: at start-up and after a reset
-    the offset is zero and says nothing), or without a reference; its logits are then those of a zero offset."""
+    the offset is zero and says nothing), without a reference, or when the encoder's states are not finite (they are
+    then not added to the reference); its logits are then those of a zero offset."""
 
     KEY = "whisper"
 
@@ -263,7 +264,8 @@ class WhisperSpeakerMember(WhisperMember):
     @torch.inference_mode()
     def forward(self, wave: np.ndarray, speaker=None, t=None, commit: bool = True):
         v = self.encoder.pooled(wave)
-        if speaker is None:
+        if speaker is None or not np.isfinite(v).all():   # non-finite states never enter (and poison) the reference
+            v = np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
             off, abstain = np.zeros_like(v), True
         else:
             off = speaker.offset(v, t, commit, key=self.KEY, window=self.window)
