@@ -122,10 +122,11 @@ PARAMS = {
                               "(fusion discounts an unsure voice; 0 never sets it). On held-out speakers the "
                               "calibrated voice model is right about as often as its confidence says",
                          {"range": (0.0, 1.0)}),
-    "speaker_reset_s": (60.0, "Models trained with speaker normalisation keep a running reference spectrum of "
-                              "the voice they hear (the last N utterances, N from the model); after this many "
-                              "seconds without an utterance it starts again (a new person, most likely). Until "
-                              "it has utterances each one is normalised by itself. Ignored by per-utterance "
+    "speaker_reset_s": (60.0, "Speaker-normalised models (the shipped voice.pt's Whisper member; CNNs trained "
+                              "with --speaker-norm) keep a running reference of the voice they hear (the last N "
+                              "utterances, N from the model); after this many seconds without an utterance it "
+                              "starts again (a new person, most likely). Until it has utterances each one is "
+                              "normalised by itself (the Whisper member abstains on it). Ignored by per-utterance "
                               "models", {"range": (0.0, 86400.0)}),
     "autostart": (True, "Configure and activate on start (false: wait for a lifecycle manager)"),
 }
