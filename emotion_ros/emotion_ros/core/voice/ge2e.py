@@ -109,8 +109,8 @@ class GE2EEncoder(nn.Module):
     def pooled(self, wave: np.ndarray) -> np.ndarray:
         """One utterance (16 kHz mono float) -> (1,792,) float32: per layer the mean and standard deviation of its
         outputs over time, then the speaker embedding (ReLU of the last state's projection, L2-normalised)."""
-        ref = self.band_ref.numpy() if float(self.channel_norm) > 0 else None
-        x = torch.from_numpy(ge2e_mel(wave, ref)).unsqueeze(0)
+        ref = self.band_ref.cpu().numpy() if float(self.channel_norm) > 0 else None
+        x = torch.from_numpy(ge2e_mel(wave, ref)).unsqueeze(0).to(self.linear.weight.device)
         parts = []
         h = None
         for layer in self.layers:
@@ -118,7 +118,7 @@ class GE2EEncoder(nn.Module):
             parts += [x[0].mean(0), x[0].std(0, unbiased=x.shape[1] > 1)]
         e = torch.relu(self.linear(h[-1, 0]))
         parts.append(e / e.norm().clamp(min=1e-8))
-        return torch.cat(parts).numpy().astype(np.float32)
+        return torch.cat(parts).float().cpu().numpy()
 
 
 class GE2EHead(nn.Module):
@@ -148,5 +148,5 @@ class GE2EMember(nn.Module):
 
     @torch.inference_mode()
     def forward(self, wave: np.ndarray):
-        v = torch.from_numpy(self.encoder.pooled(wave))
+        v = torch.from_numpy(self.encoder.pooled(wave)).to(self.encoder.linear.weight.device)
         return self.head(v.unsqueeze(0))[0], v[-HIDDEN:]

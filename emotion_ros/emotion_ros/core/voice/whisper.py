@@ -215,11 +215,11 @@ class WhisperEncoder(nn.Module):
     def pooled(self, wave: np.ndarray) -> np.ndarray:
         """One utterance (16 kHz mono float) -> (2,048,) float32: mean and standard deviation over time of the
         outputs of layers 2 and 4."""
-        taps = self(log_mel(wave).unsqueeze(0))
-        parts = []
+        taps = self(log_mel(wave).unsqueeze(0).to(self.pos.device))     # the log-mel on the CPU, the rest where
+        parts = []                                                          # the encoder is (voice node: device)
         for x in taps:
             parts += [x[0].mean(0), x[0].std(0, unbiased=x.shape[1] > 1)]
-        return torch.cat(parts).numpy().astype(np.float32)
+        return torch.cat(parts).float().cpu().numpy()
 
 
 class WhisperMember(nn.Module):
@@ -235,7 +235,7 @@ class WhisperMember(nn.Module):
 
     @torch.inference_mode()
     def forward(self, wave: np.ndarray):
-        v = torch.from_numpy(self.encoder.pooled(wave))
+        v = torch.from_numpy(self.encoder.pooled(wave)).to(self.encoder.pos.device)
         return self.head(v.unsqueeze(0))[0], v[-2 * WIDTH:-WIDTH]
 
 
@@ -270,5 +270,6 @@ class WhisperSpeakerMember(WhisperMember):
         else:
             off = speaker.offset(v, t, commit, key=self.KEY, window=self.window)
             abstain = speaker.held(self.KEY) + (0 if commit else 1) < 2
-        emb = torch.from_numpy(v[-2 * WIDTH:-WIDTH])
-        return self.head(torch.from_numpy(off).unsqueeze(0))[0], emb, abstain
+        dev = self.encoder.pos.device
+        emb = torch.from_numpy(v[-2 * WIDTH:-WIDTH]).to(dev)
+        return self.head(torch.from_numpy(off).unsqueeze(0).to(dev))[0], emb, abstain
