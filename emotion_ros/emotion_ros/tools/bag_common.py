@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -312,6 +313,16 @@ class BagFile:
             where = f" on {topic}" if topic else ""
             raise BagError(f"bag {self.path!r}: cannot decode a {msgtype} message{where}: "
                            f"{type(exc).__name__}: {exc}") from None
+
+
+def end_signal_handling(previous: Dict[int, object], signalled: bool) -> None:
+    """Put back the SIGINT/SIGTERM handlers ``record``/``play`` replaced, or, when a signal stopped them, ignore
+    those signals from here to the exit (SIGKILL still ends the process). Ctrl-C under ``ros2 launch`` arrives twice
+    (the terminal's SIGINT to the process group, then launch's own); a second one after the bag was closed met
+    Python's handler, or SIG_DFL once the interpreter was finalizing, and the process died with -2 ("process has
+    died", seen in CI). SIG_IGN, unlike a Python handler, survives finalization."""
+    for sig, handler in previous.items():
+        signal.signal(sig, signal.SIG_IGN if signalled else handler)
 
 
 def stamp_ns(stamp) -> int:

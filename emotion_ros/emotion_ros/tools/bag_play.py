@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
-from .bag_common import BagError, BagFile, import_msg_class, normalise_topic
+from .bag_common import BagError, BagFile, end_signal_handling, import_msg_class, normalise_topic
 
 
 def _publisher_qos(conn):
@@ -232,8 +232,7 @@ def play(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[Seque
     finally:
         close_node(node, context)
         bf.close()
-        for s, h in old.items():
-            signal.signal(s, h)
+        end_signal_handling(old, stop.is_set())  # stop: only ever set by a signal
     return {"bag": bag, "rate": rate, "loops": loops, "played_s": round(time.monotonic() - t_wall0, 3),
             "messages": counts, "skipped": skipped, "interrupted": stop.is_set(),
             "time": "restamped" if restamp else "clock" if clock else "recorded"}

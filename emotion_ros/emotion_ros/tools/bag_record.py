@@ -15,7 +15,8 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
-from .bag_common import DEFAULT_TOPICS, KNOWN_TYPES, BagError, BagWriter, import_msg_class, knows_type, make_qos
+from .bag_common import (DEFAULT_TOPICS, KNOWN_TYPES, BagError, BagWriter, end_signal_handling, import_msg_class,
+                         knows_type, make_qos)
 
 _STOP = object()
 
@@ -160,7 +161,10 @@ def make_recorder_node(topics: Sequence[str], writer_thread: _WriterThread, cont
 def record(out: str, topics: Optional[Sequence[str]] = None, storage: str = "mcap",
            duration: Optional[float] = None, force: bool = False, ros_args: Optional[List[str]] = None,
            ready_file: Optional[str] = None) -> dict:
-    """Record until ``duration`` seconds have passed, SIGINT or SIGTERM. Returns a summary dict."""
+    """Record until ``duration`` seconds have passed, SIGINT or SIGTERM. Returns a summary dict.
+
+    After a signal has stopped the recording, SIGINT and SIGTERM are ignored for the life of the process (the bag is
+    closed already; the caller prints the summary and exits)."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
@@ -214,8 +218,7 @@ def record(out: str, topics: Optional[Sequence[str]] = None, storage: str = "mca
         wt.stop()
         wt.join()
         writer.close()
-        for s, h in old.items():
-            signal.signal(s, h)
+        end_signal_handling(old, stop.is_set())
     if wt.error is not None:
         raise BagError(f"writing {out!r} failed: {type(wt.error).__name__}: {wt.error}")
     return {"bag": out, "storage": storage, "recorded_s": round(elapsed, 3), "messages": dict(writer.counts),
