@@ -279,6 +279,15 @@ def sequential_offsets(band_means: np.ndarray, speakers: List[str], window: int,
     return out
 
 
+def speaker_groups(keys: Sequence[str]) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """Each utterance's speaker key -> (its speaker's index (N,), per speaker the indices of its utterances), the
+    speakers in sorted order: ``random_offsets``' ``group_of`` and ``groups``."""
+    names = sorted(set(keys))
+    index = {k: g for g, k in enumerate(names)}
+    group_of = np.array([index[k] for k in keys], dtype=np.int64)
+    return group_of, [np.flatnonzero(group_of == g) for g in range(len(names))]
+
+
 def random_offsets(band_means: np.ndarray, groups: List[np.ndarray], group_of: np.ndarray, items: np.ndarray,
                    window: int, rng: np.random.Generator, copies: Optional[np.ndarray] = None,
                    min_count: int = 1) -> np.ndarray:
@@ -423,9 +432,7 @@ def run(args) -> dict:
 
     n_train = len(it_train)
     spk_names = sorted({i.speaker for i in it_train})
-    group_of = np.array([spk_names.index(i.speaker) for i in it_train])    # each training utterance's speaker
-    if spec.speaker_window:
-        groups = [np.flatnonzero(group_of == g) for g in range(len(spk_names))]
+    group_of, groups = speaker_groups([i.speaker for i in it_train])    # each training utterance's speaker
 
     evalsets = {}
     for part in ("dev", "test"):

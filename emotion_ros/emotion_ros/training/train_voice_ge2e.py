@@ -35,7 +35,8 @@ from ..core.voice.features import FeatureSpec, SpeakerNormaliser
 from .augment import augment_voice
 from .calibration import calibrate_report
 from .common import args_config, metrics_from_predictions, seed_everything
-from .train_voice import _load_waves, _sample_weights, _speed_range, factor_range, node_cut, random_offsets
+from .train_voice import (_load_waves, _sample_weights, _speed_range, factor_range, node_cut, random_offsets,
+                          speaker_groups)
 from .voice_data import label_masks, load_corpora, parse_speakers, split_parts
 
 
@@ -230,10 +231,7 @@ def run(args, kind=_GE2E) -> dict:
     v = v_tr.reshape(-1, v_tr.shape[-1])
     counted = np.ones(len(y_dev), bool)
     if speaker_norm:       # each state minus the mean of it and 1..window-1 others of its speaker, same copy
-        who = [f"{ci_of[id(it)]}:{it.speaker}" for it in it_tr]
-        names = sorted(set(who))
-        group_of = np.array([names.index(s) for s in who])
-        groups = [np.flatnonzero(group_of == g) for g in range(len(names))]
+        group_of, groups = speaker_groups([f"{ci_of[id(it)]}:{it.speaker}" for it in it_tr])
         v = random_offsets(v_tr, groups, group_of, np.tile(np.arange(n_tr), n_copies), speaker_norm,
                            np.random.default_rng(args.seed + 1), copies=np.repeat(np.arange(n_copies), n_tr),
                            min_count=2)
