@@ -31,11 +31,13 @@ MODELS = [paths.model_path(n) for n in ("face.pt", "voice.pt")]
 
 
 def write_rules(path: str) -> str:
-    """One rule per label, any confidence, fired after 3 s: a decision is an event (volatile), published once when
-    its rule fires; 3 s leave the robot's probe time to discover the behaviour node first."""
+    """One rule per label, any confidence, fired after 10 s: a decision is an event (volatile), published once when
+    its rule fires (the active rule does not fire again), so the robot's probe must have discovered the behaviour
+    node by then. 3 s were not always enough: a fresh-clone CI run on a loaded 2-core machine (2026-12-03) saw the
+    decision made 3 s after start and never received, and waited 90 s for another."""
     lines = ["rules:"]
     for label in LABELS:
-        lines += [f"  - name: test_{label}", f"    emotion: {label}", "    min_confidence: 0.01", "    dwell_s: 3.0",
+        lines += [f"  - name: test_{label}", f"    emotion: {label}", "    min_confidence: 0.01", "    dwell_s: 10.0",
                   '    say: ""', "    expression: neutral", "    cooldown_s: 1"]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
