@@ -84,9 +84,17 @@ NODE_SCRIPT = textwrap.dedent("""
             self.pub = self.create_publisher(String, "ticks", 10)
             self.create_timer(0.05, lambda: self.pub.publish(String(data="second")))
 
+    class Hang(Managed):  # a shutdown that never returns (a stuck driver or middleware call)
+        def on_shutdown(self, state):
+            print("HANGING", flush=True)
+            import time
+            time.sleep(600)
+            return TransitionCallbackReturn.SUCCESS
+
     NAME = sys.argv[2]
-    factory = {"managed": Managed, "plain": Plain, "broken": broken, "selfstop": SelfStop, "pair": pair}[KIND]
-    sys.exit(run_node(factory, args=sys.argv))
+    factory = {"managed": Managed, "plain": Plain, "broken": broken, "selfstop": SelfStop, "pair": pair,
+               "hang": Hang}[KIND]
+    sys.exit(run_node(factory, args=sys.argv, **({"stop_grace_s": 3.0} if KIND == "hang" else {})))
 """)
 
 
@@ -232,3 +240,38 @@ def test_a_factory_may_return_several_nodes(ctx, launch):
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=15)
     assert p.returncode == 0 and "SHUTDOWN-CALLBACK" in out, out
+
+
+def test_a_shutdown_that_hangs_ends_after_the_grace_period_with_its_stack(ctx, launch):
+    """A node asked to stop must stop: past ``stop_grace_s`` (15 s in the nodes, 3 s here) the process prints where
+    it is stuck and exits with code 1 (under a launch that has gone, nothing else would end it)."""
+    name = f"lc_hang_{os.getpid()}"
+    lis = Listener(ctx, "lc_listener_e", f"/{name}_ticks")
+    p = launch("hang", name, "-r", f"ticks:=/{name}_ticks")
+    try:
+        assert lis.spin_until(lambda: len(lis.msgs) >= 2)
+    finally:
+        lis.close()
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=30)
+    took = time.monotonic() - t0
+    assert p.returncode == 1, out
+    assert "HANGING" in out and "Timeout (0:00:03)!" in out and "in on_shutdown" in out, out
+    assert 2.5 < took < 20, took
+
+
+def test_the_parent_watch_stops_the_loop_and_arms_the_watchdog_when_the_launch_goes():
+    """exit_with_parent's second path (the main thread never ran the SIGTERM handler): the watcher thread sees its
+    parent change, asks the loop to stop and bounds the rest of the shutdown."""
+    from emotion_ros.ros import lifecycle
+    lifecycle._stop.clear()
+    try:
+        t0 = time.monotonic()
+        lifecycle._watch_parent(os.getppid() + 10**6, period_s=0.05)   # "the launch" is not our parent any more
+        assert time.monotonic() - t0 < 1.0
+        assert lifecycle._stop.is_set() and lifecycle._grace["armed"]
+    finally:
+        lifecycle._disarm_stop_watchdog()
+        lifecycle._stop.clear()
+    assert not lifecycle._grace["armed"]

@@ -10,6 +10,7 @@ ROS/DDS start.  Lifecycle nodes report their state on ``/diagnostics`` from cons
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import os
 import re
@@ -171,6 +172,29 @@ class _LifecycleStatus:
 
 _stop = threading.Event()
 
+STOP_GRACE_S = 15.0   # > the longest worker join in a node (voice: 10 s)
+_grace = {"s": STOP_GRACE_S, "armed": False}
+
+
+def _arm_stop_watchdog() -> None:
+    """Bound the time from a stop request to the process's end. Python's ``faulthandler`` timer runs in a C thread
+    that needs no GIL: if the node is still shutting down after the grace period (a callback or a middleware call
+    that never returns), it prints every thread's stack on stderr (``Timeout (0:00:15)!`` and the frames) and ends
+    the process with exit code 1, so a node never outlives its launch. Armed once per run."""
+    if _grace["armed"]:
+        return
+    _grace["armed"] = True
+    try:
+        faulthandler.dump_traceback_later(_grace["s"], exit=True)
+    except (RuntimeError, ValueError, OSError, AttributeError):   # no usable stderr (fd closed)
+        pass
+
+
+def _disarm_stop_watchdog() -> None:
+    if _grace["armed"]:
+        _grace["armed"] = False
+        faulthandler.cancel_dump_traceback_later()
+
 
 def request_stop() -> None:
     """Ask the running ``run_node`` loop to stop (e.g. a file source reached its end); safe from any thread."""
@@ -179,6 +203,7 @@ def request_stop() -> None:
 
 def _on_signal(signum, _frame) -> None:
     _stop.set()
+    _arm_stop_watchdog()
 
 
 EXIT_WITH_PARENT_ENV = "EMOTION_ROS_EXIT_WITH_PARENT"
@@ -206,12 +231,23 @@ def exit_with_parent() -> bool:
         os.kill(os.getpid(), signal.SIGTERM)
     except PermissionError:
         pass
+    if os.getppid() == launch_pid:
+        # Second path, for a main thread that does not get to run the SIGTERM handler: see the launch go from here.
+        threading.Thread(target=_watch_parent, args=(launch_pid,), name="exit_with_parent", daemon=True).start()
     return True
+
+
+def _watch_parent(launch_pid: int, period_s: float = 1.0) -> None:
+    while os.getppid() == launch_pid:
+        if _stop.wait(period_s):
+            return
+    _stop.set()
+    _arm_stop_watchdog()
 
 
 def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Optional[Sequence[str]] = None,
              num_threads: Optional[int] = None, poll_s: float = 0.2,
-             on_ready: Optional[Callable[[], None]] = None) -> int:
+             on_ready: Optional[Callable[[], None]] = None, stop_grace_s: float = STOP_GRACE_S) -> int:
     """Run a node (or the list of nodes ``node_factory()`` returns) until Ctrl-C, SIGTERM, ``request_stop()`` or
     rclpy shutdown. ``node_factory()`` is called after ``rclpy.init(args=args or sys.argv)``.
 
@@ -219,10 +255,15 @@ def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Opti
     configured and activated before spinning; then ``on_ready()`` is called (if given). On stop, lifecycle nodes
     get the shutdown transition (their ``on_shutdown`` releases devices) while the ROS context is still valid; then nodes are destroyed and rclpy shut
     down. Exit code: 0 on a clean stop, 1 when construction or autostart failed.
+
+    From the first Ctrl-C / SIGTERM (or the start of the shutdown, whatever ended the loop) the process has
+    ``stop_grace_s`` to finish; past that it prints its threads' stacks and exits with code 1 (see
+    ``_arm_stop_watchdog``), so a shutdown that hangs cannot leave a node running after its launch has gone.
     """
     ensure_ros_env()
-    exit_with_parent()
     _stop.clear()
+    _grace["s"] = float(stop_grace_s)
+    exit_with_parent()
     # Own SIGINT/SIGTERM handling: rclpy's handlers would invalidate the context before nodes can shut down.
     problem = _check_params_files(args)
     if problem:
@@ -277,6 +318,8 @@ def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Opti
     except KeyboardInterrupt:
         return 0
     finally:
+        if threading.current_thread() is threading.main_thread():
+            _arm_stop_watchdog()
         for node in reversed(nodes):
             if isinstance(node, LifecycleNode):
                 _shutdown_lifecycle(node, context)
@@ -298,6 +341,7 @@ def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Opti
         gc.collect()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _disarm_stop_watchdog()
 
 
 def exit_process(code: Optional[int]) -> NoReturn:
