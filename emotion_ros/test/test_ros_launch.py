@@ -179,19 +179,24 @@ def test_launch_without_sources_runs_on_ros2_run_sources(tmp_path, media, graph)
 
 def test_launch_sigterm_to_the_launch_process_leaves_no_node_behind(tmp_path):
     """``docker stop`` / systemd send SIGTERM to ``ros2 launch`` alone; upstream launch then exits at once without
-    stopping its processes (before 2026-12-02 all four nodes here kept running). The nodes follow it now."""
+    stopping its processes (before 2026-12-02 all four nodes here kept running). The nodes follow it now, and so
+    does the bag recorder (record:=1), which closes its bag."""
     import signal as sig
 
-    launch = ros2_launch(["camera:=false", "microphone:=false", "device:=cpu"], str(tmp_path / "launch.log"))
+    bag = tmp_path / "bag"
+    launch = ros2_launch(["camera:=false", "microphone:=false", "device:=cpu", "record:=1", f"bag:={bag}"],
+                         str(tmp_path / "launch.log"))
     try:
         want = [f"/{n}" for n in NODES[2:]]
         assert launch.wait_output("autostart: node is active", UP_TIMEOUT), launch.tail()
+        assert launch.wait_output("recording to", UP_TIMEOUT), launch.tail()
         names = node_names(want=want)
         assert set(want) <= set(names), names
         os.kill(launch.proc.pid, sig.SIGTERM)          # the launch process only, not its group
         assert launch.wait(30) is not None, launch.tail()
         left = launch.leftovers(grace=20)
         assert left == [], "\n".join(left) + "\n" + launch.tail()
+        assert (bag / "metadata.yaml").is_file(), "the recorder must close its bag when it follows the launch"
     finally:
         launch.kill()
 

@@ -209,12 +209,13 @@ def _on_signal(signum, _frame) -> None:
 EXIT_WITH_PARENT_ENV = "EMOTION_ROS_EXIT_WITH_PARENT"
 
 
-def exit_with_parent() -> bool:
+def exit_with_parent(on_gone: Optional[Callable[[], None]] = None) -> bool:
     """Under ``emotion.launch.py`` (which sets ``EMOTION_ROS_EXIT_WITH_PARENT`` to the launch process's pid): ask the
     kernel for a SIGTERM when the process that started this one ends (Linux ``PR_SET_PDEATHSIG``), and stop at once
     if the launch has already gone. Upstream ``ros2 launch`` answers SIGTERM (``docker stop``, systemd) by exiting
-    without stopping its processes; with this its nodes follow it instead of running on as orphans. Returns whether
-    it was armed."""
+    without stopping its processes; with this its nodes follow it instead of running on as orphans. A thread also
+    watches the parent and calls ``on_gone`` (default: stop ``run_node`` and bound its shutdown) should the signal's
+    handler not get to run. Returns whether it was armed."""
     value = os.environ.get(EXIT_WITH_PARENT_ENV, "")
     if not value or not sys.platform.startswith("linux"):
         return False
@@ -233,14 +234,18 @@ def exit_with_parent() -> bool:
         pass
     if os.getppid() == launch_pid:
         # Second path, for a main thread that does not get to run the SIGTERM handler: see the launch go from here.
-        threading.Thread(target=_watch_parent, args=(launch_pid,), name="exit_with_parent", daemon=True).start()
+        threading.Thread(target=_watch_parent, args=(launch_pid, on_gone), name="exit_with_parent",
+                         daemon=True).start()
     return True
 
 
-def _watch_parent(launch_pid: int, period_s: float = 1.0) -> None:
+def _watch_parent(launch_pid: int, on_gone: Optional[Callable[[], None]] = None, period_s: float = 1.0) -> None:
     while os.getppid() == launch_pid:
         if _stop.wait(period_s):
             return
+    if on_gone is not None:
+        on_gone()
+        return
     _stop.set()
     _arm_stop_watchdog()
 

@@ -142,6 +142,9 @@ def play(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[Seque
             old[s] = signal.signal(s, on_signal)
         except ValueError:  # not the main thread
             pass
+    if old:
+        from emotion_ros.ros.lifecycle import exit_with_parent
+        exit_with_parent(on_gone=stop.set)   # under emotion.launch.py: follow a launch ended by SIGTERM alone
     context = rclpy.Context()
     rclpy.init(args=ros_args, context=context, signal_handler_options=SignalHandlerOptions.NO)
     counts: Dict[str, int] = {}

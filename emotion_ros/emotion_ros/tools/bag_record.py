@@ -185,6 +185,9 @@ def record(out: str, topics: Optional[Sequence[str]] = None, storage: str = "mca
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     from rclpy.signals import SignalHandlerOptions
 
+    from emotion_ros.ros.lifecycle import exit_with_parent
+    exit_with_parent(on_gone=stop.set)   # under emotion.launch.py: a launch ended by SIGTERM alone ends the recording
+
     context = rclpy.Context()
     rclpy.init(args=ros_args, context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = None
