@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the labelled evaluation clips if they are missing, evaluate each with `emotion-bag evaluate`, and print one
 # JSON line: per clip the fused, face-only and voice-only accuracy on the same steps, flips per minute, the labels'
-# change rate and the median detection delay; their means; and the issue-10 targets, each true or false.
+# change rate and the median detection delay; fused minus the better single modality with its 95 % bootstrap interval
+# over the clip's spans; their means; and the issue-10 targets, each true or false.
 #
 #   scripts/evaluate_bags.sh [emotion-bag evaluate options, e.g. --fusion-model none]
 #
@@ -38,12 +39,13 @@ done
 "$PY" - "$OUT" "${names[@]}" <<'EOF'
 import json, os, statistics, sys
 out, names = sys.argv[1], sys.argv[2:]
-clips = {}
+clips, reports = {}, {}
 for n in names:
-    r = json.load(open(os.path.join(out, n + ".json")))
+    r = reports[n] = json.load(open(os.path.join(out, n + ".json")))
     clips[n] = {"fused": r["accuracy"], "face": r["face"]["accuracy"], "voice": r["voice"]["accuracy"],
                 "flips_per_min": r["flips_per_min"], "label_changes_per_min": r.get("label_changes_per_min"),
-                "delay_s": r["detection_delay_s"], "n_samples": r["n_samples"]}
+                "delay_s": r["detection_delay_s"], "n_samples": r["n_samples"],
+                "margin": r["margin"]["value"], "margin_ci95": r["margin"]["ci95"]}
 mean = {k: round(statistics.mean(c[k] for c in clips.values() if c[k] is not None), 4)
         for k in ("fused", "face", "voice", "flips_per_min", "label_changes_per_min")}
 margins = [c["fused"] - max(c["face"], c["voice"]) for c in clips.values()]
@@ -56,5 +58,10 @@ targets = {
     "median_delay_le_1s_every_clip": bool(delays) and len(delays) == len(clips) and max(delays) <= 1.0,
 }
 mean["margin_over_best_single"] = round(statistics.mean(margins), 4)
+# its 95 % interval: spans resampled within each clip (emotion_ros.tools.bag_evaluate.mean_margin_over_best_single)
+from emotion_ros.tools.bag_evaluate import mean_margin_over_best_single
+per_span = [[(s["n_samples"], s["right"]["fused"], s["right"]["face"], s["right"]["voice"]) for s in r["spans"]]
+            for r in reports.values()]
+mean["margin_over_best_single_ci95"] = mean_margin_over_best_single(per_span)["ci95"]
 print(json.dumps({"clips": clips, "mean": mean, "targets": targets, "reports": out}))
 EOF

@@ -368,6 +368,35 @@ def test_evaluate_recorded_outputs_exact(tmp_path, capsys):
     assert rep["spans"][3]["majority"] == "scared" and rep["spans"][3]["delay_s"] == 0.0
     assert rep["per_class_recall"]["scared"] == 1.0
     assert "none" in rep["confusion"]["cols"] and np.array(rep["confusion"]["counts"])[:, -1].sum() > 0  # the gap
+    best = max(rep["face"]["accuracy"], rep["voice"]["accuracy"])
+    assert rep["margin"]["value"] == pytest.approx(rep["accuracy"] - best, abs=1e-4)
+    lo, hi = rep["margin"]["ci95"]
+    assert lo <= rep["margin"]["value"] <= hi and rep["margin"]["n_spans"] == 4
+    assert last["margin_over_best_single"] == rep["margin"]
+    assert sum(sp["right"]["fused"] for sp in rep["spans"]) == round(rep["accuracy"] * rep["n_samples"])
+    assert sum(sp["right"]["face"] for sp in rep["spans"]) == round(rep["face"]["accuracy"] * rep["n_samples"])
+
+
+def test_margin_bootstrap_interval_over_spans():
+    from emotion_ros.tools.bag_evaluate import margin_over_best_single
+    # fused right on every step, face on half of every span, voice never: +0.5, and every resample says so
+    m = margin_over_best_single([(10, 10, 5, 0)] * 8)
+    assert m["best_single"] == "face" and m["value"] == 0.5 and m["ci95"] == [0.5, 0.5]
+    # the same totals held by a few spans: fused wins 3 spans outright, loses 1: the interval spans 0
+    m = margin_over_best_single([(10, 10, 0, 0)] * 3 + [(10, 0, 10, 0)] * 1 + [(10, 5, 5, 0)] * 4)
+    assert m["value"] == 0.25 and m["ci95"][0] < 0 < m["ci95"][1]
+    # with 40 such spans the same +0.25 is clearly above 0; the interval is repeatable (seeded)
+    many = ([(10, 10, 0, 0)] * 3 + [(10, 0, 10, 0)] * 1 + [(10, 5, 5, 0)] * 4) * 5
+    m1, m2 = margin_over_best_single(many), margin_over_best_single(many)
+    assert m1 == m2 and m1["value"] == 0.25 and m1["ci95"][0] > 0
+    # voice better than face: measured against voice
+    assert margin_over_best_single([(10, 6, 2, 7)] * 5)["best_single"] == "voice"
+    assert margin_over_best_single([])["value"] is None
+    # the mean over clips, each against its own better modality; resampling within clips
+    from emotion_ros.tools.bag_evaluate import mean_margin_over_best_single
+    m = mean_margin_over_best_single([[(10, 10, 5, 0)] * 8, [(10, 6, 2, 7)] * 5])
+    assert m["value"] == pytest.approx((0.5 + -0.1) / 2) and m["ci95"] == [0.2, 0.2]
+    assert m["best_single"] == "per clip" and m["n_spans"] == 13
 
 
 # ---------------------------------------------------------------------------------------------------------------
