@@ -277,6 +277,43 @@ def test_lifecycle_and_deactivate_publishes_open_utterance(inproc):
     assert n.trigger_deactivate() == R.SUCCESS
 
 
+def test_a_new_face_starts_the_speaker_reference_again(inproc, tmp_path):
+    """speaker_reset_on_new_face: another face track the largest for new_face_hold_s on emotion/faces -> the
+    speaker reference is empty before the next audio is processed; off (the default), faces are not even read."""
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+    from emotion_msgs.msg import FaceEmotion, FaceEmotionArray
+    spk = make_voice_checkpoint(str(tmp_path / "voice_spk.pt"), embed_dim=EMBED, utterance_cmn=True,
+                                speaker_window=3)
+
+    def faces(t, *tracks):
+        msg = FaceEmotionArray()
+        msg.header.stamp = sec_to_stamp(t)
+        msg.faces = [FaceEmotion(id=i, width=w, height=w) for i, w in tracks]
+        return msg
+    wave = np.concatenate([silence(0.5), speechlike(1.0), silence(0.8), speechlike(1.0), silence(0.8)])
+    n = inproc(model_path=spk, speaker_reset_on_new_face=True, new_face_hold_s=0.5)
+    assert n.trigger_configure() == R.SUCCESS and n.trigger_activate() == R.SUCCESS
+    assert any(sub.topic_name == "/emotion/faces" for sub in n._subs)
+    for c in chunks(wave, 16000, 100.0):
+        n.process(c)
+    assert len(n.pipeline.speaker) == 2                        # two utterances of the person in front
+    n._on_faces(faces(104.0, ("ana", 120)))                    # the first person: adopted
+    n._on_faces(faces(104.2, ("ana", 60), ("ben", 150)))       # ben the largest ...
+    n.process(chunks(silence(0.2), 16000, 104.1)[0])
+    assert len(n.pipeline.speaker) == 2 and n.new_face_resets == 0
+    n._on_faces(faces(104.8, ("ben", 150)))                    # ... for 0.6 s: a new person
+    n.process(chunks(silence(0.2), 16000, 104.3)[0])
+    assert len(n.pipeline.speaker) == 0 and n.new_face_resets == 1
+    for c in chunks(wave, 16000, 110.0):
+        n.process(c)
+    assert len(n.pipeline.speaker) == 2 and n.new_face_resets == 1
+    assert n.trigger_deactivate() == R.SUCCESS
+    off = inproc(model_path=spk)
+    assert off.trigger_configure() == R.SUCCESS and off.trigger_activate() == R.SUCCESS
+    assert not any(sub.topic_name == "/emotion/faces" for sub in off._subs) and off._persons is None
+    assert off.trigger_deactivate() == R.SUCCESS
+
+
 def test_backlog_drops_oldest_audio(inproc):
     n = inproc(max_backlog_s=1.0)
     cs = chunks(silence(3.0), 16000, 0.0)

@@ -227,6 +227,26 @@ def test_speaker_normaliser_running_reference():
         SpeakerNormaliser(window=0)
 
 
+def test_new_person_watch_resets_once_when_another_face_stays_the_largest():
+    from emotion_ros.core.voice.features import NewPersonWatch
+    w = NewPersonWatch(hold_s=1.0)
+    assert not w.update([("a", 100.0)], 0.0) and w.current == "a"          # the first person: adopted, no reset
+    assert not w.update([], 0.5)                                             # no face: nothing changes
+    assert not w.update([("a", 100.0), ("b", 50.0)], 1.0)                    # b is there but smaller
+    assert not w.update([("a", 10.0), ("b", 50.0)], 2.0)                     # b the largest: a candidate ...
+    assert not w.update([("b", 50.0)], 2.9)
+    assert not w.update([("a", 90.0), ("b", 50.0)], 3.0)                     # ... interrupted: a again
+    assert not w.update([("b", 50.0)], 3.5)
+    assert w.update([("b", 50.0)], 4.5) and w.current == "b"                 # b held 1 s: a new person, once
+    assert not w.update([("b", 50.0)], 5.0)
+    assert not w.update([("a", 80.0)], 5.5) and w.update([("a", 80.0)], 6.5)  # a back: the reference was b's
+    assert not w.update([("", 900.0)], 7.0)                                  # faces without a track id are ignored
+    z = NewPersonWatch(hold_s=0.0)
+    assert not z.update([("a", 1.0)], 0.0) and z.update([("b", 1.0)], 0.0)
+    with pytest.raises(ValueError):
+        NewPersonWatch(hold_s=-1.0)
+
+
 def _coloured(seconds: float, tilt: float, seed: int) -> np.ndarray:
     """Speech-like noise bursts whose spectrum is tilted by ``tilt`` (first-order filter): a darker or brighter
     voice."""

@@ -23,6 +23,9 @@ Subscribes
   (audio lost, or stamps going backwards) is a gap in the stream: the open utterance is closed there, so none
   spans the gap, and timing restarts from the new stamp (``stream_gaps``; a jump across an idle flush is reported
   and counted too).
+- ``emotion/faces`` (emotion_msgs/FaceEmotionArray; reliable), only with ``speaker_reset_on_new_face`` and a
+  speaker-normalised model: when another face track has been the largest face for ``new_face_hold_s``, the speaker
+  reference starts again before the next audio is processed (``new_face_resets`` on /diagnostics).
 
 Publishes
 
@@ -53,11 +56,12 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo
-from emotion_msgs.msg import VoiceEmotion
+from emotion_msgs.msg import FaceEmotionArray, VoiceEmotion
 from emotion_ros import paths
 from emotion_ros.core.errors import InputError
 from emotion_ros.core.labels import LABELS
 from emotion_ros.core.modelio import ModelFileError
+from emotion_ros.core.voice.features import NewPersonWatch
 from emotion_ros.core.voice.model import VoiceModel
 from emotion_ros.core.voice.pipeline import MAX_RATE, MIN_RATE, VoicePipeline, VoiceResult, clipped_fraction
 from emotion_ros.core.voice.segment import PARAM_TO_KWARG, Segmenter, segmenter_kwargs
@@ -128,6 +132,14 @@ PARAMS = {
                               "starts again (a new person, most likely). Until it has utterances each one is "
                               "normalised by itself (the Whisper member abstains on it). Ignored by per-utterance "
                               "models", {"range": (0.0, 86400.0)}),
+    "speaker_reset_on_new_face": (False, "Also start the speaker reference again when a new person faces the "
+                                         "camera: another face track has been the primary (largest) face on "
+                                         "emotion/faces for new_face_hold_s. Measured: another person's reference "
+                                         "carried across microphones cost 6 points on the new person's first ten "
+                                         "utterances (models/voice.md); off by default until measured on the "
+                                         "evaluation clips"),
+    "new_face_hold_s": (1.0, "How long (s) another face must stay the primary one before it counts as a new person",
+                        {"range": (0.0, 60.0)}),
     "autostart": (True, "Configure and activate on start (false: wait for a lifecycle manager)"),
 }
 
@@ -202,6 +214,9 @@ class VoiceNode(LifecycleNode):
         self.nonfinite_samples = 0
         self.clipped_chunks = 0
         self.idle_gaps = 0    # gaps met after an idle flush (the pipeline counts the others)
+        self.new_face_resets = 0
+        self._persons: Optional[NewPersonWatch] = None
+        self._reset_speaker = threading.Event()   # set by the faces callback, acted on by the worker
         self._idle_expected: Optional[float] = None  # where the stream should have gone on after an idle flush
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
@@ -260,6 +275,15 @@ class VoiceNode(LifecycleNode):
                                reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
         self._subs = [self.create_subscription(AudioInfo, "audio_info", self._on_info, latched_qos()),
                       self.create_subscription(AudioDataStamped, "audio", self._on_audio, audio_qos)]
+        self._reset_speaker.clear()
+        self._persons = None
+        if bool(self.p.speaker_reset_on_new_face) and self.pipeline.speaker is not None:
+            self._persons = NewPersonWatch(float(self.p.new_face_hold_s))
+            self._subs.append(self.create_subscription(FaceEmotionArray, "emotion/faces", self._on_faces,
+                                                       reliable_qos(10)))
+            self.diag.set_value("new_face_resets", 0)
+        elif bool(self.p.speaker_reset_on_new_face):
+            self.get_logger().info("speaker_reset_on_new_face: this voice model keeps no speaker reference; ignored")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -324,6 +348,16 @@ class VoiceNode(LifecycleNode):
             self.diag.set_value("channels", f.channels)
             self.diag.set_value("sample_format", f.sample_format)
             self.diag.set_value("format_source", f.source)
+
+    def _on_faces(self, msg: FaceEmotionArray) -> None:
+        watch = self._persons
+        if watch is None:
+            return
+        t = stamp_to_sec(msg.header.stamp)
+        if watch.update([(f.id, float(max(0, f.width)) * float(max(0, f.height))) for f in msg.faces], t):
+            self._reset_speaker.set()
+            self.log.info("new_face", f"face {watch.current!r} is the primary face now: the speaker reference "
+                                      "starts again")
 
     def _on_info(self, msg: AudioInfo) -> None:
         fmt = AudioFormat(int(msg.sample_rate), int(msg.channels), str(msg.sample_format),
@@ -466,6 +500,13 @@ class VoiceNode(LifecycleNode):
         pipeline = self.pipeline
         if pipeline is None:
             return []
+        if self._reset_speaker.is_set():
+            self._reset_speaker.clear()
+            if pipeline.speaker is not None:
+                pipeline.speaker.reset()
+                self.new_face_resets += 1
+                if self.diag is not None:
+                    self.diag.set_value("new_face_resets", self.new_face_resets)
         self._frame_id = chunk.frame_id
         expected, gaps = pipeline.expected_t(), pipeline.gaps
         resumed, self._idle_expected = self._idle_expected, None
