@@ -143,6 +143,8 @@ def test_rate_limited_logger_suppresses_and_counts():
 def test_rate_limited_logger_works_with_an_rclpy_logger(nodes):
     log = RateLimitedLogger(nodes("log_node").get_logger(), period_s=60)
     assert log.warn("k", "first") and not log.warn("k", "second")
+    # every severity from one RateLimitedLogger (rclpy refuses two severities from one call site)
+    assert log.info("i", "info") and log.error("e", "error") and log.debug("d", "debug") and log.warn("w", "warn")
 
 
 # -------------------------------------------------------------------------------------------------- QoS ---

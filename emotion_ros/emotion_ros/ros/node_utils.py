@@ -198,7 +198,16 @@ class RateLimitedLogger:
             n = self._suppressed.pop(key, 0)
         if n:
             msg = f"{msg} ({n} similar suppressed)"
-        getattr(self.logger, level)(msg)
+        # One call per severity, each on its own line: rclpy keys a logging call site by the caller's file and line,
+        # and refuses a second severity from one site ("Logger severity cannot be changed between calls").
+        if level == "debug":
+            self.logger.debug(msg)
+        elif level == "info":
+            self.logger.info(msg)
+        elif level == "warning":
+            self.logger.warning(msg)
+        else:
+            self.logger.error(msg)
         return True
 
     def debug(self, key: str, msg: str) -> bool:
