@@ -529,3 +529,39 @@ def test_evaluate_no_face_warning_and_progress(tmp_path, capsys):
     assert rc == 0 and "s of bag" not in err
     rc, err = _err(capsys, ["evaluate", str(tmp_path / "blank"), "--labels", str(labels), "--progress", "-1"])
     assert rc == 2 and "--progress" in err
+
+
+def test_evaluate_raw_follows_voice_nodes_reset_on_a_new_face(raw_bag, tmp_path, monkeypatch):
+    """voice_node's speaker_reset_on_new_face in config: the raw evaluation wires it as the node does (a face
+    watch on the face results; the speaker reference started again before the next audio). One person in this bag:
+    adopted, no reset; a watch that says "new person" on every third array: resets counted."""
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_voice_util import make_voice_checkpoint
+    from emotion_ros.core.voice import features
+    from emotion_ros.tools import bag_evaluate as be
+    spk = make_voice_checkpoint(str(tmp_path / "voice_spk.pt"), embed_dim=16, utterance_cmn=True, speaker_window=3)
+    orig = be._load_yaml_params
+
+    def with_reset(name, node):
+        p = dict(orig(name, node))
+        if node == "voice_node":
+            p.update(speaker_reset_on_new_face=True, new_face_hold_s=0.5)
+        return p
+    monkeypatch.setattr(be, "_load_yaml_params", with_reset)
+    m = raw_bag["models"]
+    args = dict(face_model=m["face"], voice_model=spk, fusion_model="none")
+    rep = be.evaluate(str(raw_bag["bag"]), str(raw_bag["labels"]), **args)
+    assert rep["counts"]["face_results"] > 0 and rep["counts"].get("speaker_resets_new_face", 0) == 0
+    calls = {"n": 0}
+
+    def every_third(self, faces, t):
+        calls["n"] += 1
+        return calls["n"] % 3 == 0
+    monkeypatch.setattr(features.NewPersonWatch, "update", every_third)
+    rep = be.evaluate(str(raw_bag["bag"]), str(raw_bag["labels"]), **args)
+    assert calls["n"] >= 3 and 0 < rep["counts"]["speaker_resets_new_face"] <= calls["n"] // 3
+    monkeypatch.setattr(be, "_load_yaml_params", orig)        # the shipped config: off, never called
+    calls["n"] = 0
+    rep = be.evaluate(str(raw_bag["bag"]), str(raw_bag["labels"]), **args)
+    assert calls["n"] == 0 and "speaker_resets_new_face" not in rep["counts"]

@@ -294,6 +294,8 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
         import torch
         torch.set_num_threads(threads)
     info["torch_threads"] = threads
+    persons = None          # voice_node's speaker_reset_on_new_face
+    reset_speaker = False
     try:
         face_pipe = voice_pipe = fusion_model = None
         if face_path:
@@ -310,6 +312,9 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
             vm = VoiceModel(voice_path, device=device)
             voice_pipe = VoicePipeline(vm, segmenter=Segmenter(**segmenter_kwargs(vparams)),
                                        speaker_reset_s=float(vparams.get("speaker_reset_s", 60.0)))
+            if face_path and vparams.get("speaker_reset_on_new_face") and voice_pipe.speaker is not None:
+                from emotion_ros.core.voice.features import NewPersonWatch   # as voice_node does
+                persons = NewPersonWatch(float(vparams.get("new_face_hold_s", 1.0)))
         if fusion_path and os.path.isfile(fusion_path):
             from emotion_ros.core.fusion import FusionModel
             fusion_model = FusionModel(fusion_path, device=device)
@@ -405,6 +410,9 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
             for r in faces:
                 fusion.add_face(t_msg, r.id, float(r.box[2]) * float(r.box[3]), r.probs, r.embedding)
                 counts["face_results"] += 1
+            if persons is not None and persons.update([(r.id, float(r.box[2]) * float(r.box[3])) for r in faces],
+                                                      t_msg):
+                reset_speaker = True
         else:  # audio
             if audio_fmt is None:  # like voice_node: its parameters until an AudioInfo arrives
                 audio_fmt = (int(vparams.get("sample_rate", 16000)), int(vparams.get("channels", 1)),
@@ -420,6 +428,10 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
             counts["audio_chunks"] += 1
             if pcm.shape[0] == 0:
                 continue
+            if reset_speaker:         # before the next audio, as the voice node's worker does
+                reset_speaker = False
+                voice_pipe.speaker.reset()
+                counts["speaker_resets_new_face"] = counts.get("speaker_resets_new_face", 0) + 1
             c0 = time.perf_counter()
             try:
                 results = voice_pipe.push(pcm, rate, t_msg)
