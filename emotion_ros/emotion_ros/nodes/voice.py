@@ -281,7 +281,7 @@ class VoiceNode(LifecycleNode):
             self._persons = NewPersonWatch(float(self.p.new_face_hold_s))
             self._subs.append(self.create_subscription(FaceEmotionArray, "emotion/faces", self._on_faces,
                                                        reliable_qos(10)))
-            self.diag.set_value("new_face_resets", 0)
+            self.diag.set_value("new_face_resets", self.new_face_resets)   # counted over the node's life
         elif bool(self.p.speaker_reset_on_new_face):
             self.get_logger().info("speaker_reset_on_new_face: this voice model keeps no speaker reference; ignored")
         return super().on_activate(state)

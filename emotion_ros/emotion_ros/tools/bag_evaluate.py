@@ -407,12 +407,12 @@ def run_raw(bf: BagFile, opts: Dict[str, Any], want_persons: bool) -> Tuple[Time
             faces = face_pipe.process(frame, t_msg)
             counts["face_s"] += time.perf_counter() - c0
             counts["frames_processed"] += 1
-            for r in faces:
-                fusion.add_face(t_msg, r.id, float(r.box[2]) * float(r.box[3]), r.probs, r.embedding)
+            areas = [float(r.box[2]) * float(r.box[3]) for r in faces]
+            for r, area in zip(faces, areas):
+                fusion.add_face(t_msg, r.id, area, r.probs, r.embedding)
                 counts["face_results"] += 1
-            if persons is not None and persons.update([(r.id, float(r.box[2]) * float(r.box[3])) for r in faces],
-                                                      t_msg):
-                reset_speaker = True
+            if persons is not None and persons.update([(r.id, a) for r, a in zip(faces, areas)], t_msg):
+                reset_speaker = True   # the watch sees the areas the fusion ranks persons by
         else:  # audio
             if audio_fmt is None:  # like voice_node: its parameters until an AudioInfo arrives
                 audio_fmt = (int(vparams.get("sample_rate", 16000)), int(vparams.get("channels", 1)),
