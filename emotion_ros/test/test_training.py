@@ -804,3 +804,40 @@ def test_voice_whisper_speaker_member_normalises_by_the_speaker_and_abstains_at_
     assert train_main(args + ["--speaker-norm", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--speaker-norm" in err[0]
+    # --loso-corpus: each training speaker of the second corpus judged by a head trained without it, as the node
+    # hears it (8 readable files each; each speaker's first utterance abstains and is not counted)
+    turev = os.path.basename(os.path.normpath(turev_like))
+    assert train_main(args + ["--speaker-norm", "3", "--loso-corpus", turev]) == 0
+    loso = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["loso"]
+    assert loso["corpus"] == turev and {k: v["n"] for k, v in loso["speakers"].items()} == {"k1": 7, "k2": 7}
+    assert loso["n"] == 14 and 0 <= loso["accuracy"] <= 1 and 0 <= loso["absent_label_share"] <= 1
+    assert torch.load(g, weights_only=False)["metrics"]["loso"] == loso
+    assert train_main(args + ["--speaker-norm", "3", "--loso-corpus", "nowhere"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--loso-corpus 'nowhere' is not one of the --data corpora" in err[0]
+
+
+def test_leave_one_speaker_out_never_trains_on_the_speaker_it_judges():
+    """Two speakers whose voices mean opposite things (a: label 1 when x > 0; b, with a third as many
+    utterances: label 1 when x < 0). A head that had seen a would follow a's majority and get a right; left out,
+    each speaker is judged by a head that learnt only the other's mapping, and gets it wrong."""
+    from emotion_ros.training.train_voice_ge2e import leave_one_speaker_out, train_head, _sample_weights
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(0.2, 1, 60) * rng.choice([-1, 1], 60),
+                        rng.uniform(0.2, 1, 20) * rng.choice([-1, 1], 20)])
+    speakers = ["0:a"] * 60 + ["0:b"] * 20
+    y = np.where(np.arange(80) < 60, x > 0, x < 0).astype(np.int64)
+    feats = np.stack([x, rng.normal(0, 0.01, 80)], 1).astype(np.float32)
+    v_tr = np.stack([feats, feats + rng.normal(0, 0.01, feats.shape).astype(np.float32)])    # two copies
+    v = v_tr.reshape(-1, 2)
+    masks = np.ones((1, 7), bool)                 # a corpus of all seven labels, two of them heard
+    c = np.zeros(80, np.int64)
+    r = leave_one_speaker_out(v_tr, v, y, c, speakers, 0, masks, 1e-3, 7, 0)
+    assert r["speakers"]["a"] == {"accuracy": 0.0, "n": 60} and r["speakers"]["b"] == {"accuracy": 0.0, "n": 20}
+    assert r["n"] == 80 and r["absent_label_share"] == 0.0
+    yy, cc = np.tile(y, 2), np.tile(c, 2)
+    seen = train_head(v, yy, cc, masks, _sample_weights(cc, yy, True), 1e-3, 7)          # a in training: a right
+    with torch.no_grad():
+        pred = seen(torch.from_numpy(feats[:60])).argmax(1).numpy()
+    assert (pred == y[:60]).mean() > 0.9

@@ -63,6 +63,10 @@ def add_args(p: argparse.ArgumentParser, encoder_help: str = "", run_dir: str = 
                    help="probability per copy of a faster or slower delivery at the same pitch (time-stretch)")
     p.add_argument("--tempo-range", default="0.8,1.25", help="range of the time-stretch factor")
     p.add_argument("--l2", type=float, default=5e-4, help="weight decay of the linear head (0.5 l2 |W|^2)")
+    p.add_argument("--loso-corpus", default="", metavar="NAME",
+                   help="also report, for each training speaker of this corpus (a --data folder's name, e.g. "
+                        "turev_db), the accuracy of a head trained without that speaker on its clean recordings: "
+                        "a dev signal for a corpus without dev speakers (the saved head is unchanged)")
     if not encoder_help:
         p.add_argument("--channel-norm", action="store_true",
                        help="scale GE2E's mel bands to the training set's mean band levels (each by at most 12 dB)")
@@ -114,6 +118,39 @@ def node_offsets(v: np.ndarray, speakers: List[str], window: int, seed: int, key
         out[i] = ref.offset(v[i], key=key)
         counted[i] = ref.held(key) >= 2
     return out, counted
+
+
+def leave_one_speaker_out(v_tr: np.ndarray, v: np.ndarray, y_tr: np.ndarray, c_tr: np.ndarray,
+                          speakers: List[str], corpus: int, masks: np.ndarray, l2: float, seed: int,
+                          speaker_norm: int) -> dict:
+    """For each training speaker of ``corpus``: a head trained on every copy of the other training utterances
+    (``v``: the training rows as the head reads them, copies x utterances), judged on that speaker's clean
+    recordings (``v_tr[0]``) as the node hears them (speaker-normalised: one speaker after another, a fresh reference,
+    the first utterance abstaining and not counted), 7-way -> per speaker accuracy and n, pooled accuracy, and the
+    share of predictions that are labels the corpus does not have."""
+    n_copies, n_tr = v_tr.shape[0], v_tr.shape[1]
+    spk = np.asarray(speakers)
+    y_all, c_all = np.tile(y_tr, n_copies), np.tile(c_tr, n_copies)
+    out, right, n, absent = {}, 0, 0, 0
+    for s in sorted({s for s, c in zip(speakers, c_tr) if c == corpus}):
+        keep = np.tile(spk != s, n_copies)
+        head = train_head(v[keep], y_all[keep], c_all[keep], masks, _sample_weights(c_all[keep], y_all[keep], True),
+                          l2, seed)
+        idx = np.flatnonzero(spk == s)
+        if speaker_norm:
+            x, counted = node_offsets(v_tr[0, idx], [speakers[i] for i in idx], speaker_norm, seed)
+        else:
+            x, counted = v_tr[0, idx], np.ones(len(idx), bool)
+        with torch.no_grad():
+            pred = head(torch.from_numpy(np.ascontiguousarray(x[counted], np.float32))).argmax(1).numpy()
+        truth = y_tr[idx][counted]
+        out[s.split(":", 1)[-1]] = {"accuracy": round(float((pred == truth).mean()), 4) if len(truth) else None,
+                                    "n": int(len(truth))}
+        right += int((pred == truth).sum())
+        n += int(len(truth))
+        absent += int((~masks[corpus][pred]).sum())
+    return {"speakers": out, "accuracy": round(right / n, 4) if n else None, "n": n,
+            "absent_label_share": round(absent / n, 4) if n else None}
 
 
 def train_head(v: np.ndarray, y: np.ndarray, corpus: np.ndarray, masks: np.ndarray, weights: np.ndarray,
@@ -182,6 +219,14 @@ def run(args, kind=_GE2E) -> dict:
     if not dev:
         raise DataError(f"no files of the dev speakers ({args.dev_speakers}) to fit the temperature on")
     print(f"train {len(train)} files, dev {len(dev)} (test speakers not read)", flush=True)
+    loso = getattr(args, "loso_corpus", "")
+    if loso:
+        names = [c.name for c in corpora]
+        if loso not in names:
+            raise DataError(f"--loso-corpus {loso!r} is not one of the --data corpora ({', '.join(names)})")
+        loso_ci = names.index(loso)
+        if len({it.speaker for it, ci in train if ci == loso_ci}) < 2:
+            raise DataError(f"--loso-corpus {loso!r}: fewer than two of its speakers are training speakers")
 
     w_tr, it_tr, bad = _load_waves([it for it, _ in train], "train", "node")
     w_dev, it_dev, bad_dev = _load_waves([it for it, _ in dev], "dev", "node")
@@ -254,6 +299,10 @@ def run(args, kind=_GE2E) -> dict:
         input_spec[kind.name]["speaker_window"] = speaker_norm
     metrics = {"dev": dev_metrics, "train_clean_accuracy": round(train_acc, 4), "n_train": int(len(y_tr)),
                "n_dev": int(len(y_dev)), "copies": int(n_copies)}
+    if loso:
+        metrics["loso"] = {"corpus": loso, **leave_one_speaker_out(
+            v_tr, v, y_tr, c_tr, [f"{ci_of[id(it)]}:{it.speaker}" for it in it_tr], loso_ci, masks, args.l2,
+            args.seed, speaker_norm)}
     save_checkpoint(args.out, kind="voice", arch=kind.speaker_arch if speaker_norm else kind.arch, model=member,
                     input_spec=input_spec,
                     config={"args": args_config(args), "model": {}}, metrics=metrics,
@@ -262,6 +311,8 @@ def run(args, kind=_GE2E) -> dict:
            "train_clean_accuracy": round(train_acc, 4), "temperature": report["temperature"],
            "ece_before": report["ece_before"], "ece_after": report["ece_after"],
            "labels": [LABELS[i] for i in sorted({int(t) for t in y_tr})]}
+    if loso:
+        out["loso"] = metrics["loso"]
     print(json.dumps(out), flush=True)
     return out
 
