@@ -11,8 +11,6 @@ os.environ.setdefault("ROS_HOME", f"/tmp/emotion_ros-test-roshome-{os.getpid()}"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import rclpy  # noqa: E402
-from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -25,14 +23,6 @@ from emotion_ros.ros.node_utils import reliable_qos  # noqa: E402
 
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(PKG_ROOT, "config", "behaviour_rules.yaml")
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = Context()
-    rclpy.init(context=c)
-    yield c
-    rclpy.shutdown(context=c)
 
 
 @pytest.fixture

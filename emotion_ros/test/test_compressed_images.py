@@ -78,20 +78,13 @@ def test_bad_compressed_images_raise_input_error_naming_the_problem(hopper):
         numpy_to_compressed(hopper.astype(np.float32))
 
 
-def test_camera_refuses_to_publish_nothing():
-    import rclpy
-    from rclpy.context import Context
+def test_camera_refuses_to_publish_nothing(ctx):
     from rclpy.parameter import Parameter
     from emotion_ros.nodes.camera import CameraNode
     from emotion_ros.ros.node_utils import ParameterError
-    ctx = Context()
-    rclpy.init(context=ctx)
-    try:
-        with pytest.raises(ParameterError, match="publish_raw and compressed are both false"):
-            CameraNode(context=ctx, parameter_overrides=[Parameter("publish_raw", value=False),
-                                                         Parameter("compressed", value=False)])
-    finally:
-        rclpy.shutdown(context=ctx)
+    with pytest.raises(ParameterError, match="publish_raw and compressed are both false"):
+        CameraNode(context=ctx, parameter_overrides=[Parameter("publish_raw", value=False),
+                                                     Parameter("compressed", value=False)])
 
 
 # ---------------------------------------------------------------------------------------------- DDS graph ---

@@ -285,10 +285,8 @@ def test_missing_model_exits_nonzero_naming_the_file(missing_model_run):
 # ------------------------------------------------------------------------------------------- in-process ---
 
 @pytest.fixture
-def inproc(ckpt):
+def inproc(ckpt, ctx):
     from emotion_ros.nodes.face import FaceNode
-    ctx = Context()
-    rclpy.init(context=ctx)
     made = []
 
     def make(**params):
@@ -299,7 +297,6 @@ def inproc(ckpt):
     yield make
     for n in made:
         n.destroy_node()
-    rclpy.shutdown(context=ctx)
 
 
 def test_lifecycle_states_load_and_drop_the_model(inproc, hopper):

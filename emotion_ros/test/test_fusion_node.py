@@ -11,10 +11,8 @@ os.environ.setdefault("ROS_HOME", f"/tmp/emotion_ros-test-roshome-{os.getpid()}"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import rclpy  # noqa: E402
 import torch  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 
@@ -47,14 +45,6 @@ def model_file(tmp_path_factory):
     save_checkpoint(path, kind="fusion", arch=ARCH, model=FusionNet(FACE_DIM, VOICE_DIM, HIDDEN),
                     input_spec={"face_dim": FACE_DIM, "voice_dim": VOICE_DIM}, config={"model": {"hidden": HIDDEN}})
     return path
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = Context()
-    rclpy.init(context=c)
-    yield c
-    rclpy.shutdown(context=c)
 
 
 @pytest.fixture

@@ -188,14 +188,6 @@ def _check_clean_exit(tmp_path, module):
 
 # -- diagnostics: fusion sees its face input die; lifecycle state before configure ------------------------------------
 
-@pytest.fixture(scope="module")
-def ctx():
-    c = Context()
-    rclpy.init(context=c)
-    yield c
-    rclpy.shutdown(context=c)
-
-
 def face_array(node):
     msg = FaceEmotionArray()
     msg.header.stamp = node.get_clock().now().to_msg()

@@ -17,7 +17,6 @@ import pytest  # noqa: E402
 import rclpy  # noqa: E402
 import torch  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -32,14 +31,6 @@ from emotion_ros.nodes.camera import LIVE_RATE_CAP, CameraNode  # noqa: E402
 from emotion_ros.ros.convert import stamp_to_sec  # noqa: E402
 from emotion_ros.ros.node_utils import (OK, WARN, Diagnostics, ParameterError, declare_parameters,  # noqa: E402
                                         parameter_help, reliable_qos)
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = Context()
-    rclpy.init(context=c)
-    yield c
-    rclpy.shutdown(context=c)
 
 
 _N = iter(range(10000))

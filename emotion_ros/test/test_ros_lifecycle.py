@@ -15,7 +15,6 @@ import pytest  # noqa: E402
 import rclpy  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -96,14 +95,6 @@ NODE_SCRIPT = textwrap.dedent("""
                "hang": Hang}[KIND]
     sys.exit(run_node(factory, args=sys.argv, **({"stop_grace_s": 3.0} if KIND == "hang" else {})))
 """)
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = Context()
-    rclpy.init(context=c)
-    yield c
-    rclpy.shutdown(context=c)
 
 
 @pytest.fixture

@@ -23,14 +23,6 @@ from emotion_ros.ros.node_utils import (  # noqa: E402
     sensor_qos)
 
 
-@pytest.fixture(scope="module")
-def ctx():
-    c = Context()
-    rclpy.init(context=c)
-    yield c
-    rclpy.shutdown(context=c)
-
-
 @pytest.fixture
 def nodes(ctx):
     made = []

@@ -13,7 +13,6 @@ os.environ.setdefault("ROS_HOME", f"/tmp/emotion_ros-test-roshome-{os.getpid()}"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import rclpy  # noqa: E402
-from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
@@ -50,14 +49,6 @@ PUBLISHER = textwrap.dedent("""
     time.sleep(1.0)
     node.destroy_node(); rclpy.shutdown()
 """)
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = Context()
-    rclpy.init(context=c)
-    yield c
-    rclpy.shutdown(context=c)
 
 
 def test_profile_is_valid_xml_with_a_16mib_shm_segment():

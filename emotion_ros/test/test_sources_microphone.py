@@ -11,10 +11,8 @@ os.environ.setdefault("ROS_HOME", f"/tmp/emotion_ros-test-roshome-{os.getpid()}"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import rclpy  # noqa: E402
 import soundfile as sf  # noqa: E402
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo  # noqa: E402
-from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -40,14 +38,6 @@ def wav(tmp_path_factory):
     path = tmp_path_factory.mktemp("mic") / "tones.wav"
     sf.write(str(path), stereo_tones(int(RATE * DUR), RATE), RATE, subtype="PCM_16")
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = Context()
-    rclpy.init(context=c)
-    yield c
-    rclpy.shutdown(context=c)
 
 
 _COUNT = iter(range(1000))
@@ -163,16 +153,11 @@ def test_file_mode_loop_keeps_stamps_continuous(harness, wav):
     assert np.array_equal(np.diff(ns), np.full(len(ns) - 1, 100_000_000))
 
 
-def test_no_input_device_is_a_clear_error():
+def test_no_input_device_is_a_clear_error(ctx):
     if list_input_devices():
         pytest.skip("this machine has an audio input device")
-    c = Context()
-    rclpy.init(context=c)
-    try:
-        with pytest.raises(SourceError, match="no audio input device found.*'file' parameter"):
-            MicrophoneNode(context=c)
-    finally:
-        rclpy.shutdown(context=c)
+    with pytest.raises(SourceError, match="no audio input device found.*'file' parameter"):
+        MicrophoneNode(context=ctx)
 
 
 def test_process_without_device_exits_1_and_file_process_exits_0(wav):

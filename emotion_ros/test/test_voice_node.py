@@ -233,10 +233,8 @@ def test_missing_model_exits_nonzero_naming_the_file(tmp_path):
 # ------------------------------------------------------------------------------------------- in-process ---
 
 @pytest.fixture
-def inproc(ckpt):
+def inproc(ckpt, ctx):
     from emotion_ros.nodes.voice import VoiceNode
-    ctx = Context()
-    rclpy.init(context=ctx)
     made = []
 
     def make(**params):
@@ -247,7 +245,6 @@ def inproc(ckpt):
     yield make
     for n in made:
         n.destroy_node()
-    rclpy.shutdown(context=ctx)
 
 
 def chunks(x, rate, t0, chunk_s=0.1):
