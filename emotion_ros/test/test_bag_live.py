@@ -6,6 +6,7 @@ import random
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 from emotion_ros.tools.bag_common import BagFile, stamp_ns
@@ -307,3 +308,32 @@ def test_play_rejects_missing_topic(tmp_path):
     p = subprocess.run(_bag_cmd("play", tmp_path / "b", "--topics", "image_raw"), env=_env(tmp_path), cwd=PKG_ROOT,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "no topic /image_raw" in p.stderr and "/audio" in p.stderr
+
+
+def test_a_storm_of_signals_is_handled_once():
+    """``stop_on_signals`` (record, play, view): the first SIGINT sets ``stop`` and turns SIGINT and SIGTERM to
+    SIG_IGN at the OS level, so that repeats cannot nest Python handlers (the recorder once exited 1 with
+    RecursionError after 14,272 SIGINTs 2 ms apart); ``end_signal_handling`` keeps them ignored after a signal and
+    otherwise puts the previous handlers back. In a child process: the signals are its own."""
+    code = textwrap.dedent('''
+        import os, signal, threading
+        from emotion_ros.tools.bag_common import end_signal_handling, stop_on_signals
+        stop = threading.Event()
+        old = stop_on_signals(stop)
+        assert signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, signal.SIG_DFL, signal.default_int_handler)
+        for _ in range(5000):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert stop.is_set()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        end_signal_handling(old, stop.is_set())
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        quiet = threading.Event()
+        old = stop_on_signals(quiet)
+        end_signal_handling(old, quiet.is_set())        # stopped by something else: the handlers as they were
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and not quiet.is_set()
+        print("ok")
+    ''')
+    env = dict(os.environ, PYTHONPATH=PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

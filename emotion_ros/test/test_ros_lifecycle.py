@@ -266,3 +266,17 @@ def test_the_parent_watch_stops_the_loop_and_arms_the_watchdog_when_the_launch_g
         lifecycle._disarm_stop_watchdog()
         lifecycle._stop.clear()
     assert not lifecycle._grace["armed"]
+
+
+def test_repeated_signals_stop_once_and_return_at_once(monkeypatch):
+    """run_node's SIGINT/SIGTERM handler: the first signal stops the loop and arms the watchdog; the repeats of a
+    signal storm return before touching the Event (nested in one another they ran into RecursionError, or could
+    deadlock on the Event's lock) and do not arm anything again."""
+    from emotion_ros.ros import lifecycle
+    armed, sets = [], []
+    monkeypatch.setattr(lifecycle, "_arm_stop_watchdog", lambda: armed.append(1))
+    monkeypatch.setattr(lifecycle._stop, "set", lambda: sets.append(1))
+    monkeypatch.setitem(lifecycle._signals, "seen", False)
+    for _ in range(50):
+        lifecycle._on_signal(signal.SIGINT, None)
+    assert sets == [1] and armed == [1] and lifecycle._signals["seen"]

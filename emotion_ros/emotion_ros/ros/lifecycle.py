@@ -201,7 +201,17 @@ def request_stop() -> None:
     _stop.set()
 
 
+_signals = {"seen": False}
+
+
 def _on_signal(signum, _frame) -> None:
+    """The first SIGINT/SIGTERM stops the loop and arms the watchdog; repeats return at once. Python runs a handler
+    between any two bytecodes, also inside the previous handler: a storm of signals (a held Ctrl-C, a supervisor
+    repeating SIGTERM) nested handler in handler inside ``threading.Event.set`` until RecursionError (seen with the
+    bag recorder, 2026-12-03), or, once ``set`` holds the Event's lock, could deadlock on it."""
+    if _signals["seen"]:
+        return
+    _signals["seen"] = True
     _stop.set()
     _arm_stop_watchdog()
 
@@ -267,6 +277,7 @@ def run_node(node_factory: Callable[[], Union[Node, Sequence[Node]]], args: Opti
     """
     ensure_ros_env()
     _stop.clear()
+    _signals["seen"] = False
     _grace["s"] = float(stop_grace_s)
     exit_with_parent()
     # Own SIGINT/SIGTERM handling: rclpy's handlers would invalidate the context before nodes can shut down.

@@ -9,6 +9,7 @@ import importlib
 import os
 import shutil
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -313,6 +314,25 @@ class BagFile:
             where = f" on {topic}" if topic else ""
             raise BagError(f"bag {self.path!r}: cannot decode a {msgtype} message{where}: "
                            f"{type(exc).__name__}: {exc}") from None
+
+
+def stop_on_signals(stop: threading.Event) -> Dict[int, object]:
+    """SIGINT and SIGTERM set ``stop``; from the first one on, both are ignored (SIG_IGN, at the OS level) until
+    :func:`end_signal_handling`. A Python handler runs between any two bytecodes, also inside itself: with a handler
+    that only called ``stop.set()``, a storm of SIGINTs (one every 2 ms, as a test sends them) nested handler in
+    handler inside ``Event.set`` until RecursionError, and the recorder exited 1 after 30 s (seen 2026-12-03).
+    Returns the replaced handlers (none when not called from the main thread, where Python refuses handlers)."""
+    def on_signal(_sig, _frm):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        stop.set()
+    previous: Dict[int, object] = {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[s] = signal.signal(s, on_signal)
+        except ValueError:  # not the main thread
+            pass
+    return previous
 
 
 def end_signal_handling(previous: Dict[int, object], signalled: bool) -> None:

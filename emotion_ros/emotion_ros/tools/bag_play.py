@@ -16,12 +16,11 @@ recorded stamps and bytes unchanged: for nodes started with ``use_sim_time:=true
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
-from .bag_common import BagError, BagFile, end_signal_handling, import_msg_class, normalise_topic
+from .bag_common import BagError, BagFile, end_signal_handling, import_msg_class, normalise_topic, stop_on_signals
 
 
 def _publisher_qos(conn):
@@ -134,14 +133,7 @@ def play(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[Seque
 
     stop = threading.Event()
 
-    def on_signal(_sig, _frm):
-        stop.set()
-    old = {}
-    for s in (signal.SIGINT, signal.SIGTERM):
-        try:
-            old[s] = signal.signal(s, on_signal)
-        except ValueError:  # not the main thread
-            pass
+    old = stop_on_signals(stop)
     if old:
         from emotion_ros.ros.lifecycle import exit_with_parent
         exit_with_parent(on_gone=stop.set)   # under emotion.launch.py: follow a launch ended by SIGTERM alone

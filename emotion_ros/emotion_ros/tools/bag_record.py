@@ -10,13 +10,12 @@ blocks the executor. Receive times come from the node clock (ROS time; sim time 
 from __future__ import annotations
 
 import queue
-import signal
 import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
 from .bag_common import (DEFAULT_TOPICS, KNOWN_TYPES, BagError, BagWriter, end_signal_handling, import_msg_class,
-                         knows_type, make_qos)
+                         knows_type, make_qos, stop_on_signals)
 
 _STOP = object()
 
@@ -179,10 +178,7 @@ def record(out: str, topics: Optional[Sequence[str]] = None, storage: str = "mca
     wt = _WriterThread(writer)
     wt.start()
     stop = threading.Event()
-
-    def on_signal(_sig, _frm):
-        stop.set()
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = stop_on_signals(stop)
     from rclpy.signals import SignalHandlerOptions
 
     from emotion_ros.ros.lifecycle import exit_with_parent

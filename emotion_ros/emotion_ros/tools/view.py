@@ -30,13 +30,14 @@ import collections
 import json
 import math
 import os
-import signal
 import sys
 import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from .bag_common import end_signal_handling, stop_on_signals
 
 FORGET_S = 10.0  # table: a person without a state for this long leaves the table
 CODECS = {".avi": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "MJPG"}
@@ -228,12 +229,7 @@ def view(args, ros_args: Optional[List[str]] = None, out=None, err=None) -> dict
     sink = VideoSink(args.save_debug, args.video_fps) if args.save_debug else None
 
     stop = threading.Event()
-    old = {}
-    for s in (signal.SIGINT, signal.SIGTERM):
-        try:
-            old[s] = signal.signal(s, lambda *_: stop.set())
-        except ValueError:  # not the main thread
-            pass
+    old = stop_on_signals(stop)
     context = rclpy.Context()
     rclpy.init(args=ros_args, context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = None
@@ -330,8 +326,7 @@ def view(args, ros_args: Optional[List[str]] = None, out=None, err=None) -> dict
     finally:
         video = sink.close() if sink is not None else None
         close_node(node, context)
-        for s, h in old.items():
-            signal.signal(s, h)
+        end_signal_handling(old, False)     # the handlers as they were, whatever stopped the view
     summary = {"view": topic, "states": n_states, "persons": dict(per_person), "emotions": dict(emotions),
                "seconds": round(time.monotonic() - t_start, 3)}
     if video is not None:
