@@ -227,7 +227,7 @@ def play(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[Seque
     finally:
         close_node(node, context)
         bf.close()
-        end_signal_handling(old, stop.is_set())  # stop: only ever set by a signal
+        end_signal_handling(old, stop.is_set())  # stop: set by a signal, or by the launch going away
     return {"bag": bag, "rate": rate, "loops": loops, "played_s": round(time.monotonic() - t_wall0, 3),
             "messages": counts, "skipped": skipped, "interrupted": stop.is_set(),
             "time": "restamped" if restamp else "clock" if clock else "recorded"}
