@@ -11,8 +11,6 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 200)))
 os.environ.setdefault("ROS_HOME", f"/tmp/emotion_ros-test-roshome-{os.getpid()}")
 
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402

@@ -128,7 +128,7 @@ def leave_one_speaker_out(v_tr: np.ndarray, v: np.ndarray, y_tr: np.ndarray, c_t
     recordings (``v_tr[0]``) as the node hears them (speaker-normalised: one speaker after another, a fresh reference,
     the first utterance abstaining and not counted), 7-way -> per speaker accuracy and n, pooled accuracy, and the
     share of predictions that are labels the corpus does not have."""
-    n_copies, n_tr = v_tr.shape[0], v_tr.shape[1]
+    n_copies = v_tr.shape[0]
     spk = np.asarray(speakers)
     y_all, c_all = np.tile(y_tr, n_copies), np.tile(c_tr, n_copies)
     out, right, n, absent = {}, 0, 0, 0
@@ -239,6 +239,7 @@ def run(args, kind=_GE2E) -> dict:
     ci_of = {id(it): ci for it, ci in train}
     c_tr = np.array([ci_of[id(it)] for it in it_tr], np.int64)
     y_tr = np.array([it.label for it in it_tr], np.int64)
+    spk_tr = [f"{ci}:{it.speaker}" for ci, it in zip(c_tr, it_tr)]    # speakers keyed by corpus: ids may repeat
     y_dev = np.array([it.label for it in it_dev], np.int64)
 
     key = hashlib.sha256(json.dumps({**({"kind": kind.name} if kind is not _GE2E else {}),
@@ -276,7 +277,7 @@ def run(args, kind=_GE2E) -> dict:
     v = v_tr.reshape(-1, v_tr.shape[-1])
     counted = np.ones(len(y_dev), bool)
     if speaker_norm:       # each state minus the mean of it and 1..window-1 others of its speaker, same copy
-        group_of, groups = speaker_groups([f"{ci_of[id(it)]}:{it.speaker}" for it in it_tr])
+        group_of, groups = speaker_groups(spk_tr)
         v = random_offsets(v_tr, groups, group_of, np.tile(np.arange(n_tr), n_copies), speaker_norm,
                            np.random.default_rng(args.seed + 1), copies=np.repeat(np.arange(n_copies), n_tr),
                            min_count=2)
@@ -301,7 +302,7 @@ def run(args, kind=_GE2E) -> dict:
                "n_dev": int(len(y_dev)), "copies": int(n_copies)}
     if loso:
         metrics["loso"] = {"corpus": loso, **leave_one_speaker_out(
-            v_tr, v, y_tr, c_tr, [f"{ci_of[id(it)]}:{it.speaker}" for it in it_tr], loso_ci, masks, args.l2,
+            v_tr, v, y_tr, c_tr, spk_tr, loso_ci, masks, args.l2,
             args.seed, speaker_norm)}
     save_checkpoint(args.out, kind="voice", arch=kind.speaker_arch if speaker_norm else kind.arch, model=member,
                     input_spec=input_spec,
