@@ -3,7 +3,6 @@ DDS graph camera_node (a generated face video, JPEG only) -> face_node (``image_
 ``emotion/faces``, under a remapped image topic; corrupt JPEGs are skipped with a log line and the node goes on."""
 from __future__ import annotations
 
-import os
 import time
 
 import cv2
@@ -13,7 +12,6 @@ import pytest
 
 from robust_helpers import Graph, NodeProcess, small_checkpoints  # noqa: E402 (sets ROS_DOMAIN_ID / ROS_HOME)
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from emotion_msgs.msg import FaceEmotionArray  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 

@@ -21,7 +21,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from emotion_ros import paths  # noqa: E402
 from emotion_ros.core.labels import LABELS  # noqa: E402
 from emotion_ros.ros.convert import float_to_pcm, numpy_to_image, stamp_to_sec  # noqa: E402
-from emotion_ros.ros.node_utils import latched_qos, reliable_qos, sensor_qos  # noqa: E402
+from emotion_ros.ros.node_utils import latched_qos, reliable_qos  # noqa: E402
 
 MODELS = [paths.model_path(n) for n in ("face.pt", "voice.pt", "fusion.pt")]
 pytestmark = pytest.mark.skipif(not all(os.path.isfile(m) for m in MODELS),

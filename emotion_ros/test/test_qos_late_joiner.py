@@ -3,7 +3,6 @@ acts on it, and what it published before a display started reaches that display 
 transient local); events (``emotion/say``, ``emotion/decision``) are not replayed to late listeners."""
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np

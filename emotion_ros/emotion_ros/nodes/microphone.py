@@ -30,12 +30,11 @@ import threading
 import time
 from typing import Optional
 
-import numpy as np
 import rclpy
 from rclpy.node import Node
 
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo
-from emotion_ros.core.sources import AudioFileSource, SourceError, list_input_devices, open_input_stream
+from emotion_ros.core.sources import AudioFileSource, list_input_devices, open_input_stream
 from emotion_ros.ros.convert import float_to_pcm, ns_to_stamp, stamp_to_ns
 from emotion_ros.ros.lifecycle import command_line, exit_process, request_stop, run_node
 from emotion_ros.ros.node_utils import (Diagnostics, RateLimitedLogger, declare_parameters, latched_qos, reliable_qos,

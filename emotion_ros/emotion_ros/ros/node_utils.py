@@ -129,7 +129,7 @@ def declare_parameters(node, spec: Dict[str, Tuple]) -> types.SimpleNamespace:
                 default = list(default)
             try:
                 node.declare_parameter(name, default, descriptor)
-            except InvalidParameterValueException as exc:
+            except InvalidParameterValueException:
                 given = getattr(node, "_parameter_overrides", {}).get(name)
                 value = given.value if given is not None else default
                 where = f" (allowed: {_describe_range(bounds)})" if bounds is not None else ""

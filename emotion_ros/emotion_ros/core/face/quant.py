@@ -12,7 +12,6 @@ Eager mode, not FX: FX's tracing imports dynamo, inductor and sympy (+105 MB of 
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Dict, Iterable, Optional
 

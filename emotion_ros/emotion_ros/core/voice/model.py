@@ -207,11 +207,10 @@ class VoiceModel:
         the utterance normalised by itself, as at the node's start-up."""
         if not self.needs_features:
             return None
-        ref = None
-        if speaker is not None and self.spec.speaker_window:
-            def ref(band_mean):
-                return speaker.offset(band_mean, t, commit, window=self.spec.speaker_window)
-        f = utterance_features(wave, self.spec, reference=ref)
+        def ref(band_mean):
+            return speaker.offset(band_mean, t, commit, window=self.spec.speaker_window)
+        use_ref = speaker is not None and bool(self.spec.speaker_window)
+        f = utterance_features(wave, self.spec, reference=ref if use_ref else None)
         return (f - self.mean) / self.std
 
     def speaker_normaliser(self, reset_after_s: float = 60.0) -> Optional[SpeakerNormaliser]:
