@@ -8,7 +8,8 @@
 #      pitch_down / pitch_up 3 semitones, slow / fast tempo 0.8 / 1.25).
 # Every row goes through the voice node's own pipeline (segmenter, trimming, features, calibrated model).
 # Writes OUT_DIR/voice_generalisation.json (default docs/eval/) and prints a table with n, accuracy, macro-F1,
-# the most-predicted class and its share over its true share (collapse ratio), and the ECE.
+# the most-predicted class and its share over its true share (collapse ratio), the ECE, and (in-labels) the accuracy
+# read over the labels the row's data has (a diagnostic: TurEV-DB has four of the seven; the rows themselves are 7-way).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ravdess="${1:?RAVDESS folder}"; turev="${2:?TurEV-DB folder}"; out="${3:-$here/docs/eval}"
@@ -50,13 +51,14 @@ for f in sorted(os.listdir(reports)):
         r = json.load(open(os.path.join(reports, f)))
         rows[f[:-5]] = {k: r.get(k) for k in ("accuracy", "macro_f1", "n", "most_predicted", "collapse_ratio",
                                                "prediction_share", "per_class_recall", "ece", "temperature",
+                                               "accuracy_within_labels", "labels_present",
                                                "no_speech_found", "speakers", "speaker_filter", "perturb",
                                                "data", "model", "model_file")}
 json.dump({"seed": int(seed), "rows": rows}, open(dest, "w"), indent=2)
-print(f"{'row':<26} {'n':>5} {'acc':>6} {'mF1':>6} {'most predicted':>15} {'ratio':>6} {'ECE':>6}")
+print(f"{'row':<26} {'n':>5} {'acc':>6} {'mF1':>6} {'most predicted':>15} {'ratio':>6} {'ECE':>6} {'in-labels':>9}")
 for name, r in rows.items():
     ratio = "n/a" if r["collapse_ratio"] is None else f"{r['collapse_ratio']:.2f}"
     print(f"{name:<26} {r['n']:5d} {r['accuracy']:6.3f} {r['macro_f1']:6.3f} {str(r['most_predicted']):>15} "
-          f"{ratio:>6} {r['ece']:6.3f}")
+          f"{ratio:>6} {r['ece']:6.3f} {r['accuracy_within_labels']:9.3f}")
 print(f"written: {dest}")
 EOF

@@ -565,6 +565,41 @@ def test_voice_ge2e_member_trains_loads_alone_and_joins_an_ensemble(ravdess_like
         ens.predict_features(ens.features(wave))
 
 
+def test_noisy_copies_follow_the_regular_copies_unchanged(ravdess_like, tmp_path, capsys, monkeypatch):
+    """--noisy-copies K: K more copies of every training utterance, each with background noise (the augmentation
+    asked for noise with probability 1), made after the --augment-copies ones, which stay those of a run without
+    them (same generator, same order); a negative count ends in one line (exit 2)."""
+    from emotion_ros.training import train_voice_ge2e
+
+    enc = str(tmp_path / "enc.pt")
+    _resemblyzer_like(enc)
+    asked = []
+    real = train_voice_ge2e.augment_voice
+
+    def recording(*a, **kw):
+        asked.append(kw.get("p_noise"))
+        return real(*a, **kw)
+    monkeypatch.setattr(train_voice_ge2e, "augment_voice", recording)
+    base = ["voice-ge2e", "--data", ravdess_like, "--test-speakers", "4", "--dev-speakers", "3",
+            "--augment-copies", "1", "--encoder", enc, "--threads", "1"]
+    caches = {}
+    for k in (0, 2):
+        asked.clear()
+        run_dir = tmp_path / f"run{k}"
+        assert train_main(base + ["--noisy-copies", str(k), "--run-dir", str(run_dir),
+                                  "--out", str(tmp_path / f"g{k}.pt")]) == 0
+        n = len(asked) // (1 + k)
+        assert asked == [None] * n + [1.0] * (k * n) and n > 0
+        caches[k] = np.load(next((run_dir / "cache").glob("*.npz")))["train"]
+    capsys.readouterr()
+    assert caches[0].shape[0] == 2 and caches[2].shape[0] == 4
+    assert np.array_equal(caches[2][:2], caches[0])
+    assert not np.allclose(caches[2][2], caches[2][0])
+    assert train_main(base + ["--noisy-copies", "-1", "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--noisy-copies must be >= 0" in err[0]
+
+
 def test_voice_ensemble_refuses_a_ge2e_main_and_voice_ge2e_a_missing_encoder(ravdess_like, tmp_path, capsys):
     enc = str(tmp_path / "enc.pt")
     _resemblyzer_like(enc)
@@ -811,10 +846,54 @@ def test_voice_whisper_speaker_member_normalises_by_the_speaker_and_abstains_at_
     loso = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["loso"]
     assert loso["corpus"] == turev and {k: v["n"] for k, v in loso["speakers"].items()} == {"k1": 7, "k2": 7}
     assert loso["n"] == 14 and 0 <= loso["accuracy"] <= 1 and 0 <= loso["absent_label_share"] <= 1
+    assert loso["accuracy"] <= loso["accuracy_within_labels"] <= 1
     assert torch.load(g, weights_only=False)["metrics"]["loso"] == loso
     assert train_main(args + ["--speaker-norm", "3", "--loso-corpus", "nowhere"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--loso-corpus 'nowhere' is not one of the --data corpora" in err[0]
+
+
+def test_accuracy_within_labels_reads_only_the_labels_allowed():
+    from emotion_ros.training.common import accuracy_within_labels
+
+    probs = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3], [0.2, 0.7, 0.1]])
+    y = [2, 0, 0]                                    # label 1 never true: by default not allowed
+    assert accuracy_within_labels(probs, y) == pytest.approx(1.0)
+    assert (probs.argmax(1) == y).mean() == pytest.approx(1 / 3)
+    logits = np.log(probs) - 7.0                     # any sign: logits work alike
+    assert accuracy_within_labels(logits, y, np.array([True, True, True])) == pytest.approx(1 / 3)
+    assert accuracy_within_labels(logits, y, np.array([True, False, True])) == pytest.approx(1.0)
+    assert accuracy_within_labels(np.zeros((0, 3)), []) == 0.0
+
+
+def test_leave_one_speaker_out_reports_accuracy_within_the_corpus_labels():
+    """Corpus 0 has neutral (x < 0), happy (0.2 < x < 0.5) and angry (0.8 < x < 1.6); corpus 1 only neutral and
+    happy. Speaker b of corpus 1 is happy where corpus 0 is; speaker a is happy at 1.2-1.6, where the head trained
+    without a has heard only angry. 7-way, a's happy utterances come out angry, a label corpus 1 does not have; read
+    over corpus 1's own labels only they are right (happy beats neutral there)."""
+    from emotion_ros.training.train_voice_ge2e import leave_one_speaker_out
+
+    rng = np.random.default_rng(1)
+    n0, n1 = 120, 40
+    neutral, happy, angry = (LABELS.index(k) for k in ("neutral", "happy", "angry"))
+    y0 = rng.choice([neutral, happy, angry], n0)
+    x0 = np.select([y0 == neutral, y0 == happy], [-rng.uniform(0.2, 1, n0), rng.uniform(0.2, 0.5, n0)],
+                   rng.uniform(0.8, 1.6, n0))
+    ya, yb = rng.choice([neutral, happy], n1), rng.choice([neutral, happy], n1)
+    xa = np.where(ya == happy, rng.uniform(1.2, 1.6, n1), -rng.uniform(0.2, 1, n1))
+    xb = np.where(yb == happy, rng.uniform(0.2, 0.5, n1), -rng.uniform(0.2, 1, n1))
+    x, y = np.concatenate([x0, xa, xb]), np.concatenate([y0, ya, yb]).astype(np.int64)
+    c = np.array([0] * n0 + [1] * (2 * n1))
+    speakers = ["0:r"] * n0 + ["1:a"] * n1 + ["1:b"] * n1
+    feats = np.stack([x, rng.normal(0, 0.01, x.size)], 1).astype(np.float32)
+    masks = np.zeros((2, 7), bool)
+    masks[0, [neutral, happy, angry]] = True
+    masks[1, [neutral, happy]] = True
+    r = leave_one_speaker_out(feats[None], feats, y, c, speakers, 1, masks, 1e-3, 7, 0)
+    a_happy = int((ya == happy).sum())
+    assert r["n"] == 2 * n1 and a_happy > 10
+    assert r["speakers"]["a"]["accuracy"] <= 1 - 0.8 * a_happy / n1 and r["absent_label_share"] >= 0.8 * a_happy / (2 * n1)
+    assert r["accuracy_within_labels"] == 1.0 and r["accuracy"] < 1.0
 
 
 def test_leave_one_speaker_out_never_trains_on_the_speaker_it_judges():

@@ -25,6 +25,22 @@ def default_models_dir() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "models")
 
 
+def accuracy_within_labels(scores: np.ndarray, y_true: Sequence[int], allowed: Optional[np.ndarray] = None) -> float:
+    """Accuracy of the argmax over ``allowed`` labels only (bool (K,); default: the labels in ``y_true``), for
+    scores (N, K) of any sign (probabilities or logits). A diagnostic for a corpus with fewer labels than the
+    model: how much of the error is the model's answering with a label the corpus never has. Never below the
+    plain argmax's accuracy, since every true label is allowed."""
+    scores = np.asarray(scores, dtype=np.float64)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    if allowed is None:
+        allowed = np.zeros(scores.shape[1], bool)
+        allowed[np.unique(y_true)] = True
+    if len(y_true) == 0:
+        return 0.0
+    pred = np.where(np.asarray(allowed, bool), scores, -np.inf).argmax(1)
+    return float((pred == y_true).mean())
+
+
 def metrics_from_predictions(y_true: Sequence[int], y_pred: Sequence[int],
                              labels: Sequence[str] = LABELS) -> Dict[str, Any]:
     """Accuracy, macro-F1 over the classes present, per-class recall and the confusion matrix."""

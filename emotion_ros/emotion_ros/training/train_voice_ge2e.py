@@ -8,8 +8,8 @@ A linear classifier over the pooled states of a frozen, pretrained speaker encod
 into the output checkpoint, so the node never reads Resemblyzer. Data, splits and sampling as ``emotion-train
 voice``: speakers split into train / dev / test, every corpus and, within it, every label weighted equally, a
 corpus trained only over its own labels (partial labels), each training utterance heard clean and as
-``--augment-copies`` copies through the same room / microphone / noise / speed / pitch augmentation, every copy cut
-as the voice node cuts it. The temperature is fitted on the dev speakers. Test speakers are not read.
+``--augment-copies`` copies through the same room / microphone / noise / speed / pitch augmentation (and
+``--noisy-copies`` more with noise in every one), every copy cut as the voice node cuts it. The temperature is fitted on the dev speakers. Test speakers are not read.
 Add the result to an ensemble with ``emotion-train voice-ensemble --members MAIN.pt ... THIS.pt``.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ..core.voice import ge2e
 from ..core.voice.features import FeatureSpec, SpeakerNormaliser
 from .augment import augment_voice
 from .calibration import calibrate_report
-from .common import args_config, metrics_from_predictions, seed_everything
+from .common import accuracy_within_labels, args_config, metrics_from_predictions, seed_everything
 from .train_voice import (_load_waves, _sample_weights, _speed_range, factor_range, node_cut, random_offsets,
                           speaker_groups)
 from .voice_data import label_masks, load_corpora, parse_speakers, split_parts
@@ -56,6 +56,9 @@ def add_args(p: argparse.ArgumentParser, encoder_help: str = "", run_dir: str = 
         p.add_argument("--encoder", default="",
                        help="Resemblyzer's pretrained.pt (default: the one of the installed resemblyzer package)")
     p.add_argument("--augment-copies", type=int, default=4, help="augmented copies of each training utterance")
+    p.add_argument("--noisy-copies", type=int, default=0,
+                   help="further copies made by the same augmentation with background noise (0-20 dB SNR) in every "
+                        "one, after the --augment-copies ones (off by default)")
     p.add_argument("--pitch-prob", type=float, default=0.3, help="probability of a pitch shift per copy")
     p.add_argument("--pitch-semitones", type=float, default=2.0, help="range of the pitch shift, either way")
     p.add_argument("--speed-range", default="0.9,1.1", help="range of the speed factor (tempo and pitch together)")
@@ -127,11 +130,13 @@ def leave_one_speaker_out(v_tr: np.ndarray, v: np.ndarray, y_tr: np.ndarray, c_t
     (``v``: the training rows as the head reads them, copies x utterances), judged on that speaker's clean
     recordings (``v_tr[0]``) as the node hears them (speaker-normalised: one speaker after another, a fresh reference,
     the first utterance abstaining and not counted), 7-way -> per speaker accuracy and n, pooled accuracy, and the
-    share of predictions that are labels the corpus does not have."""
+    share of predictions that are labels the corpus does not have.  ``accuracy_within_labels``: the same heads'
+    argmax over the corpus's own labels only (a diagnostic, never what the node does: how much of the error is the
+    7-way output on a corpus that has fewer labels; never below ``accuracy``, since the truth is always one of them)."""
     n_copies = v_tr.shape[0]
     spk = np.asarray(speakers)
     y_all, c_all = np.tile(y_tr, n_copies), np.tile(c_tr, n_copies)
-    out, right, n, absent = {}, 0, 0, 0
+    out, right, right_within, n, absent = {}, 0, 0, 0, 0
     for s in sorted({s for s, c in zip(speakers, c_tr) if c == corpus}):
         keep = np.tile(spk != s, n_copies)
         head = train_head(v[keep], y_all[keep], c_all[keep], masks, _sample_weights(c_all[keep], y_all[keep], True),
@@ -142,15 +147,17 @@ def leave_one_speaker_out(v_tr: np.ndarray, v: np.ndarray, y_tr: np.ndarray, c_t
         else:
             x, counted = v_tr[0, idx], np.ones(len(idx), bool)
         with torch.no_grad():
-            pred = head(torch.from_numpy(np.ascontiguousarray(x[counted], np.float32))).argmax(1).numpy()
-        truth = y_tr[idx][counted]
+            z = head(torch.from_numpy(np.ascontiguousarray(x[counted], np.float32)))
+        pred, truth = z.argmax(1).numpy(), y_tr[idx][counted]
         out[s.split(":", 1)[-1]] = {"accuracy": round(float((pred == truth).mean()), 4) if len(truth) else None,
                                     "n": int(len(truth))}
         right += int((pred == truth).sum())
+        right_within += round(accuracy_within_labels(z.numpy(), truth, masks[corpus]) * len(truth))
         n += int(len(truth))
         absent += int((~masks[corpus][pred]).sum())
     return {"speakers": out, "accuracy": round(right / n, 4) if n else None, "n": n,
-            "absent_label_share": round(absent / n, 4) if n else None}
+            "absent_label_share": round(absent / n, 4) if n else None,
+            "accuracy_within_labels": round(right_within / n, 4) if n else None}
 
 
 def train_head(v: np.ndarray, y: np.ndarray, corpus: np.ndarray, masks: np.ndarray, weights: np.ndarray,
@@ -204,6 +211,8 @@ def run(args, kind=_GE2E) -> dict:
         raise DataError(f"--speaker-norm must be 0 (off) or a window of >= 2 utterances, got {speaker_norm}")
     if args.augment_copies < 0:
         raise DataError(f"--augment-copies must be >= 0, got {args.augment_copies}")
+    if args.noisy_copies < 0:
+        raise DataError(f"--noisy-copies must be >= 0, got {args.noisy_copies}")
     if args.pitch_semitones < 0:
         raise DataError(f"--pitch-semitones must be >= 0, got {args.pitch_semitones}")
     speed = _speed_range(args)
@@ -244,6 +253,7 @@ def run(args, kind=_GE2E) -> dict:
 
     key = hashlib.sha256(json.dumps({**({"kind": kind.name} if kind is not _GE2E else {}),
                                      "copies": args.augment_copies, "pitch": args.pitch_prob, "seed": args.seed,
+                                     **({"noisy": args.noisy_copies} if args.noisy_copies else {}),
                                      **({"channel_norm": 1} if channel_norm else {}),
                                      **({"semitones": args.pitch_semitones} if args.pitch_semitones != 2.0 else {}),
                                      **({"speed": list(speed)} if speed != (0.9, 1.1) else {}),
@@ -263,10 +273,13 @@ def run(args, kind=_GE2E) -> dict:
     else:
         rng = np.random.default_rng(args.seed)
         copies = [_pooled(encoder, clean, "train clean")]
-        for k in range(args.augment_copies):
+        n_aug = args.augment_copies + args.noisy_copies
+        for k in range(n_aug):       # the noisy copies last, so that the others are those of a run without them
             aug = [node_cut(augment_voice(w, 16000, rng, p_pitch=args.pitch_prob, pitch_semitones=args.pitch_semitones,
-                                          speed=speed, p_tempo=args.tempo_prob, tempo=tempo)) for w in w_tr]
-            copies.append(_pooled(encoder, aug, f"train copy {k + 1}/{args.augment_copies}"))
+                                          speed=speed, p_tempo=args.tempo_prob, tempo=tempo,
+                                          **({"p_noise": 1.0} if k >= args.augment_copies else {})))
+                   for w in w_tr]
+            copies.append(_pooled(encoder, aug, f"train copy {k + 1}/{n_aug}"))
         v_tr = np.stack(copies)
         v_dev = _pooled(encoder, [node_cut(w) for w in w_dev], "dev")
         os.makedirs(os.path.dirname(cache), exist_ok=True)
