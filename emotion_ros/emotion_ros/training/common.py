@@ -32,11 +32,11 @@ def accuracy_within_labels(scores: np.ndarray, y_true: Sequence[int], allowed: O
     plain argmax's accuracy, since every true label is allowed."""
     scores = np.asarray(scores, dtype=np.float64)
     y_true = np.asarray(y_true, dtype=np.int64)
+    if len(y_true) == 0:
+        return 0.0
     if allowed is None:
         allowed = np.zeros(scores.shape[1], bool)
         allowed[np.unique(y_true)] = True
-    if len(y_true) == 0:
-        return 0.0
     pred = np.where(np.asarray(allowed, bool), scores, -np.inf).argmax(1)
     return float((pred == y_true).mean())
 

@@ -9,7 +9,8 @@ into the output checkpoint, so the node never reads Resemblyzer. Data, splits an
 voice``: speakers split into train / dev / test, every corpus and, within it, every label weighted equally, a
 corpus trained only over its own labels (partial labels), each training utterance heard clean and as
 ``--augment-copies`` copies through the same room / microphone / noise / speed / pitch augmentation (and
-``--noisy-copies`` more with noise in every one), every copy cut as the voice node cuts it. The temperature is fitted on the dev speakers. Test speakers are not read.
+``--noisy-copies`` more with noise in every one), every copy cut as the voice node cuts it. The temperature is
+fitted on the dev speakers. Test speakers are not read.
 Add the result to an ensemble with ``emotion-train voice-ensemble --members MAIN.pt ... THIS.pt``.
 """
 from __future__ import annotations
@@ -136,7 +137,8 @@ def leave_one_speaker_out(v_tr: np.ndarray, v: np.ndarray, y_tr: np.ndarray, c_t
     n_copies = v_tr.shape[0]
     spk = np.asarray(speakers)
     y_all, c_all = np.tile(y_tr, n_copies), np.tile(c_tr, n_copies)
-    out, right, right_within, n, absent = {}, 0, 0, 0, 0
+    out, right, n, absent = {}, 0, 0, 0
+    scores, truths = [], []      # every left-out speaker's, for the reading over the corpus's own labels
     for s in sorted({s for s, c in zip(speakers, c_tr) if c == corpus}):
         keep = np.tile(spk != s, n_copies)
         head = train_head(v[keep], y_all[keep], c_all[keep], masks, _sample_weights(c_all[keep], y_all[keep], True),
@@ -152,12 +154,14 @@ def leave_one_speaker_out(v_tr: np.ndarray, v: np.ndarray, y_tr: np.ndarray, c_t
         out[s.split(":", 1)[-1]] = {"accuracy": round(float((pred == truth).mean()), 4) if len(truth) else None,
                                     "n": int(len(truth))}
         right += int((pred == truth).sum())
-        right_within += round(accuracy_within_labels(z.numpy(), truth, masks[corpus]) * len(truth))
+        scores.append(z.numpy())
+        truths.append(truth)
         n += int(len(truth))
         absent += int((~masks[corpus][pred]).sum())
     return {"speakers": out, "accuracy": round(right / n, 4) if n else None, "n": n,
             "absent_label_share": round(absent / n, 4) if n else None,
-            "accuracy_within_labels": round(right_within / n, 4) if n else None}
+            "accuracy_within_labels": round(accuracy_within_labels(np.concatenate(scores), np.concatenate(truths),
+                                                                   masks[corpus]), 4) if n else None}
 
 
 def train_head(v: np.ndarray, y: np.ndarray, corpus: np.ndarray, masks: np.ndarray, weights: np.ndarray,
