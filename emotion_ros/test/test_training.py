@@ -851,6 +851,18 @@ def test_voice_whisper_speaker_member_normalises_by_the_speaker_and_abstains_at_
     assert train_main(args + ["--speaker-norm", "3", "--loso-corpus", "nowhere"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--loso-corpus 'nowhere' is not one of the --data corpora" in err[0]
+    # both speakers left out together, and judged again under noise (three perturbation seeds)
+    assert train_main(args + ["--speaker-norm", "3", "--loso-corpus", turev, "--loso-group", "2",
+                              "--loso-perturb", "noise"]) == 0
+    both = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["loso"]
+    assert both["group"] == 2 and both["n"] == 14 and both["perturbed"]["name"] == "noise"
+    assert both["perturbed"]["n"] == 3 * 14 and 0 <= both["perturbed"]["accuracy"] <= 1
+    for bad, why in ((["--loso-corpus", turev, "--loso-perturb", "rate44k"], "changes the sample rate"),
+                     (["--loso-corpus", turev, "--loso-perturb", "hum"], "unknown voice perturbation"),
+                     (["--loso-group", "2"], "need --loso-corpus")):
+        assert train_main(args + ["--speaker-norm", "3"] + bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0], err
 
 
 def test_accuracy_within_labels_reads_only_the_labels_allowed():
@@ -920,3 +932,33 @@ def test_leave_one_speaker_out_never_trains_on_the_speaker_it_judges():
     with torch.no_grad():
         pred = seen(torch.from_numpy(feats[:60])).argmax(1).numpy()
     assert (pred == y[:60]).mean() > 0.9
+
+
+def test_leave_speakers_out_in_groups_and_under_a_perturbation():
+    """Speakers a and b (80 utterances each: label 1 when x > 0) and c and d (15 each: label 1 when x < 0). Left
+    out one at a time, a is judged by a head that still heard b, and is right; left out two at a time (a with b),
+    no speaker of a's mapping is left to learn from, and a is wrong. The perturbed states (seed 0 as recorded,
+    seed 1 with x negated) are judged by the same fold's head: c and d, read with a and b's mapping, are right
+    only when negated."""
+    from emotion_ros.training.train_voice_ge2e import leave_one_speaker_out
+
+    rng = np.random.default_rng(3)
+    sizes = {"a": 80, "b": 80, "c": 15, "d": 15}
+    speakers = [f"0:{s}" for s, k in sizes.items() for _ in range(k)]
+    x = rng.uniform(0.2, 1, len(speakers)) * rng.choice([-1, 1], len(speakers))
+    y = np.where(np.isin(speakers, ["0:a", "0:b"]), x > 0, x < 0).astype(np.int64)
+    feats = np.stack([x, rng.normal(0, 0.01, x.size)], 1).astype(np.float32)
+    masks = np.ones((1, 7), bool)
+    c = np.zeros(len(y), np.int64)
+    one = leave_one_speaker_out(feats[None], feats, y, c, speakers, 0, masks, 1e-3, 7, 0)
+    assert one["speakers"]["a"]["accuracy"] > 0.9 and "group" not in one and "perturbed" not in one
+    negated = feats * np.array([-1, 1], np.float32)
+    two = leave_one_speaker_out(feats[None], feats, y, c, speakers, 0, masks, 1e-3, 7, 0, group=2,
+                                perturbed=np.stack([feats, negated]), perturb_name="flip")
+    assert two["group"] == 2 and {k: v["n"] for k, v in two["speakers"].items()} == sizes
+    assert all(v["accuracy"] == 0.0 for v in two["speakers"].values()) and two["accuracy"] == 0.0
+    p = two["perturbed"]
+    assert p["name"] == "flip" and p["seeds"] == 2 and p["n"] == 2 * len(y)
+    assert all(v["accuracy"] == 0.5 for v in p["speakers"].values()) and p["accuracy"] == 0.5
+    with pytest.raises(DataError, match="--loso-group must be >= 1"):
+        leave_one_speaker_out(feats[None], feats, y, c, speakers, 0, masks, 1e-3, 7, 0, group=0)

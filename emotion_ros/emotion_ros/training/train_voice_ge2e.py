@@ -10,7 +10,9 @@ voice``: speakers split into train / dev / test, every corpus and, within it, ev
 corpus trained only over its own labels (partial labels), each training utterance heard clean and as
 ``--augment-copies`` copies through the same room / microphone / noise / speed / pitch augmentation (and
 ``--noisy-copies`` more with noise in every one), every copy cut as the voice node cuts it. The temperature is
-fitted on the dev speakers. Test speakers are not read.
+fitted on the dev speakers. Test speakers are not read. ``--loso-corpus NAME`` (with ``--loso-group K`` and
+``--loso-perturb NAME``) also reports heads trained without some of that corpus's training speakers, judged on them
+clean (and perturbed): a dev signal with more speakers than the dev speakers.
 Add the result to an ensemble with ``emotion-train voice-ensemble --members MAIN.pt ... THIS.pt``.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ import importlib.util
 import json
 import os
 import sys
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -36,6 +38,7 @@ from ..core.voice.features import FeatureSpec, SpeakerNormaliser
 from .augment import augment_voice
 from .calibration import calibrate_report
 from .common import accuracy_within_labels, args_config, metrics_from_predictions, seed_everything
+from .perturb import parse_names, perturb_voice
 from .train_voice import (_load_waves, _sample_weights, _speed_range, factor_range, node_cut, random_offsets,
                           speaker_groups)
 from .voice_data import label_masks, load_corpora, parse_speakers, split_parts
@@ -71,6 +74,12 @@ def add_args(p: argparse.ArgumentParser, encoder_help: str = "", run_dir: str = 
                    help="also report, for each training speaker of this corpus (a --data folder's name, e.g. "
                         "turev_db), the accuracy of a head trained without that speaker on its clean recordings: "
                         "a dev signal for a corpus without dev speakers (the saved head is unchanged)")
+    p.add_argument("--loso-group", type=int, default=1, metavar="K",
+                   help="--loso-corpus: leave K speakers out at a time (its training speakers in sorted order, "
+                        "e.g. 2 for RAVDESS actors 1-14: seven folds); each judged as the node hears it")
+    p.add_argument("--loso-perturb", default="", metavar="NAME",
+                   help="--loso-corpus: also judge each left-out speaker under this recording perturbation "
+                        "(emotion-eval voice --perturb's names, e.g. noise), perturbation seeds 0-2 pooled")
     if not encoder_help:
         p.add_argument("--channel-norm", action="store_true",
                        help="scale GE2E's mel bands to the training set's mean band levels (each by at most 12 dB)")
@@ -126,42 +135,79 @@ def node_offsets(v: np.ndarray, speakers: List[str], window: int, seed: int, key
 
 def leave_one_speaker_out(v_tr: np.ndarray, v: np.ndarray, y_tr: np.ndarray, c_tr: np.ndarray,
                           speakers: List[str], corpus: int, masks: np.ndarray, l2: float, seed: int,
-                          speaker_norm: int) -> dict:
+                          speaker_norm: int, group: int = 1, perturbed: Optional[np.ndarray] = None,
+                          perturb_name: str = "") -> dict:
     """For each training speaker of ``corpus``: a head trained on every copy of the other training utterances
     (``v``: the training rows as the head reads them, copies x utterances), judged on that speaker's clean
     recordings (``v_tr[0]``) as the node hears them (speaker-normalised: one speaker after another, a fresh reference,
     the first utterance abstaining and not counted), 7-way -> per speaker accuracy and n, pooled accuracy, and the
     share of predictions that are labels the corpus does not have.  ``accuracy_within_labels``: the same heads'
     argmax over the corpus's own labels only (a diagnostic, never what the node does: how much of the error is the
-    7-way output on a corpus that has fewer labels; never below ``accuracy``, since the truth is always one of them)."""
+    7-way output on a corpus that has fewer labels; never below ``accuracy``, since the truth is always one of them).
+    ``group``: the corpus's training speakers left out ``group`` at a time, in sorted order (a fold's speakers are
+    judged together, each with its own reference). ``perturbed`` (seeds, N, D): the same training utterances' states
+    under a recording perturbation (rows of other corpora unused); each left-out speaker is also judged on every seed's
+    states, pooled -> ``perturbed`` {name, accuracy, n, speakers}."""
     n_copies = v_tr.shape[0]
     spk = np.asarray(speakers)
     y_all, c_all = np.tile(y_tr, n_copies), np.tile(c_tr, n_copies)
+    if group < 1:
+        raise DataError(f"--loso-group must be >= 1, got {group}")
     out, right, n, absent = {}, 0, 0, 0
     scores, truths = [], []      # every left-out speaker's, for the reading over the corpus's own labels
-    for s in sorted({s for s, c in zip(speakers, c_tr) if c == corpus}):
-        keep = np.tile(spk != s, n_copies)
-        head = train_head(v[keep], y_all[keep], c_all[keep], masks, _sample_weights(c_all[keep], y_all[keep], True),
-                          l2, seed)
-        idx = np.flatnonzero(spk == s)
+    pert = {"right": 0, "n": 0, "speakers": {}}
+
+    def judge(head, states, idx):
+        """The head on ``states`` (rows ``idx``) as the node hears them -> (logits, truths, their speakers)."""
         if speaker_norm:
-            x, counted = node_offsets(v_tr[0, idx], [speakers[i] for i in idx], speaker_norm, seed)
+            x, counted = node_offsets(states, [speakers[i] for i in idx], speaker_norm, seed)
         else:
-            x, counted = v_tr[0, idx], np.ones(len(idx), bool)
+            x, counted = states, np.ones(len(idx), bool)
         with torch.no_grad():
             z = head(torch.from_numpy(np.ascontiguousarray(x[counted], np.float32)))
-        pred, truth = z.argmax(1).numpy(), y_tr[idx][counted]
-        out[s.split(":", 1)[-1]] = {"accuracy": round(float((pred == truth).mean()), 4) if len(truth) else None,
-                                    "n": int(len(truth))}
+        return z, y_tr[idx][counted], spk[idx][counted]
+
+    names = sorted({s for s, c in zip(speakers, c_tr) if c == corpus})
+    for fold in (names[i:i + group] for i in range(0, len(names), group)):
+        left = np.isin(spk, fold)
+        keep = np.tile(~left, n_copies)
+        head = train_head(v[keep], y_all[keep], c_all[keep], masks, _sample_weights(c_all[keep], y_all[keep], True),
+                          l2, seed)
+        idx = np.flatnonzero(left)
+        z, truth, who = judge(head, v_tr[0, idx], idx)
+        pred = z.argmax(1).numpy()
+        for s in fold:
+            mine = who == s
+            out[s.split(":", 1)[-1]] = {"accuracy": round(float((pred[mine] == truth[mine]).mean()), 4)
+                                        if mine.any() else None, "n": int(mine.sum())}
         right += int((pred == truth).sum())
         scores.append(z.numpy())
         truths.append(truth)
         n += int(len(truth))
         absent += int((~masks[corpus][pred]).sum())
-    return {"speakers": out, "accuracy": round(right / n, 4) if n else None, "n": n,
-            "absent_label_share": round(absent / n, 4) if n else None,
-            "accuracy_within_labels": round(accuracy_within_labels(np.concatenate(scores), np.concatenate(truths),
-                                                                   masks[corpus]), 4) if n else None}
+        if perturbed is not None:
+            ok = {s: [0, 0] for s in fold}
+            for states in perturbed:
+                zp, tp, wp = judge(head, states[idx], idx)
+                hit = zp.argmax(1).numpy() == tp
+                for s in fold:
+                    ok[s][0] += int(hit[wp == s].sum())
+                    ok[s][1] += int((wp == s).sum())
+            for s, (r, m) in ok.items():
+                pert["speakers"][s.split(":", 1)[-1]] = {"accuracy": round(r / m, 4) if m else None, "n": m}
+                pert["right"] += r
+                pert["n"] += m
+    res = {"speakers": out, "accuracy": round(right / n, 4) if n else None, "n": n,
+           "absent_label_share": round(absent / n, 4) if n else None,
+           "accuracy_within_labels": round(accuracy_within_labels(np.concatenate(scores), np.concatenate(truths),
+                                                                  masks[corpus]), 4) if n else None}
+    if group > 1:
+        res["group"] = group
+    if perturbed is not None:
+        res["perturbed"] = {"name": perturb_name, "seeds": len(perturbed), "n": pert["n"],
+                            "accuracy": round(pert["right"] / pert["n"], 4) if pert["n"] else None,
+                            "speakers": pert["speakers"]}
+    return res
 
 
 def train_head(v: np.ndarray, y: np.ndarray, corpus: np.ndarray, masks: np.ndarray, weights: np.ndarray,
@@ -240,6 +286,18 @@ def run(args, kind=_GE2E) -> dict:
         loso_ci = names.index(loso)
         if len({it.speaker for it, ci in train if ci == loso_ci}) < 2:
             raise DataError(f"--loso-corpus {loso!r}: fewer than two of its speakers are training speakers")
+    loso_group, loso_perturb = int(getattr(args, "loso_group", 1)), getattr(args, "loso_perturb", "")
+    if loso_group < 1:
+        raise DataError(f"--loso-group must be >= 1, got {loso_group}")
+    if (loso_group != 1 or loso_perturb) and not loso:
+        raise DataError("--loso-group and --loso-perturb need --loso-corpus")
+    if loso_perturb:
+        try:
+            loso_perturb = parse_names([loso_perturb], "voice")
+        except ValueError as exc:
+            raise DataError(f"--loso-perturb: {exc}") from None
+        if "rate44k" in loso_perturb:
+            raise DataError("--loso-perturb: rate44k changes the sample rate; the pooled states need 16 kHz")
 
     w_tr, it_tr, bad = _load_waves([it for it, _ in train], "train", "node")
     w_dev, it_dev, bad_dev = _load_waves([it for it, _ in dev], "dev", "node")
@@ -318,9 +376,16 @@ def run(args, kind=_GE2E) -> dict:
     metrics = {"dev": dev_metrics, "train_clean_accuracy": round(train_acc, 4), "n_train": int(len(y_tr)),
                "n_dev": int(len(y_dev)), "copies": int(n_copies)}
     if loso:
+        perturbed = None
+        if loso_perturb:       # the corpus's training utterances under the perturbation, as the node cuts them
+            mine = np.flatnonzero(c_tr == loso_ci)
+            perturbed = np.full((3,) + v_tr.shape[1:], np.nan, np.float32)
+            for s in range(3):
+                waves = [node_cut(perturb_voice(w_tr[i], 16000, loso_perturb, s, k)[0]) for k, i in enumerate(mine)]
+                perturbed[s, mine] = _pooled(encoder, waves, f"{'+'.join(loso_perturb)} seed {s}")
         metrics["loso"] = {"corpus": loso, **leave_one_speaker_out(
             v_tr, v, y_tr, c_tr, spk_tr, loso_ci, masks, args.l2,
-            args.seed, speaker_norm)}
+            args.seed, speaker_norm, group=loso_group, perturbed=perturbed, perturb_name="+".join(loso_perturb))}
     save_checkpoint(args.out, kind="voice", arch=kind.speaker_arch if speaker_norm else kind.arch, model=member,
                     input_spec=input_spec,
                     config={"args": args_config(args), "model": {}}, metrics=metrics,
