@@ -153,9 +153,9 @@ def leave_one_speaker_out(v_tr: np.ndarray, v: np.ndarray, y_tr: np.ndarray, c_t
     y_all, c_all = np.tile(y_tr, n_copies), np.tile(c_tr, n_copies)
     if group < 1:
         raise DataError(f"--loso-group must be >= 1, got {group}")
-    out, right, n, absent = {}, 0, 0, 0
+    absent = 0
     scores, truths = [], []      # every left-out speaker's, for the reading over the corpus's own labels
-    pert = {"right": 0, "n": 0, "speakers": {}}
+    clean, noisy = {}, {}        # speaker -> [right, n], clean and under the perturbation (all seeds)
 
     def judge(head, states, idx):
         """The head on ``states`` (rows ``idx``) as the node hears them -> (logits, truths, their speakers)."""
@@ -167,6 +167,18 @@ def leave_one_speaker_out(v_tr: np.ndarray, v: np.ndarray, y_tr: np.ndarray, c_t
             z = head(torch.from_numpy(np.ascontiguousarray(x[counted], np.float32)))
         return z, y_tr[idx][counted], spk[idx][counted]
 
+    def tally(counts, hit, who, fold):
+        for s in fold:
+            c = counts.setdefault(s, [0, 0])
+            c[0] += int(hit[who == s].sum())
+            c[1] += int((who == s).sum())
+
+    def summary(counts):
+        """-> (per speaker {accuracy, n}, right, n) of ``counts``."""
+        per = {s.split(":", 1)[-1]: {"accuracy": round(r / m, 4) if m else None, "n": m}
+               for s, (r, m) in counts.items()}
+        return per, sum(r for r, _ in counts.values()), sum(m for _, m in counts.values())
+
     names = sorted({s for s, c in zip(speakers, c_tr) if c == corpus})
     for fold in (names[i:i + group] for i in range(0, len(names), group)):
         left = np.isin(spk, fold)
@@ -176,27 +188,14 @@ def leave_one_speaker_out(v_tr: np.ndarray, v: np.ndarray, y_tr: np.ndarray, c_t
         idx = np.flatnonzero(left)
         z, truth, who = judge(head, v_tr[0, idx], idx)
         pred = z.argmax(1).numpy()
-        for s in fold:
-            mine = who == s
-            out[s.split(":", 1)[-1]] = {"accuracy": round(float((pred[mine] == truth[mine]).mean()), 4)
-                                        if mine.any() else None, "n": int(mine.sum())}
-        right += int((pred == truth).sum())
+        tally(clean, pred == truth, who, fold)
         scores.append(z.numpy())
         truths.append(truth)
-        n += int(len(truth))
         absent += int((~masks[corpus][pred]).sum())
-        if perturbed is not None:
-            ok = {s: [0, 0] for s in fold}
-            for states in perturbed:
-                zp, tp, wp = judge(head, states[idx], idx)
-                hit = zp.argmax(1).numpy() == tp
-                for s in fold:
-                    ok[s][0] += int(hit[wp == s].sum())
-                    ok[s][1] += int((wp == s).sum())
-            for s, (r, m) in ok.items():
-                pert["speakers"][s.split(":", 1)[-1]] = {"accuracy": round(r / m, 4) if m else None, "n": m}
-                pert["right"] += r
-                pert["n"] += m
+        for states in (perturbed if perturbed is not None else ()):
+            zp, tp, wp = judge(head, states[idx], idx)
+            tally(noisy, zp.argmax(1).numpy() == tp, wp, fold)
+    out, right, n = summary(clean)
     res = {"speakers": out, "accuracy": round(right / n, 4) if n else None, "n": n,
            "absent_label_share": round(absent / n, 4) if n else None,
            "accuracy_within_labels": round(accuracy_within_labels(np.concatenate(scores), np.concatenate(truths),
@@ -204,9 +203,9 @@ def leave_one_speaker_out(v_tr: np.ndarray, v: np.ndarray, y_tr: np.ndarray, c_t
     if group > 1:
         res["group"] = group
     if perturbed is not None:
-        res["perturbed"] = {"name": perturb_name, "seeds": len(perturbed), "n": pert["n"],
-                            "accuracy": round(pert["right"] / pert["n"], 4) if pert["n"] else None,
-                            "speakers": pert["speakers"]}
+        per, r, m = summary(noisy)
+        res["perturbed"] = {"name": perturb_name, "seeds": len(perturbed), "n": m,
+                            "accuracy": round(r / m, 4) if m else None, "speakers": per}
     return res
 
 
