@@ -429,6 +429,82 @@ def test_voice_ensemble_given_an_ensemble_as_a_member_takes_and_reports_its_main
     assert VoiceModel(abc, device="cpu").n_members == 2
 
 
+def test_ensemble_temperature_leave_one_speaker_out_fits_on_the_others_and_judges_the_one_left_out():
+    """Two speakers: clean copies right and confident, a noisy copy of speaker b wrong half the time. Each
+    speaker's temperatures come from the other speaker alone (clean, and clean + noise), and its errors are those
+    temperatures' calibration errors on its own copies."""
+    from emotion_ros.training.calibration import ece, fit_temperature, softmax_t
+    from emotion_ros.training.voice_ensemble import leave_one_speaker_out
+
+    rng = np.random.default_rng(0)
+    n = 40
+    y = np.tile(np.arange(7), 12)[:2 * n]
+    spk = np.array(["a"] * n + ["b"] * n)
+
+    def logp(right_share, scale):
+        z = rng.normal(0, 1, (2 * n, 7))
+        hit = rng.random(2 * n) < right_share
+        z[np.arange(2 * n), np.where(hit, y, (y + 1) % 7)] += scale
+        return np.log(softmax_t(z))
+    clean = logp(np.where(spk == "a", 0.9, 0.7), 3.0)
+    noise = logp(np.where(spk == "a", 0.8, 0.4), 3.0)
+    rows = leave_one_speaker_out({"clean": clean, "noise": noise}, y, spk)
+    a, b = spk == "a", spk == "b"
+    t_clean_b = fit_temperature(clean[b], y[b])
+    t_all_b = fit_temperature(np.concatenate([clean[b], noise[b]]), np.tile(y[b], 2))
+    assert rows["a"]["clean_fit"]["temperature"] == pytest.approx(t_clean_b, abs=1e-4)
+    assert rows["a"]["conditions_fit"]["temperature"] == pytest.approx(t_all_b, abs=1e-4)
+    assert t_all_b > t_clean_b + 0.1                      # b's noisy copy is wrong often: a softer fit
+    assert rows["a"]["conditions_fit"]["ece_clean"] == pytest.approx(ece(softmax_t(clean[a], t_all_b), y[a]),
+                                                                     abs=1e-4)
+    assert rows["a"]["clean_fit"]["ece_all"] == pytest.approx(
+        ece(softmax_t(np.concatenate([clean[a], noise[a]]), t_clean_b), np.tile(y[a], 2)), abs=1e-4)
+    assert rows["b"]["clean_fit"]["temperature"] == pytest.approx(fit_temperature(clean[a], y[a]), abs=1e-4)
+    assert rows["mean"]["clean_fit"]["ece_all"] == pytest.approx(
+        (rows["a"]["clean_fit"]["ece_all"] + rows["b"]["clean_fit"]["ece_all"]) / 2, abs=1e-4)
+    assert leave_one_speaker_out({"clean": clean[a]}, y[a], spk[a]) == {}     # one speaker: nothing to leave out
+
+
+def test_voice_ensemble_fits_its_temperature_under_perturbations_too(ravdess_like, tmp_path, capsys):
+    """--fit-perturb: the temperature is fitted on the dev speakers' clean copy and one copy per condition, pooled,
+    as the node hears them; an unknown condition is one line, exit 2."""
+    from emotion_ros.core.voice.features import SAMPLE_RATE, load_audio
+    from emotion_ros.training.calibration import fit_temperature
+    from emotion_ros.training.embed import voice_outputs_by_speaker
+    from emotion_ros.training.perturb import perturb_voice
+    from emotion_ros.training.voice_ensemble import _dev_items
+
+    a = _tiny_voice(ravdess_like, tmp_path, "a", "--seed", "1")
+    b = _tiny_voice(ravdess_like, tmp_path, "b", "--seed", "2", "--lstm-hidden", "32")
+    out = str(tmp_path / "ens.pt")
+    assert train_main(["voice-ensemble", "--members", a, b, "--data", ravdess_like, "--dev-speakers", "3-4",
+                       "--fit-perturb", "noise,telephone", "--fit-seed", "5", "--out", out]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(line["conditions"]) == ["clean", "noise", "telephone"]
+    assert set(line["leave_one_speaker_out"]) == {"Actor_03", "Actor_04", "mean"}
+    ck = torch.load(out, map_location="cpu", weights_only=False)
+    assert ck["ensemble"]["calibration"]["n_fit"] == 3 * line["dev"]["n"]
+    ck["ensemble"]["temperature"] = 1.0
+    t1 = str(tmp_path / "t1.pt")
+    torch.save(ck, t1)
+    vm = VoiceModel(t1, device="cpu")
+    items = _dev_items([ravdess_like], "3-4")
+    waves = [load_audio(i.path) for i in items]
+    y = np.array([i.label for i in items])
+    spk = [i.speaker for i in items]
+    logp = [np.log(np.clip(voice_outputs_by_speaker(vm, waves, spk)[0].probs, 1e-8, 1))]
+    for name in ("noise", "telephone"):
+        heard = [perturb_voice(w, SAMPLE_RATE, [name], 5, i) for i, w in enumerate(waves)]
+        logp.append(np.log(np.clip(voice_outputs_by_speaker(vm, heard, spk)[0].probs, 1e-8, 1)))
+    want = fit_temperature(np.concatenate(logp), np.tile(y, 3))
+    assert line["temperature"] == pytest.approx(want, abs=1e-3)
+    assert VoiceModel(out, device="cpu").temperature == pytest.approx(line["temperature"])
+    code = train_main(["voice-ensemble", "--members", a, b, "--data", ravdess_like, "--dev-speakers", "3-4",
+                       "--fit-perturb", "thunder", "--out", str(tmp_path / "bad.pt")])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("emotion-train")]
+    assert code == 2 and len(err) == 1 and "thunder" in err[0]
+
+
 def test_voice_ensemble_refuses_members_with_other_features(ravdess_like, tmp_path, capsys):
     a = _tiny_voice(ravdess_like, tmp_path, "a")
     c = _tiny_voice(ravdess_like, tmp_path, "c", "--no-utterance-cmn")
