@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/tune_fusion.py --clips /work/eval_clips [--face-model M] [--voice-model M]
         [--fusion-model models/fusion.pt] [--json out.json] [--jobs 2]
+        [--wrong-voice-weight 0.5] [--grid-values voice_prior=0.05,0.1,0.3,0.6]
 
 The face and voice pipelines run once per clip, as the nodes run them (cached in ``CLIP/cache-<models>.npz``, keyed on
 the model files and the face node's settings);
@@ -13,7 +14,10 @@ single modality and for median delays above 0.9 s);
 the test clips are only measured, clean and with a confidently wrong voice (``test_wrong_voice``: every voice result's
 probabilities rotated by three classes). ``best_by`` in the output gives the best setting for each value of the grid's named
 alternatives (``pool``: linear or log), to show by how much the others lose. ``--jobs N`` searches the grid in N forked
-processes (the same choice as one). With ``--fusion-model``, the learned fusion is compared with the
+processes (the same choice as one). ``--wrong-voice-weight W`` chooses by (1 - W) x the dev objective + W x the
+same objective on the dev clips with that confidently wrong voice (a choice that must also hold up when the voice is
+wrong; ``objective_dev_wrong_voice`` and ``objective_choice`` in the output); ``--grid-values KEY=V,V`` replaces one
+grid entry's values. With ``--fusion-model``, the learned fusion is compared with the
 reliability-weighted average on the test clips by that same objective (the learned fusion trains on the dev clips'
 faces and voices, so dev cannot judge it).
 The last line is one JSON object: the chosen settings, the dev and test figures, and which fusion wins.
@@ -151,9 +155,32 @@ _WORK: dict = {}
 
 
 def _score(kw):
-    """(objective, per-clip figures) of one setting on the clips in _WORK (a module global: forked workers share it)."""
+    """(choice objective, per-clip figures, dev objective, wrong-voice dev objective or None) of one setting on the
+    clips in _WORK (a module global: forked workers share it)."""
     res = run_set(_WORK["clips"], _WORK["names"], kw)
-    return objective(res), res
+    o = objective(res)
+    w = _WORK.get("wrong_voice_weight", 0.0)
+    if not w:
+        return o, res, o, None
+    ow = objective(run_set(_WORK["clips"], _WORK["names"], kw, voice_transform=wrong_voice))
+    return (1.0 - w) * o + w * ow, res, o, ow
+
+
+def parse_grid_values(items) -> dict:
+    """``KEY=V1,V2`` strings -> {KEY: [values]} (numbers where they parse), each KEY one of GRID's."""
+    out = {}
+    for item in items or ():
+        key, sep, vals = str(item).partition("=")
+        if not sep or key not in GRID or not vals:
+            raise ValueError(f"--grid-values {item!r}: expected KEY=V1[,V2...] with KEY one of {', '.join(GRID)}")
+        parsed = []
+        for v in vals.split(","):
+            try:
+                parsed.append(float(v))
+            except ValueError:
+                parsed.append(v)
+        out[key] = parsed
+    return out
 
 
 def objective(res) -> float:
@@ -195,9 +222,21 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--jobs", type=int, default=1, help="search the grid in this many processes (fork)")
     p.add_argument("--only", nargs="*", default=None, help="clip names to use (default: all)")
+    p.add_argument("--wrong-voice-weight", type=float, default=0.0,
+                   help="choose by (1 - W) x the dev objective + W x the dev objective with a confidently wrong voice")
+    p.add_argument("--grid-values", action="append", default=[], metavar="KEY=V,V",
+                   help="replace one grid entry's values (repeatable)")
     p.add_argument("--write-config", action="store_true",
                    help="write the chosen settings (and fusion_mode) into config/emotion.yaml's fusion_node block")
     args = p.parse_args(argv)
+    try:
+        grid = {**GRID, **parse_grid_values(args.grid_values)}
+    except ValueError as exc:
+        print(f"tune_fusion: {exc}", file=sys.stderr)
+        return 2
+    if not 0.0 <= args.wrong_voice_weight <= 1.0:
+        print(f"tune_fusion: --wrong-voice-weight must be in [0, 1], got {args.wrong_voice_weight}", file=sys.stderr)
+        return 2
     for f in (args.face_model, args.voice_model):
         if not os.path.isfile(f):
             print(f"tune_fusion: model file {f!r} not found", file=sys.stderr)
@@ -210,9 +249,9 @@ def main(argv=None) -> int:
     if not dev:
         print(f"tune_fusion: no dev_* clips under {args.clips!r} (scripts/make_eval_clips.py)", file=sys.stderr)
         return 2
-    keys = list(GRID)
-    combos = [{**BASE, **dict(zip(keys, values))} for values in itertools.product(*(GRID[k] for k in keys))]
-    _WORK.update(clips=clips, names=dev)
+    keys = list(grid)
+    combos = [{**BASE, **dict(zip(keys, values))} for values in itertools.product(*(grid[k] for k in keys))]
+    _WORK.update(clips=clips, names=dev, wrong_voice_weight=args.wrong_voice_weight)
     if args.jobs > 1:
         import multiprocessing as mp
         with mp.get_context("fork").Pool(args.jobs) as pool:
@@ -224,20 +263,23 @@ def main(argv=None) -> int:
         return max(indices, key=lambda i: (scored[i][0], -i))
 
     best_i = first_best(range(len(combos)))
-    o, dev_res = scored[best_i]
+    o_choice, dev_res, o, o_wrong = scored[best_i]
     kw = combos[best_i]
     # the best setting for each value of the grid's named alternatives (e.g. pool), to show by how much each loses
     best_by = {}
-    for k in (k for k in keys if all(isinstance(v, str) for v in GRID[k]) and len(GRID[k]) > 1):
+    for k in (k for k in keys if all(isinstance(v, str) for v in grid[k]) and len(grid[k]) > 1):
         best_by[k] = {}
-        for v in GRID[k]:
+        for v in grid[k]:
             i = first_best(i for i, c in enumerate(combos) if c[k] == v)
-            best_by[k][v] = {"objective_dev": round(scored[i][0], 4), "settings": {q: combos[i][q] for q in keys}}
+            best_by[k][v] = {"objective_dev": round(scored[i][2], 4), "settings": {q: combos[i][q] for q in keys}}
     out = {"settings": {k: kw[k] for k in keys + ["face_hold_s", "unsure_weight"]}, "grid_size": len(combos),
            "best_by": best_by, "objective_dev": round(o, 4), "dev": dev_res,
            "test": run_set(clips, test, kw),
            # stress test (issue 10): the chosen settings with a voice that is confidently wrong on every result
            "test_wrong_voice": run_set(clips, test, kw, voice_transform=wrong_voice)}
+    if args.wrong_voice_weight:
+        out.update(objective_dev_wrong_voice=round(o_wrong, 4), objective_choice=round(o_choice, 4),
+                   wrong_voice_weight=args.wrong_voice_weight)
     if args.fusion_model:
         from emotion_ros.core.fusion import FusionModel
         fm = FusionModel(args.fusion_model, "cpu")

@@ -80,6 +80,47 @@ def test_forked_search_chooses_as_the_sequential_one_and_reports_each_pool(tmp_p
     assert best[other]["objective_dev"] <= seq["objective_dev"] and best[other]["settings"]["pool"] == other
 
 
+def test_wrong_voice_weight_chooses_by_the_mix_and_grid_values_replace_an_entry(tmp_path, monkeypatch, capsys):
+    """--wrong-voice-weight W: the setting chosen is the one with the best (1 - W) x dev objective + W x the dev
+    objective with a confidently wrong voice (recomputed here for every setting); --grid-values replaces an entry's
+    values; a bad key or weight is one line, exit 2."""
+    tf = _load()
+    clips = {n: _clip(n, i + 10) for i, n in enumerate(["dev_a", "dev_b", "test_a"])}
+    monkeypatch.setattr(tf, "load_clips", lambda *a, **k: clips)
+    monkeypatch.setattr(tf, "GRID", {"face_stale_s": [0.5], "voice_stale_s": [3.0], "voice_prior": [0.1],
+                                     "pool": ["linear"], "switch_margin": [0.05, 0.15]})
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"x")
+    args = ["--clips", str(tmp_path), "--face-model", str(model), "--voice-model", str(model),
+            "--grid-values", "voice_prior=0.0,0.3,3.0"]
+    path = tmp_path / "w.json"
+    assert tf.main(args + ["--wrong-voice-weight", "0.75", "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    assert out["grid_size"] == 6 and out["wrong_voice_weight"] == 0.75
+    dev = ["dev_a", "dev_b"]
+    mix = {}
+    for vp in (0.0, 0.3, 3.0):
+        for sm in (0.05, 0.15):
+            kw = {**tf.BASE, "face_stale_s": 0.5, "voice_stale_s": 3.0, "voice_prior": vp, "pool": "linear",
+                  "switch_margin": sm}
+            clean = tf.objective(tf.run_set(clips, dev, kw))
+            wrong = tf.objective(tf.run_set(clips, dev, kw, voice_transform=tf.wrong_voice))
+            mix[(vp, sm)] = (0.25 * clean + 0.75 * wrong, clean, wrong)
+    best = max(mix, key=lambda k: mix[k][0])
+    assert (out["settings"]["voice_prior"], out["settings"]["switch_margin"]) == best
+    assert out["objective_choice"] == pytest.approx(mix[best][0], abs=1e-4)
+    assert out["objective_dev"] == pytest.approx(mix[best][1], abs=1e-4)
+    assert out["objective_dev_wrong_voice"] == pytest.approx(mix[best][2], abs=1e-4)
+    # a wrong voice that counts three times a face costs more than one that counts nothing: the mix must see it
+    assert mix[(3.0, 0.05)][2] < mix[(0.0, 0.05)][2]
+    assert best[0] != 3.0
+    capsys.readouterr()
+    assert tf.main(args[:-1] + ["nonsense=1"]) == 2
+    assert tf.main(args + ["--wrong-voice-weight", "1.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "nonsense" in err[0] and "--wrong-voice-weight" in err[1]
+
+
 def test_cache_key_follows_what_changes_the_pipelines_outputs_only(monkeypatch):
     """The cache of the pipelines' outputs is keyed on the face node's settings: one that changes the offline crops
     (full_detect_every) changes the key; one that changes only how the node runs (switch_interval_ms, ...) does not."""
