@@ -183,6 +183,21 @@ def parse_grid_values(items) -> dict:
     return out
 
 
+def invalid_grid_value(grid: dict):
+    """The first value of the grid the fusion refuses, as one line (None: all accepted); checked before any clip is
+    loaded, each value with BASE and the first values of the keys checked before it (the rest at their defaults)."""
+    from emotion_ros.core.fusion import TemporalFusion
+    checked = dict(BASE)
+    for k, values in grid.items():
+        for v in values:
+            try:
+                TemporalFusion(None, **{**checked, k: v})
+            except (TypeError, ValueError) as exc:
+                return f"grid value {k}={v!r} refused: {exc}"
+        checked[k] = values[0]
+    return None
+
+
 def objective(res) -> float:
     score = 0.0
     for f in res.values():
@@ -236,6 +251,10 @@ def main(argv=None) -> int:
         return 2
     if not 0.0 <= args.wrong_voice_weight <= 1.0:
         print(f"tune_fusion: --wrong-voice-weight must be in [0, 1], got {args.wrong_voice_weight}", file=sys.stderr)
+        return 2
+    bad = invalid_grid_value(grid)
+    if bad:
+        print(f"tune_fusion: {bad}", file=sys.stderr)
         return 2
     for f in (args.face_model, args.voice_model):
         if not os.path.isfile(f):

@@ -83,7 +83,7 @@ def test_forked_search_chooses_as_the_sequential_one_and_reports_each_pool(tmp_p
 def test_wrong_voice_weight_chooses_by_the_mix_and_grid_values_replace_an_entry(tmp_path, monkeypatch, capsys):
     """--wrong-voice-weight W: the setting chosen is the one with the best (1 - W) x dev objective + W x the dev
     objective with a confidently wrong voice (recomputed here for every setting); --grid-values replaces an entry's
-    values; a bad key or weight is one line, exit 2."""
+    values; a bad key, weight or grid value is one line, exit 2."""
     tf = _load()
     clips = {n: _clip(n, i + 10) for i, n in enumerate(["dev_a", "dev_b", "test_a"])}
     monkeypatch.setattr(tf, "load_clips", lambda *a, **k: clips)
@@ -117,8 +117,13 @@ def test_wrong_voice_weight_chooses_by_the_mix_and_grid_values_replace_an_entry(
     capsys.readouterr()
     assert tf.main(args[:-1] + ["nonsense=1"]) == 2
     assert tf.main(args + ["--wrong-voice-weight", "1.5"]) == 2
+    # a value the fusion refuses is named before any clip is read, not a traceback from inside the search
+    monkeypatch.setattr(tf, "load_clips", lambda *a, **k: pytest.fail("clips loaded before the grid was checked"))
+    assert tf.main(args + ["--grid-values", "switch_margin=0.05,-1"]) == 2
+    assert tf.main(args + ["--grid-values", "pool=lin"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "nonsense" in err[0] and "--wrong-voice-weight" in err[1]
+    assert len(err) == 4 and "nonsense" in err[0] and "--wrong-voice-weight" in err[1]
+    assert "switch_margin=-1.0" in err[2] and "pool='lin'" in err[3]
 
 
 def test_cache_key_follows_what_changes_the_pipelines_outputs_only(monkeypatch):
