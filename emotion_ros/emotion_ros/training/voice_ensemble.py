@@ -32,8 +32,8 @@ import torch
 from ..core.errors import DataError
 from ..core.modelio import ModelFileError, load_checkpoint, write_checkpoint
 from ..core.voice.features import SAMPLE_RATE, FeatureSpec, load_audio
-from .perturb import perturb_voice
 from .calibration import calibrate_report, ece, fit_temperature, softmax_t
+from .perturb import parse_names, perturb_voice
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -100,7 +100,6 @@ def run(args) -> dict:
     for m, c, s in zip(args.members[1:], ckpts[1:], specs[1:]):
         if c.get("arch") == ARCH and s != specs[0]:
             raise ModelFileError(f"voice model file {m!r} computes other features than {args.members[0]!r}")
-    from .perturb import parse_names
     try:
         conditions = parse_names(args.fit_perturb, "voice")
     except ValueError as exc:
