@@ -12,7 +12,9 @@ A small grid over the staleness, weighting and hysteresis settings is searched o
 mean fused accuracy minus penalties for flips above 1.1x the labels' change rate, for fused below the better
 single modality and for median delays above 0.9 s);
 the test clips are only measured, clean and with a confidently wrong voice (``test_wrong_voice``: every voice result's
-probabilities rotated by three classes). ``best_by`` in the output gives the best setting for each value of the grid's named
+probabilities rotated by three classes). ``dev_by_kind``: the chosen setting's fused, face-only and voice-only
+accuracy per kind of span on the dev clips (agree, disagree, no face, silent; from each clip's ``meta.json``).
+``best_by`` in the output gives the best setting for each value of the grid's named
 alternatives (``pool``: linear or log), to show by how much the others lose. ``--jobs N`` searches the grid in N forked
 processes (the same choice as one). ``--wrong-voice-weight W`` chooses by (1 - W) x the dev objective + W x the
 same objective on the dev clips with that confidently wrong voice (a choice that must also hold up when the voice is
@@ -149,6 +151,36 @@ def run_set(clips, names, kw, model=None, voice_transform=None) -> dict:
         f["label_changes_per_min"] = round(label_rate(spans, (cache.end_ns - cache.start_ns) * 1e-9), 3)
         res[n] = f
     return res
+
+
+def by_kind(root: str, clips, names, kw) -> dict:
+    """Fused, face-only and voice-only step accuracy per kind of span (``agree``, ``disagree``, ``no_face``,
+    ``silent``: ``scripts/make_eval_clips.py``'s ``meta.json``) over the clips ``names``, with the settings ``kw``:
+    where the fusion gains or loses against its inputs. Clips without a ``meta.json`` whose spans match the labels
+    are left out (``clips`` in the output names those counted)."""
+    from emotion_ros.training.fusion_replay import replay
+    tot, used = {}, []
+    for n in names:
+        path = os.path.join(root, n, "meta.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            meta = json.load(f).get("spans") or []
+        kinds = [sp.get("kind") for sp in meta]
+        cache, spans = clips[n]
+        if len(meta) != len(spans) or any(m.get("label", sp.label) != sp.label for m, sp in zip(meta, spans)):
+            continue
+        rep = replay(cache, spans, kw)
+        used.append(n)
+        for kind, row in zip(kinds, rep["spans"]):
+            t = tot.setdefault(str(kind), [0, 0, 0, 0])
+            t[0] += row["n_samples"]
+            for i, m in enumerate(("fused", "face", "voice"), 1):
+                t[i] += row["right"][m]
+    out = {k: {"n_samples": v[0], **{m: round(v[i] / v[0], 4) if v[0] else None
+                                     for i, m in enumerate(("fused", "face", "voice"), 1)}}
+           for k, v in sorted(tot.items())}
+    return {"clips": used, "kinds": out}
 
 
 _WORK: dict = {}
@@ -293,6 +325,8 @@ def main(argv=None) -> int:
             best_by[k][v] = {"objective_dev": round(scored[i][2], 4), "settings": {q: combos[i][q] for q in keys}}
     out = {"settings": {k: kw[k] for k in keys + ["face_hold_s", "unsure_weight"]}, "grid_size": len(combos),
            "best_by": best_by, "objective_dev": round(o, 4), "dev": dev_res,
+           # where the chosen setting gains or loses against its inputs, per kind of span (dev clips only)
+           "dev_by_kind": by_kind(args.clips, clips, dev, kw),
            "test": run_set(clips, test, kw),
            # stress test (issue 10): the chosen settings with a voice that is confidently wrong on every result
            "test_wrong_voice": run_set(clips, test, kw, voice_transform=wrong_voice)}

@@ -46,6 +46,20 @@ def test_speech_stream_knows_where_utterances_end():
     assert synth.source == "synthetic" and len(synth.utterances) == len(bench.SENTENCES)
 
 
+def test_inprocess_rtf_cuts_the_audio_as_the_node_does(tmp_path):
+    """The in-process voice RTF runs the segmenter with the voice node's settings (its windows cost model calls):
+    the shipped windows (config/emotion.yaml) give partial windows on the bench's sentences, none with window_s 0."""
+    from emotion_ros.tools.bag_evaluate import _load_yaml_params
+    from emotion_ros.tools.bench.inprocess import voice_rtf_inprocess
+    voice = bench.make_test_checkpoints(str(tmp_path), kinds=("voice",))["voice"]
+    speech = bench.speech_stream(16000, synthetic=True)
+    shipped = voice_rtf_inprocess(voice, speech, node_params=_load_yaml_params("emotion.yaml", "voice_node"))
+    none = voice_rtf_inprocess(voice, speech, node_params={"window_s": 0.0})
+    assert shipped["finals"] == none["finals"] == len(speech.utterances), (shipped, none)
+    assert none["partials"] == 0 and shipped["partials"] > 0, (shipped, none)
+    assert shipped["segments"] == shipped["finals"] + shipped["partials"]
+
+
 def test_node_params_and_targets():
     assert bench.node_params(["face:flip_tta=false", "fusion:rate=30", "face:cpu_threads=2"]) == \
         {"face": {"flip_tta": "false", "cpu_threads": "2"}, "fusion": {"rate": "30"}}

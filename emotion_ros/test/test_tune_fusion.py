@@ -72,6 +72,7 @@ def test_forked_search_chooses_as_the_sequential_one_and_reports_each_pool(tmp_p
     assert [int(np.argmax(rotated)), float(rotated.max())] == [4, p.max()]
     assert wrong["face"] == clean["face"] and wrong != clean and wrong == par["test_wrong_voice"]["test_a"]
     assert seq["test_wrong_voice_mean"]["fused"] == pytest.approx(wrong["fused"], abs=1e-4)
+    assert seq["dev_by_kind"] == {"clips": [], "kinds": {}}     # no meta.json beside these clips
     best = seq["best_by"]["pool"]
     assert set(best) == {"linear", "log"}
     chosen = seq["settings"]["pool"]
@@ -205,3 +206,28 @@ def test_replay_equals_emotion_bag_evaluate_on_a_recorded_bag(tmp_path):
     assert (got["fused"], got["face"], got["voice"], got["flips_per_min"], got["delay_s"]) == (
         rep["accuracy"], rep["face"]["accuracy"], rep["voice"]["accuracy"], rep["flips_per_min"],
         rep["detection_delay_s"])
+
+
+def test_by_kind_splits_the_steps_by_the_kind_of_span(tmp_path):
+    """Per kind of span (meta.json of make_eval_clips.py): the steps add up to the clips', and each kind's accuracy
+    is the replay's own per-span counts pooled; a clip whose meta.json does not match its labels is left out."""
+    tf = _load()
+    clips = {n: _clip(n, i) for i, n in enumerate(["dev_a", "dev_b", "dev_c"])}
+    kinds = ["agree", "disagree", "no_face", "silent", "agree", "silent"]
+    for n in ("dev_a", "dev_b"):
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "meta.json").write_text(json.dumps({"spans": [{"kind": k} for k in kinds]}))
+    (tmp_path / "dev_c").mkdir()   # its meta.json names other labels than its spans have
+    other = [{"kind": "agree", "label": "happy" if sp.label != "happy" else "sad"} for sp in clips["dev_c"][1]]
+    (tmp_path / "dev_c" / "meta.json").write_text(json.dumps({"spans": other}))
+    kw = {**tf.BASE, **{k: v[0] for k, v in tf.GRID.items()}}
+    got = tf.by_kind(str(tmp_path), clips, ["dev_a", "dev_b", "dev_c"], kw)
+    assert got["clips"] == ["dev_a", "dev_b"] and set(got["kinds"]) == set(kinds)
+    from emotion_ros.training.fusion_replay import replay
+    reps = [replay(*clips[n], kw) for n in ("dev_a", "dev_b")]
+    assert sum(v["n_samples"] for v in got["kinds"].values()) == sum(r["n_samples"] for r in reps)
+    for kind in set(kinds):
+        rows = [row for r in reps for k, row in zip(kinds, r["spans"]) if k == kind]
+        n = sum(row["n_samples"] for row in rows)
+        for m in ("fused", "face", "voice"):
+            assert got["kinds"][kind][m] == pytest.approx(sum(row["right"][m] for row in rows) / n, abs=1e-4)

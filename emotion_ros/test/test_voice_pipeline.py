@@ -51,7 +51,9 @@ def test_stream_at_any_rate_and_channel_count(model, rate, channels, chunk_s):
     for i in range(0, x.shape[0], n):
         results += pipe.push(x[i:i + n], rate, t0 + i / rate)
     results += pipe.flush()
-    assert [r.partial for r in results] == [False, False]
+    # the 1.4 s sound is longer than the shipped window_s (1.5 s of speech with its rolls): windows may come first
+    results = [r for r in results if not r.partial]
+    assert len(results) == 2
     for r, (a, b) in zip(results, spans):
         check_result(r)
         assert r.start_t == pytest.approx(t0 + a - 0.16, abs=0.03)
@@ -73,6 +75,7 @@ def test_chunked_resampling_matches_whole_file(model):
     for i in range(0, x.shape[0], 441):
         got += pipe.push(x[i:i + 441], 44100, i / 44100)
     got += pipe.flush()
+    got = [g for g in got if not g.partial]     # the utterances (the 2 s one also gives windows)
     assert len(got) == len(ref) == 2
     for g, r in zip(got, ref):
         assert g.start_t == pytest.approx(r.start_t, abs=1e-6)
@@ -83,7 +86,7 @@ def test_results_are_the_model_on_trimmed_segments(model):
     wave, _ = concat([("s", silence(0.6)), ("v", speechlike(1.5)), ("s", silence(0.6))])
     segs = segment_offline(wave)
     pipe = VoicePipeline(model)
-    res = pipe.push(wave, SR, 0.0) + pipe.flush()
+    res = [r for r in pipe.push(wave, SR, 0.0) + pipe.flush() if not r.partial]
     assert len(res) == len(segs) == 1
     p, e = model.predict(trim_silence(segs[0].samples))
     np.testing.assert_allclose(res[0].probs, p, atol=1e-6)

@@ -103,7 +103,7 @@ def test_pause_shorter_than_max_silence_keeps_one_utterance():
 
 def test_long_speech_gives_windows_then_whole_final():
     wave, spans = concat([("s", silence(1.0)), ("v", speechlike(7.0)), ("s", silence(1.0))])
-    segs = segment_offline(wave, finals_only=False)
+    segs = segment_offline(wave, finals_only=False, window_s=3.0, hop_s=1.5)
     windows = [s for s in segs if s.partial]
     onset = spans[0][0]
     # windows of 3 s ending 3.0, 4.5, 6.0 s after the onset (a 4 Hz envelope: onset within a frame)
@@ -151,7 +151,9 @@ def test_streaming_in_random_chunks_equals_offline():
         got += seg.push(wave[i:i + n], t0 + i / SR)
         i += n
     got += seg.flush()
-    assert [s.partial for s in ref] == [True, False, False]   # a window at 3.0 s, then two finals
+    k = sum(s.partial for s in ref)      # windows every hop_s from window_s into the 4 s utterance, then two finals
+    w = Segmenter()
+    assert k == int((4.0 - w.config["window_s"]) // w.config["hop_s"]) + 1 and [s.partial for s in ref] == [True] * k + [False, False]
     assert len(got) == len(ref)
     for a, b in zip(got, ref):
         assert a.partial == b.partial

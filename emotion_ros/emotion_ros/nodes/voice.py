@@ -107,9 +107,9 @@ PARAMS = {
     "max_silence_s": (0.35, "An utterance ends after this much silence (s)", {"range": (0.0, 60.0)}),
     "pre_roll_s": (0.15, "Audio kept before the utterance's first loud frame (s)", {"range": (0.0, 10.0)}),
     "post_roll_s": (0.1, "Audio kept after its last active frame (s)", {"range": (0.0, 10.0)}),
-    "window_s": (3.0, "Long utterances: sliding windows of this length (s) are published while they go on "
-                      "(0 = none)", {"range": (0.0, 60.0)}),
-    "hop_s": (1.5, "... every this many seconds", {"range": (0.01, 60.0)}),
+    "window_s": (1.5, "Utterances longer than this: sliding windows of this length (s) are published while they go "
+                      "on, before the utterance ends (0 = none)", {"range": (0.0, 60.0)}),
+    "hop_s": (0.75, "... every this many seconds", {"range": (0.01, 60.0)}),
     "max_utterance_s": (10.0, "Longer speech is cut into utterances of at most this length (s)",
                               {"range": (0.1, 600.0)}),
     "gap_tolerance_s": (0.02, "A chunk starting further than this (s) from where the previous one ended is a "

@@ -97,7 +97,7 @@ class Segmenter:
 
     def __init__(self, frame_ms: float = 20.0, start_db_above_noise: float = 9.0,
                  stop_db_above_noise: float = 5.0, min_speech_s: float = 0.3, max_silence_s: float = 0.35,
-                 pre_roll_s: float = 0.15, window_s: float = 3.0, hop_s: float = 1.5,
+                 pre_roll_s: float = 0.15, window_s: float = 1.5, hop_s: float = 0.75,
                  max_utterance_s: float = 10.0, post_roll_s: float = 0.1, min_floor_db: float = -60.0,
                  noise_window_s: float = 5.0, gap_tolerance_s: Optional[float] = None,
                  sample_rate: int = SAMPLE_RATE):

@@ -98,7 +98,9 @@ def main(argv=None) -> int:
         rtf_in = None
         if not args.no_rtf:
             log("voice: VoicePipeline in-process on the same audio")
-            rtf_in = voice_rtf_inprocess(models["voice"], speech,
+            from emotion_ros.tools.bag_evaluate import _load_yaml_params
+            vparams = {**_load_yaml_params("emotion.yaml", "voice_node"), **node_params(args.param).get("voice", {})}
+            rtf_in = voice_rtf_inprocess(models["voice"], speech, node_params=vparams,
                                          device="cpu" if args.device == "auto" else args.device)
             log(f"voice in-process RTF {rtf_in['rtf']} "
                 f"({rtf_in['finals']} finals for {rtf_in['utterances']} utterances)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -14,11 +14,15 @@ from .stats import pct
 
 
 def voice_rtf_inprocess(model_path: str, speech: SpeechStream, device: str = "cpu", threads: int = 1,
-                        chunk_s: float = 0.02) -> Dict[str, object]:
-    """Run VoicePipeline on the bench audio in ``chunk_s`` chunks: processing time / audio duration."""
+                        chunk_s: float = 0.02, node_params: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """Run VoicePipeline on the bench audio in ``chunk_s`` chunks: processing time / audio duration.
+
+    ``node_params``: voice_node parameters whose segmenter settings (``window_s``, ``hop_s``, the VAD's ...) the
+    pipeline takes, so that it cuts the audio as the node does (the node's defaults are config/emotion.yaml's)."""
     import torch
     from emotion_ros.core.voice.model import VoiceModel
     from emotion_ros.core.voice.pipeline import VoicePipeline
+    from emotion_ros.core.voice.segment import Segmenter, segmenter_kwargs
     if threads > 0:
         torch.set_num_threads(threads)
     model = VoiceModel(model_path, device=device)
@@ -37,7 +41,7 @@ def voice_rtf_inprocess(model_path: str, speech: SpeechStream, device: str = "cp
     model.predict_features = timed(model.predict_features, "model_s")
     model.predict(np.zeros(speech.rate // 2, np.float32))  # warm-up, as the node does at configure
     spent["features_s"] = spent["model_s"] = 0.0
-    pipe = VoicePipeline(model)
+    pipe = VoicePipeline(model, segmenter=Segmenter(**segmenter_kwargs(node_params or {})))
     n = int(round(chunk_s * speech.rate))
     results = []
     per_result = []
@@ -55,7 +59,7 @@ def voice_rtf_inprocess(model_path: str, speech: SpeechStream, device: str = "cp
             "breakdown_s": {"features": round(spent["features_s"], 3), "model": round(spent["model_s"], 3),
                             "segmenter_resample_trim": round(other, 3)},
             "segment_audio_s": round(sum(r.duration for r in results), 2),
-            "segments": len(results), "finals": len(finals),
+            "segments": len(results), "finals": len(finals), "partials": len(results) - len(finals),
             "utterances": len(speech.utterances), "segment_ms_p50": pct([1e3 * v for v in per_result], 50),
             "segment_ms_max": round(1e3 * max(per_result), 2) if per_result else None}
 
