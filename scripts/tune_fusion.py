@@ -156,8 +156,8 @@ def run_set(clips, names, kw, model=None, voice_transform=None) -> dict:
 def by_kind(root: str, clips, names, kw) -> dict:
     """Fused, face-only and voice-only step accuracy per kind of span (``agree``, ``disagree``, ``no_face``,
     ``silent``: ``scripts/make_eval_clips.py``'s ``meta.json``) over the clips ``names``, with the settings ``kw``:
-    where the fusion gains or loses against its inputs. Clips without a ``meta.json`` whose spans match the labels
-    are left out (``clips`` in the output names those counted)."""
+    where the fusion gains or loses against its inputs. A clip without a ``meta.json``, or whose ``meta.json`` spans
+    do not match its labels, is left out (``clips`` in the output names those counted)."""
     from emotion_ros.training.fusion_replay import replay
     tot, used = {}, []
     for n in names:
