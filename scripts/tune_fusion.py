@@ -41,8 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "emotion_ros"))
 
 BASE = {"window_s": 1.0, "stale_s": 1.0, "forget_s": 5.0, "voice_to": "primary", "face_hold_s": 0.1,
         "voice_unsure_threshold": 0.0, "unsure_weight": 0.5, "fusion_mode": "average",
-        # the voice's trust from its agreement with the face (chosen on the dev clips with the rest as shipped)
-        "agreement_tau_s": 60.0, "agreement_reference": 0.5, "agreement_strength": 1.0, "agreement_power": 2.0,
+        "agreement_tau_s": 60.0, "agreement_strength": 1.0,
         # the face's own change detector (chosen on the dev clips, 2026-12-02, with the rest as shipped)
         "face_confirm_s": 0.1, "face_change_weight": 0.0}
 GRID = {
@@ -60,6 +59,10 @@ GRID = {
     "fast_switch_margin": [0.25, 1.0],
     "voice_switch_margin": [0.0, 0.2, 0.4],
     "voice_face_change_weight": [1.0, 0.5],
+    # the voice's trust from its agreement with the face (chosen on the dev clips with the rest as shipped, 2026-12-02;
+    # a single value each: the standing grid does not search them, --grid-values can)
+    "agreement_reference": [0.5],
+    "agreement_power": [2.0],
 }
 
 

@@ -231,3 +231,19 @@ def test_by_kind_splits_the_steps_by_the_kind_of_span(tmp_path):
         n = sum(row["n_samples"] for row in rows)
         for m in ("fused", "face", "voice"):
             assert got["kinds"][kind][m] == pytest.approx(sum(row["right"][m] for row in rows) / n, abs=1e-4)
+
+
+def test_agreement_settings_are_grid_entries_the_fusion_validates():
+    """The voice's trust settings can be searched with --grid-values (2026-12-04: they sat in BASE, out of reach), each
+    pinned to the shipped value in the standing grid, and a value the fusion refuses is one line before any clip."""
+    import yaml
+    tf = _load()
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config", "emotion.yaml")) as f:
+        shipped = yaml.safe_load(f)["fusion_node"]["ros__parameters"]
+    for key in ("agreement_reference", "agreement_power"):
+        assert key not in tf.BASE and tf.GRID[key] == [shipped[key]]
+    grid = {**tf.GRID, **tf.parse_grid_values(["agreement_power=2,3,4,6", "agreement_reference=0.5,0.6,0.7"])}
+    assert grid["agreement_power"] == [2.0, 3.0, 4.0, 6.0] and tf.invalid_grid_value(grid) is None
+    bad = {**tf.GRID, **tf.parse_grid_values(["agreement_reference=0.5,0"])}
+    assert tf.invalid_grid_value(bad) == ("grid value agreement_reference=0.0 refused: "
+                                          "agreement_reference must be in (0, 1], got 0.0")
