@@ -41,6 +41,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "emotion_ros"))
 
 BASE = {"window_s": 1.0, "stale_s": 1.0, "forget_s": 5.0, "voice_to": "primary", "face_hold_s": 0.1,
         "voice_unsure_threshold": 0.0, "unsure_weight": 0.5, "fusion_mode": "average",
+        # the voice's trust from its agreement with the face (chosen on the dev clips with the rest as shipped; its
+        # reference and power are GRID entries)
         "agreement_tau_s": 60.0, "agreement_strength": 1.0,
         # the face's own change detector (chosen on the dev clips, 2026-12-02, with the rest as shipped)
         "face_confirm_s": 0.1, "face_change_weight": 0.0}

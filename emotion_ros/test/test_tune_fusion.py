@@ -236,10 +236,9 @@ def test_by_kind_splits_the_steps_by_the_kind_of_span(tmp_path):
 def test_agreement_settings_are_grid_entries_the_fusion_validates():
     """The voice's trust settings can be searched with --grid-values (2026-12-04: they sat in BASE, out of reach), each
     pinned to the shipped value in the standing grid, and a value the fusion refuses is one line before any clip."""
-    import yaml
+    from emotion_ros.tools.bag_evaluate import _load_yaml_params
     tf = _load()
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config", "emotion.yaml")) as f:
-        shipped = yaml.safe_load(f)["fusion_node"]["ros__parameters"]
+    shipped = _load_yaml_params("emotion.yaml", "fusion_node")
     for key in ("agreement_reference", "agreement_power"):
         assert key not in tf.BASE and tf.GRID[key] == [shipped[key]]
     grid = {**tf.GRID, **tf.parse_grid_values(["agreement_power=2,3,4,6", "agreement_reference=0.5,0.6,0.7"])}
